@@ -1,0 +1,104 @@
+//! PatId3 (`DEI-NEEDED`): a merchant with more than 100 female customers and
+//! fewer female than male customers. A customer's gender at a merchant is
+//! the one on their first good row there, so it is fixed when the customer
+//! first appears and later rows never move the counts.
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::{
+    ChunkDelta, CustomerId, Detection, DetectionKey, Evidence, Gender, MerchantId, Pattern,
+    PatternEngine, Shard, Snapshot, Thresholds,
+};
+
+pub struct DeiDetector {
+    shard: Shard,
+    thresholds: Thresholds,
+    merchants: FxHashMap<MerchantId, Population>,
+    emitted: FxHashSet<MerchantId>,
+    touched: Vec<MerchantId>,
+}
+
+#[derive(Default)]
+struct Population {
+    customers: FxHashSet<CustomerId>,
+    female: u64,
+    male: u64,
+}
+
+impl Population {
+    fn join(&mut self, customer: CustomerId, gender: Gender) {
+        if self.customers.insert(customer) {
+            match gender {
+                Gender::Female => self.female += 1,
+                Gender::Male => self.male += 1,
+                Gender::Other => {}
+            }
+        }
+    }
+}
+
+impl DeiDetector {
+    pub fn new(shard: Shard, thresholds: Thresholds) -> Self {
+        DeiDetector {
+            shard,
+            thresholds,
+            merchants: FxHashMap::default(),
+            emitted: FxHashSet::default(),
+            touched: Vec::new(),
+        }
+    }
+}
+
+impl PatternEngine for DeiDetector {
+    fn pattern(&self) -> Pattern {
+        Pattern::DeiNeeded
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot) {
+        self.merchants.clear();
+        self.emitted.clear();
+        for pair in snapshot.pairs.iter().filter(|p| self.shard.owns(p.merchant)) {
+            self.merchants
+                .entry(pair.merchant)
+                .or_default()
+                .join(pair.customer, pair.gender);
+        }
+        for key in &snapshot.emitted {
+            if key.pattern == Pattern::DeiNeeded && self.shard.owns(key.merchant) {
+                self.emitted.insert(key.merchant);
+            }
+        }
+    }
+
+    fn apply(&mut self, delta: &ChunkDelta, out: &mut Vec<Detection>) {
+        self.touched.clear();
+        for pair in delta.pairs.iter().filter(|p| self.shard.owns(p.merchant)) {
+            self.merchants
+                .entry(pair.merchant)
+                .or_default()
+                .join(pair.customer, pair.first_gender);
+            self.touched.push(pair.merchant);
+        }
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for &merchant in &self.touched {
+            let population = &self.merchants[&merchant];
+            let holds = population.female > self.thresholds.dei_min_female
+                && population.female < population.male;
+            if holds && self.emitted.insert(merchant) {
+                out.push(Detection {
+                    key: DetectionKey {
+                        pattern: Pattern::DeiNeeded,
+                        merchant,
+                        customer: None,
+                    },
+                    evidence: Evidence {
+                        female: Some(population.female),
+                        male: Some(population.male),
+                        ..Evidence::default()
+                    },
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The interface every pattern implements, and [`AllPatterns`], which runs
+//! the three of them over one shard (what the tests and the oracle use).
+
+use std::sync::Arc;
+
+use super::{
+    ChildDetector, ChunkDelta, DeiDetector, Detection, Pattern, Shard, Snapshot, Thresholds,
+    UpgradeDetector, WeightTable,
+};
+
+/// One pattern's incremental evaluation over the merchants of one shard.
+pub trait PatternEngine: Send {
+    fn pattern(&self) -> Pattern;
+
+    /// Replaces all in-memory state with committed state.
+    fn restore(&mut self, snapshot: &Snapshot);
+
+    /// Folds one chunk into the state and appends the detections that hold
+    /// for the first time.
+    fn apply(&mut self, delta: &ChunkDelta, out: &mut Vec<Detection>);
+}
+
+/// Builds the engine for `pattern` on `shard`.
+pub fn engine_for(
+    pattern: Pattern,
+    shard: Shard,
+    thresholds: Thresholds,
+    weights: Arc<WeightTable>,
+) -> Box<dyn PatternEngine> {
+    match pattern {
+        Pattern::Upgrade => Box::new(UpgradeDetector::new(shard, thresholds, weights)),
+        Pattern::Child => Box::new(ChildDetector::new(shard, thresholds)),
+        Pattern::DeiNeeded => Box::new(DeiDetector::new(shard, thresholds)),
+    }
+}
+
+/// The three patterns together.
+pub struct AllPatterns {
+    engines: Vec<Box<dyn PatternEngine>>,
+}
+
+impl AllPatterns {
+    pub fn new(thresholds: Thresholds, weights: Arc<WeightTable>) -> AllPatterns {
+        AllPatterns {
+            engines: Pattern::ALL
+                .into_iter()
+                .map(|p| engine_for(p, Shard::ALL, thresholds, weights.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn restore(&mut self, snapshot: &Snapshot) {
+        for engine in &mut self.engines {
+            engine.restore(snapshot);
+        }
+    }
+
+    /// Applies a chunk and returns its new detections.
+    pub fn apply(&mut self, delta: &ChunkDelta) -> Vec<Detection> {
+        let mut out = Vec::new();
+        for engine in &mut self.engines {
+            engine.apply(delta, &mut out);
+        }
+        out
+    }
+}

@@ -1,0 +1,114 @@
+//! A counting Fenwick tree over small positive integers: how many values of
+//! a multiset are below `v`, in `O(log max)`. PatId1 keeps one per big
+//! merchant over the transaction counts `n(d, m)` of its customers.
+
+#[derive(Clone, Debug, Default)]
+pub struct CountTree {
+    /// 1-based Fenwick array; index `v` covers values `v - lowbit(v) + 1 ..= v`.
+    tree: Vec<u64>,
+    total: u64,
+}
+
+impl CountTree {
+    pub fn new() -> CountTree {
+        CountTree { tree: vec![0; 64], total: 0 }
+    }
+
+    /// Number of values in the multiset.
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    pub fn insert(&mut self, value: u64) {
+        self.add(value, 1);
+    }
+
+    /// Replaces one occurrence of `from` by `to`.
+    pub fn replace(&mut self, from: u64, to: u64) {
+        self.add(from, -1);
+        self.add(to, 1);
+    }
+
+    /// How many values are strictly below `value`.
+    pub fn count_below(&self, value: u64) -> u64 {
+        let mut index = usize::try_from(value.saturating_sub(1))
+            .unwrap_or(usize::MAX)
+            .min(self.tree.len() - 1);
+        let mut count = 0;
+        while index > 0 {
+            count += self.tree[index];
+            index &= index - 1;
+        }
+        count
+    }
+
+    fn add(&mut self, value: u64, delta: i64) {
+        assert!(value > 0, "counts start at 1");
+        let value = usize::try_from(value).expect("count fits in memory");
+        if value >= self.tree.len() {
+            self.grow(value);
+        }
+        let mut index = value;
+        while index < self.tree.len() {
+            self.tree[index] = self.tree[index].wrapping_add_signed(delta);
+            index += index & index.wrapping_neg();
+        }
+        self.total = self.total.wrapping_add_signed(delta);
+    }
+
+    /// Doubles the capacity until `value` fits, rebuilding from the
+    /// per-value frequencies.
+    fn grow(&mut self, value: usize) {
+        let old_len = self.tree.len();
+        let mut frequencies = vec![0u64; old_len];
+        for (v, slot) in frequencies.iter_mut().enumerate().skip(1) {
+            *slot = self.count_below(v as u64 + 1) - self.count_below(v as u64);
+        }
+        let mut new_len = old_len.max(2);
+        while new_len <= value {
+            new_len *= 2;
+        }
+        self.tree = vec![0; new_len];
+        let total = self.total;
+        self.total = 0;
+        for (v, &f) in frequencies.iter().enumerate().skip(1) {
+            if f > 0 {
+                self.add(v as u64, f as i64);
+            }
+        }
+        debug_assert_eq!(self.total, total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn matches_a_naive_count(ops in proptest::collection::vec((1u64..300, 1u64..300), 1..200)) {
+            let mut tree = CountTree::new();
+            let mut values = Vec::new();
+            for (i, &(a, b)) in ops.iter().enumerate() {
+                if i % 3 == 2 && !values.is_empty() {
+                    let slot = (a as usize) % values.len();
+                    tree.replace(values[slot], b);
+                    values[slot] = b;
+                } else {
+                    tree.insert(a);
+                    values.push(a);
+                }
+                for probe in [1, a, b, 150, 301, 10_000] {
+                    let naive = values.iter().filter(|&&v| v < probe).count() as u64;
+                    prop_assert_eq!(tree.count_below(probe), naive);
+                }
+            }
+            prop_assert_eq!(tree.len(), values.len() as u64);
+        }
+    }
+}

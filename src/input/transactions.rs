@@ -1,0 +1,337 @@
+//! Parses one chunk object (BankSim transactions CSV) into the pair delta the
+//! detectors consume, plus the bad rows to quarantine.
+//!
+//! The header locates the columns by name. Every data row must have as many
+//! fields as the header, be valid UTF-8, have a non-empty customer, merchant
+//! and category and a plain-decimal amount; any other row is a bad row,
+//! kept verbatim with its line number and reason, and the rest of the chunk
+//! still counts. A chunk whose header lacks a required column (or that is
+//! empty, or not text at all) cannot be read and is rejected whole.
+
+use std::fmt;
+
+use rustc_hash::FxHashMap;
+
+use super::fields::{clean, locate_columns};
+use super::records::RawRecords;
+use crate::detect::{ChunkDelta, Gender, PairDelta, ParseAmountError, parse_amount};
+use crate::names::Names;
+
+/// Columns a transactions file must have; others are ignored.
+pub const REQUIRED_COLUMNS: [&str; 5] = ["customer", "gender", "merchant", "category", "amount"];
+
+/// Why a row takes no part in any pattern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BadRowReason {
+    FieldCount { expected: usize, found: usize },
+    InvalidUtf8,
+    EmptyField(&'static str),
+    Amount(ParseAmountError),
+}
+
+impl fmt::Display for BadRowReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadRowReason::FieldCount { expected, found } => {
+                write!(f, "expected {expected} fields, found {found}")
+            }
+            BadRowReason::InvalidUtf8 => f.write_str("invalid UTF-8"),
+            BadRowReason::EmptyField(column) => write!(f, "empty {column}"),
+            BadRowReason::Amount(error) => write!(f, "bad amount: {error}"),
+        }
+    }
+}
+
+/// A row kept for the quarantine object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadRow {
+    pub line: u64,
+    pub reason: BadRowReason,
+    pub raw: Vec<u8>,
+}
+
+/// Why a whole chunk was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    #[error("empty object: no header line")]
+    Empty,
+    #[error("header is not valid UTF-8")]
+    HeaderNotUtf8,
+    #[error("header lacks column(s) {}", .0.join(", "))]
+    MissingColumns(Vec<&'static str>),
+    #[error("object vanished between listing and reading")]
+    Vanished,
+}
+
+/// A chunk folded into a pair delta.
+#[derive(Clone, Debug, Default)]
+pub struct ParsedChunk {
+    pub delta: ChunkDelta,
+    /// Data rows, good and bad.
+    pub rows: u64,
+    pub bad_rows: Vec<BadRow>,
+}
+
+/// Column positions, found from a header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schema {
+    pub fields: usize,
+    customer: usize,
+    gender: usize,
+    merchant: usize,
+    category: usize,
+    amount: usize,
+}
+
+impl Schema {
+    pub fn from_header(header: &csv::ByteRecord) -> Result<Schema, RejectReason> {
+        if std::str::from_utf8(header.as_slice()).is_err() {
+            return Err(RejectReason::HeaderNotUtf8);
+        }
+        let [customer, gender, merchant, category, amount] =
+            locate_columns(header, REQUIRED_COLUMNS).map_err(RejectReason::MissingColumns)?;
+        Ok(Schema {
+            fields: header.len(),
+            customer,
+            gender,
+            merchant,
+            category,
+            amount,
+        })
+    }
+}
+
+/// One good row, borrowed from the chunk.
+struct Row<'r> {
+    customer: &'r str,
+    merchant: &'r str,
+    gender: Gender,
+    amount: i64,
+}
+
+fn check_row<'r>(schema: &Schema, fields: &'r csv::ByteRecord) -> Result<Row<'r>, BadRowReason> {
+    if fields.len() != schema.fields {
+        return Err(BadRowReason::FieldCount {
+            expected: schema.fields,
+            found: fields.len(),
+        });
+    }
+    if std::str::from_utf8(fields.as_slice()).is_err() {
+        return Err(BadRowReason::InvalidUtf8);
+    }
+    let text = |index: usize, column: &'static str| -> Result<&'r str, BadRowReason> {
+        let value = clean(&fields[index]);
+        if value.is_empty() {
+            return Err(BadRowReason::EmptyField(column));
+        }
+        // The whole record was checked above; a field of valid UTF-8 split
+        // at ASCII bytes is valid too.
+        std::str::from_utf8(value).map_err(|_| BadRowReason::InvalidUtf8)
+    };
+    let customer = text(schema.customer, "customer")?;
+    let merchant = text(schema.merchant, "merchant")?;
+    text(schema.category, "category")?;
+    let amount = parse_amount(clean(&fields[schema.amount])).map_err(BadRowReason::Amount)?;
+    Ok(Row {
+        customer,
+        merchant,
+        gender: Gender::from_field(clean(&fields[schema.gender])),
+        amount: amount.0,
+    })
+}
+
+/// Turns chunks into deltas. Keeps its scratch space between chunks.
+#[derive(Default)]
+pub struct ChunkParser {
+    fields: csv::ByteRecord,
+    slots: FxHashMap<(u32, u32), usize>,
+}
+
+impl ChunkParser {
+    pub fn new() -> Self {
+        ChunkParser::default()
+    }
+
+    pub fn parse(&mut self, data: &[u8], names: &Names) -> Result<ParsedChunk, RejectReason> {
+        let mut records = RawRecords::new(data);
+        if records.next_into(&mut self.fields).is_none() {
+            return Err(RejectReason::Empty);
+        }
+        let schema = Schema::from_header(&self.fields)?;
+        let mut parsed = ParsedChunk::default();
+        self.slots.clear();
+        while let Some(record) = records.next_into(&mut self.fields) {
+            parsed.rows += 1;
+            let row = match check_row(&schema, &self.fields) {
+                Ok(row) => row,
+                Err(reason) => {
+                    parsed.bad_rows.push(BadRow {
+                        line: record.line,
+                        reason,
+                        raw: record.raw.to_vec(),
+                    });
+                    continue;
+                }
+            };
+            let merchant = names.merchant(row.merchant);
+            let customer = names.customer(row.customer);
+            let pairs = &mut parsed.delta.pairs;
+            let slot = *self
+                .slots
+                .entry((merchant.0, customer.0))
+                .or_insert_with(|| {
+                    pairs.push(PairDelta {
+                        merchant,
+                        customer,
+                        count: 0,
+                        amount: crate::detect::Cents(0),
+                        first_gender: row.gender,
+                    });
+                    pairs.len() - 1
+                });
+            let pair = &mut pairs[slot];
+            pair.count += 1;
+            pair.amount = pair.amount.saturating_add(crate::detect::Cents(row.amount));
+        }
+        Ok(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Cents;
+
+    const HEADER: &str = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\r\n";
+
+    fn parse(data: &str) -> (ParsedChunk, Names) {
+        let names = Names::new();
+        let parsed = ChunkParser::new().parse(data.as_bytes(), &names).unwrap();
+        (parsed, names)
+    }
+
+    fn reasons(parsed: &ParsedChunk) -> Vec<(u64, String)> {
+        parsed
+            .bad_rows
+            .iter()
+            .map(|b| (b.line, b.reason.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn folds_rows_per_pair_in_first_seen_order() {
+        let data = format!(
+            "{HEADER}0,'C1','4','F','28007','M1','28007','es_food',10.50,0\r\n\
+             0,'C2','4','M','28007','M1','28007','es_food',1,0\r\n\
+             1,'C1','4','M','28007','M1','28007','es_food',0.005,0\r\n"
+        );
+        let (parsed, names) = parse(&data);
+        assert_eq!(parsed.rows, 3);
+        assert!(parsed.bad_rows.is_empty());
+        let pairs = &parsed.delta.pairs;
+        assert_eq!(pairs.len(), 2);
+        assert_eq!(names.name(pairs[0].customer.0), "C1");
+        assert_eq!(names.name(pairs[0].merchant.0), "M1");
+        assert_eq!((pairs[0].count, pairs[0].amount), (2, Cents(1051)));
+        // Gender comes from the pair's first row, not the later 'M'.
+        assert_eq!(pairs[0].first_gender, Gender::Female);
+        assert_eq!(pairs[1].first_gender, Gender::Male);
+    }
+
+    #[test]
+    fn columns_are_found_by_name_with_quoted_headers_and_crlf() {
+        let data = "\"amount\",\"merchant\",\"category\",\"gender\",\"customer\",extra\r\n\
+                    7.25,'M9','food','E','C9',x\r\n";
+        let (parsed, names) = parse(data);
+        assert_eq!(parsed.delta.pairs.len(), 1);
+        let pair = parsed.delta.pairs[0];
+        assert_eq!(names.name(pair.customer.0), "C9");
+        assert_eq!(pair.amount, Cents(725));
+        assert_eq!(pair.first_gender, Gender::Other);
+    }
+
+    #[test]
+    fn quoted_fields_keep_commas_and_newlines() {
+        let data = format!(
+            "{HEADER}0,\"'C,1'\",'4','U','1',\"'M\n1'\",'1','es_food',\"3.00\",0\r\n"
+        );
+        let (parsed, names) = parse(&data);
+        assert!(parsed.bad_rows.is_empty(), "{:?}", parsed.bad_rows);
+        assert_eq!(names.name(parsed.delta.pairs[0].customer.0), "C,1");
+        assert_eq!(names.name(parsed.delta.pairs[0].merchant.0), "M\n1");
+    }
+
+    #[test]
+    fn every_bad_row_reason_is_reported_with_its_line() {
+        let data = format!(
+            "{HEADER}\
+             0,'C1','4','F','1','M1','1','es_food',1.00\r\n\
+             0,'C1','4','F','1','M1','1','es_food',1.00,0,extra\r\n\
+             0,'','4','F','1','M1','1','es_food',1.00,0\r\n\
+             0,'C1','4','F','1',  ,'1','es_food',1.00,0\r\n\
+             0,'C1','4','F','1','M1','1','',1.00,0\r\n\
+             0,'C1','4','F','1','M1','1','es_food',-1.00,0\r\n\
+             0,'C1','4','F','1','M1','1','es_food',NaN,0\r\n\
+             0,'C1','4','F','1','M1','1','es_food',1e400,0\r\n\
+             0,'C1','4','F','1','M1','1','es_food',,0\r\n\
+             0,'C1','4','F','1','M1','1','es_food',1234567890123456,0\r\n\
+             0,'C1','4','F','1','M1','1','es_food',2.00,0\r\n"
+        );
+        let (parsed, _) = parse(&data);
+        assert_eq!(parsed.rows, 11);
+        assert_eq!(
+            reasons(&parsed),
+            vec![
+                (2, "expected 10 fields, found 9".to_string()),
+                (3, "expected 10 fields, found 11".to_string()),
+                (4, "empty customer".to_string()),
+                (5, "empty merchant".to_string()),
+                (6, "empty category".to_string()),
+                (7, "bad amount: amount is not plain decimal notation".to_string()),
+                (8, "bad amount: amount is not plain decimal notation".to_string()),
+                (9, "bad amount: amount is not plain decimal notation".to_string()),
+                (10, "bad amount: amount is empty".to_string()),
+                (11, "bad amount: amount has more than 15 digits before the point".to_string()),
+            ]
+        );
+        assert_eq!(parsed.bad_rows[0].raw, b"0,'C1','4','F','1','M1','1','es_food',1.00");
+        // The good row still counts.
+        assert_eq!(parsed.delta.pairs.len(), 1);
+        assert_eq!(parsed.delta.pairs[0].amount, Cents(200));
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_bad_row_kept_verbatim() {
+        let mut data = HEADER.as_bytes().to_vec();
+        data.extend_from_slice(b"0,'C\xff1','4','F','1','M1','1','es_food',1.00,0\r\n");
+        let names = Names::new();
+        let parsed = ChunkParser::new().parse(&data, &names).unwrap();
+        assert_eq!(parsed.bad_rows.len(), 1);
+        assert_eq!(parsed.bad_rows[0].reason, BadRowReason::InvalidUtf8);
+        assert_eq!(parsed.bad_rows[0].raw, b"0,'C\xff1','4','F','1','M1','1','es_food',1.00,0");
+    }
+
+    #[test]
+    fn unreadable_chunks_are_rejected() {
+        let names = Names::new();
+        let mut parser = ChunkParser::new();
+        assert_eq!(parser.parse(b"", &names).unwrap_err(), RejectReason::Empty);
+        assert_eq!(parser.parse(b"\r\n\r\n", &names).unwrap_err(), RejectReason::Empty);
+        assert_eq!(
+            parser.parse(b"step,customer,gender\n1,2,3\n", &names).unwrap_err(),
+            RejectReason::MissingColumns(vec!["merchant", "category", "amount"])
+        );
+        assert!(parser.parse(b"\x00\x9f\x92\x96binary", &names).is_err());
+    }
+
+    #[test]
+    fn header_only_and_bom_are_fine() {
+        let data = format!("\u{feff}{HEADER}");
+        let (parsed, _) = parse(&data);
+        assert_eq!(parsed.rows, 0);
+        let data = format!("\u{feff}{HEADER}0,'C1','4','F','1','M1','1','es_food',1.00,0");
+        let (parsed, _) = parse(&data);
+        assert_eq!(parsed.rows, 1, "a truncated last line without CRLF is still a row");
+        assert!(parsed.bad_rows.is_empty());
+    }
+}
