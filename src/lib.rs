@@ -1,4 +1,12 @@
 //! txpipe: detects business patterns in a stream of bank transactions.
+pub mod actors;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod db;
 pub mod detect;
+pub mod generate;
 pub mod input;
+pub mod layout;
 pub mod names;
+pub mod store;

@@ -1,1 +1,178 @@
-fn main() {}
+//! The `txpipe` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use txpipe::actors::faults::FaultRule;
+use txpipe::actors::supervisor::RunMode;
+use txpipe::app;
+use txpipe::config::Settings;
+use txpipe::generate::{GenerateOptions, generate};
+
+#[derive(Parser)]
+#[command(
+    name = "txpipe",
+    version,
+    about = "Detects business patterns in a stream of bank transactions, exactly once"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the supervised pipeline (Mechanism X and Mechanism Y).
+    Run {
+        /// Configuration file layered over the embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Exit 0 once the master file is chunked, every chunk processed and
+        /// every detection written (the final partial batch too).
+        #[arg(long)]
+        exit_when_done: bool,
+        /// Test-only fault injection: ACTOR:N:panic|error[:repeat].
+        #[arg(long, hide = true)]
+        inject_fault: Vec<FaultRule>,
+    },
+    /// Generate BankSim-like data into var/demo/ (once) and run the pipeline
+    /// on the embedded defaults until done, in catch-up mode.
+    Demo {
+        /// Configuration file layered over the embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Transactions to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+    },
+    /// Write deterministic BankSim-like data (transactions and network files).
+    Generate {
+        #[arg(long)]
+        rows: u64,
+        #[arg(long)]
+        customers: u32,
+        #[arg(long)]
+        merchants: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        out_dir: PathBuf,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print progress from the database: lag, bad rows, detections, restarts.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
+    let settings = Settings::load(config)?;
+    app::init_logging(&settings);
+    Ok(settings)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            config,
+            exit_when_done,
+            inject_fault,
+        } => {
+            let settings = load(config.as_deref())?;
+            let mode = if exit_when_done {
+                RunMode::UntilDone
+            } else {
+                RunMode::Forever
+            };
+            let report = app::run(settings, mode, inject_fault)?;
+            if let Some(error) = &report.error {
+                eprintln!("error: {error}");
+            }
+            if report.exit_code == 0 && exit_when_done {
+                eprint!("{}", app::report::run_summary(&report));
+            }
+            Ok(ExitCode::from(report.exit_code.clamp(0, 255) as u8))
+        }
+        Command::Demo { config, rows } => {
+            let settings = load(config.as_deref())?;
+            let demo = app::demo::run(settings, rows)?;
+            if let Some(error) = &demo.report.error {
+                eprintln!("error: {error}");
+            }
+            println!("{}", app::report::run_summary(&demo.report));
+            println!("outputs:");
+            println!(
+                "  chunks            {}/stream_chunks/",
+                demo.bucket.display()
+            );
+            println!(
+                "  detection files   {}/detected_patterns/",
+                demo.bucket.display()
+            );
+            println!("  quarantine        {}/quarantine/", demo.bucket.display());
+            println!(
+                "  database          {} (tables detected_patterns, processed_chunks, ...)",
+                demo.database.display()
+            );
+            Ok(ExitCode::from(demo.report.exit_code.clamp(0, 255) as u8))
+        }
+        Command::Generate {
+            rows,
+            customers,
+            merchants,
+            seed,
+            out_dir,
+        } => {
+            let generated = generate(
+                &GenerateOptions {
+                    rows,
+                    customers,
+                    merchants,
+                    seed,
+                },
+                &out_dir,
+            )?;
+            println!("{}", generated.transactions.display());
+            println!("{}", generated.customer_importance.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { config } => {
+            let settings = load(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(txpipe::db::open(&settings))?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config } => {
+            let settings = load(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(async {
+                let state = txpipe::db::open(&settings).await?;
+                anyhow::Ok(state.status(5).await?)
+            })?;
+            print!("{}", app::report::status(&report));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

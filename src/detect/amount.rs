@@ -105,7 +105,9 @@ mod tests {
 
     #[test]
     fn refuses_everything_else() {
-        for bad in ["-1", "+1", "1e3", "1e400", "NaN", "inf", ".5", "5.", "1.2.3", " 1", "1,5", "0x10"] {
+        for bad in [
+            "-1", "+1", "1e3", "1e400", "NaN", "inf", ".5", "5.", "1.2.3", " 1", "1,5", "0x10",
+        ] {
             assert!(cents(bad).is_err(), "{bad} should be refused");
         }
         assert_eq!(cents(""), Err(ParseAmountError::Empty));
@@ -113,6 +115,9 @@ mod tests {
 
     #[test]
     fn saturates_instead_of_overflowing() {
-        assert_eq!(Cents(i64::MAX - 1).saturating_add(Cents(5)), Cents(i64::MAX));
+        assert_eq!(
+            Cents(i64::MAX - 1).saturating_add(Cents(5)),
+            Cents(i64::MAX)
+        );
     }
 }

@@ -48,7 +48,11 @@ impl PatternEngine for ChildDetector {
     fn restore(&mut self, snapshot: &Snapshot) {
         self.totals.clear();
         self.emitted.clear();
-        for pair in snapshot.pairs.iter().filter(|p| self.shard.owns(p.merchant)) {
+        for pair in snapshot
+            .pairs
+            .iter()
+            .filter(|p| self.shard.owns(p.merchant))
+        {
             self.totals.insert(
                 (pair.merchant, pair.customer),
                 Totals {

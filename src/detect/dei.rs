@@ -57,7 +57,11 @@ impl PatternEngine for DeiDetector {
     fn restore(&mut self, snapshot: &Snapshot) {
         self.merchants.clear();
         self.emitted.clear();
-        for pair in snapshot.pairs.iter().filter(|p| self.shard.owns(p.merchant)) {
+        for pair in snapshot
+            .pairs
+            .iter()
+            .filter(|p| self.shard.owns(p.merchant))
+        {
             self.merchants
                 .entry(pair.merchant)
                 .or_default()

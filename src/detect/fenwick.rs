@@ -11,16 +11,16 @@ pub struct CountTree {
 
 impl CountTree {
     pub fn new() -> CountTree {
-        CountTree { tree: vec![0; 64], total: 0 }
+        CountTree {
+            tree: vec![0; 64],
+            total: 0,
+        }
     }
 
     /// Number of values in the multiset.
+    #[cfg(test)]
     pub fn len(&self) -> u64 {
         self.total
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.total == 0
     }
 
     pub fn insert(&mut self, value: u64) {

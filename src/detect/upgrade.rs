@@ -16,7 +16,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::fenwick::CountTree;
 use super::{
-    ChunkDelta, CustomerId, Detection, DetectionKey, PatternEngine, Evidence, MerchantId, Pattern,
+    ChunkDelta, CustomerId, Detection, DetectionKey, Evidence, MerchantId, Pattern, PatternEngine,
     Ratio, Shard, Snapshot, Thresholds, Weight, WeightTable,
 };
 
@@ -141,7 +141,11 @@ impl PatternEngine for UpgradeDetector {
     fn restore(&mut self, snapshot: &Snapshot) {
         self.merchants.clear();
         self.emitted.clear();
-        for pair in snapshot.pairs.iter().filter(|p| self.shard.owns(p.merchant)) {
+        for pair in snapshot
+            .pairs
+            .iter()
+            .filter(|p| self.shard.owns(p.merchant))
+        {
             let population = self.merchants.entry(pair.merchant).or_default();
             population.transactions += pair.count;
             population.counts.insert(pair.customer, pair.count);

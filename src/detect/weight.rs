@@ -64,10 +64,10 @@ impl WeightTable {
 
     /// Adds one CustomerImportance row (or an already aggregated group).
     pub fn add(&mut self, merchant: MerchantId, customer: CustomerId, sum: Cents, rows: u64) {
-        let entry = self
-            .weights
-            .entry((merchant, customer))
-            .or_insert(Weight { sum: Cents(0), rows: 0 });
+        let entry = self.weights.entry((merchant, customer)).or_insert(Weight {
+            sum: Cents(0),
+            rows: 0,
+        });
         entry.sum = entry.sum.saturating_add(sum);
         entry.rows += rows;
     }

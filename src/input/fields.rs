@@ -74,6 +74,9 @@ mod tests {
         assert_eq!(header_name(&header[0]), b"Step");
         assert_eq!(header_name(&header[1]), b"customer");
         assert_eq!(locate_columns(&header, ["amount", "step"]), Ok([2, 0]));
-        assert_eq!(locate_columns(&header, ["merchant", "step"]), Err(vec!["merchant"]));
+        assert_eq!(
+            locate_columns(&header, ["merchant", "step"]),
+            Err(vec!["merchant"])
+        );
     }
 }

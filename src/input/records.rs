@@ -70,7 +70,10 @@ impl<R: Read> RecordSplitter<R> {
             if !in_record {
                 // Leading line ends are blank lines or the LF of a CRLF that
                 // the previous record already accounted for.
-                let lead = taken.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+                let lead = taken
+                    .iter()
+                    .take_while(|b| matches!(b, b'\r' | b'\n'))
+                    .count();
                 taken = &taken[lead..];
                 in_record = !taken.is_empty();
             }
@@ -79,7 +82,8 @@ impl<R: Read> RecordSplitter<R> {
             self.offset += consumed as u64;
             match result {
                 ReadRecordResult::Record => {
-                    if out.len() > mark && out.last() == Some(&b'\r') && self.peek()? == Some(b'\n') {
+                    if out.len() > mark && out.last() == Some(&b'\r') && self.peek()? == Some(b'\n')
+                    {
                         out.push(b'\n');
                         self.start += 1;
                         self.offset += 1;
@@ -121,6 +125,60 @@ impl<R: Read> RecordSplitter<R> {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Cuts a master file into chunk bodies: the header line, then up to
+/// `rows` records copied verbatim.
+pub struct ChunkCutter<R> {
+    splitter: RecordSplitter<R>,
+    header: Vec<u8>,
+}
+
+/// One chunk body and where the master file continues after it.
+pub struct Cut {
+    pub body: Vec<u8>,
+    pub rows: u64,
+    pub end_offset: u64,
+}
+
+impl<R: Read> ChunkCutter<R> {
+    /// `source` is positioned at `offset`, a record boundary after the
+    /// header; `header` is the header record as it appears in the file.
+    pub fn new(source: R, offset: u64, header: Vec<u8>) -> Self {
+        let mut header = header;
+        if !header.ends_with(b"\n") && !header.ends_with(b"\r") {
+            header.extend_from_slice(b"\r\n");
+        }
+        ChunkCutter {
+            splitter: RecordSplitter::new(source, offset),
+            header,
+        }
+    }
+
+    pub fn cut(&mut self, rows: u64) -> io::Result<Cut> {
+        let mut body = self.header.clone();
+        let mut taken = 0;
+        while taken < rows && self.splitter.next_record(&mut body)? {
+            taken += 1;
+        }
+        Ok(Cut {
+            body,
+            rows: taken,
+            end_offset: self.splitter.offset(),
+        })
+    }
+}
+
+/// Reads the header record of a file: its raw bytes and the offset of the
+/// first data row. `None` for an empty file.
+pub fn read_header<R: Read>(source: R) -> io::Result<Option<(Vec<u8>, u64)>> {
+    let mut splitter = RecordSplitter::new(source, 0);
+    let mut header = Vec::new();
+    if splitter.next_record(&mut header)? {
+        Ok(Some((header, splitter.offset())))
+    } else {
+        Ok(None)
     }
 }
 
@@ -167,7 +225,10 @@ impl<'a> RawRecords<'a> {
         let begin = fields.position().map_or(0, |p| p.byte() as usize);
         let end = self.reader.position().byte() as usize;
         let span = &self.data[begin..end.min(self.data.len())];
-        let lead = span.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+        let lead = span
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
         let start = begin + lead;
         self.line += memchr::memchr_iter(b'\n', &self.data[self.counted_to..start]).count() as u64;
         self.counted_to = start;
@@ -218,7 +279,13 @@ mod tests {
         for block in [1, 2, 3, 7, 1000] {
             assert_eq!(
                 split(data, block),
-                vec!["a,b\r\n", "1,2\r\n", "\"x\r\ny\",3\r\n", "4,\"5,6\"\n", "7,8"],
+                vec![
+                    "a,b\r\n",
+                    "1,2\r\n",
+                    "\"x\r\ny\",3\r\n",
+                    "4,\"5,6\"\n",
+                    "7,8"
+                ],
                 "block size {block}"
             );
         }
@@ -240,6 +307,27 @@ mod tests {
     }
 
     #[test]
+    fn cuts_chunks_with_the_header_repeated() {
+        let data = b"h\r\n1\r\n2\r\n\r\n3\r\n4";
+        let (header, offset) = read_header(&data[..]).unwrap().unwrap();
+        assert_eq!((header.as_slice(), offset), (&b"h\r\n"[..], 3));
+        let mut cutter = ChunkCutter::new(&data[offset as usize..], offset, header);
+        let first = cutter.cut(2).unwrap();
+        assert_eq!(
+            (first.body.as_slice(), first.rows, first.end_offset),
+            (&b"h\r\n1\r\n2\r\n"[..], 2, 9)
+        );
+        let second = cutter.cut(2).unwrap();
+        assert_eq!(
+            (second.body.as_slice(), second.rows),
+            (&b"h\r\n3\r\n4"[..], 2)
+        );
+        assert_eq!(second.end_offset, data.len() as u64);
+        let last = cutter.cut(2).unwrap();
+        assert_eq!(last.rows, 0);
+    }
+
+    #[test]
     fn empty_and_blank_inputs_have_no_records() {
         assert!(split(b"", 10).is_empty());
         assert!(split(b"\r\n\n\r\n", 10).is_empty());
@@ -252,7 +340,11 @@ mod tests {
         let mut fields = csv::ByteRecord::new();
         let mut seen = Vec::new();
         while let Some(record) = records.next_into(&mut fields) {
-            seen.push((record.line, String::from_utf8_lossy(record.raw).into_owned(), fields.len()));
+            seen.push((
+                record.line,
+                String::from_utf8_lossy(record.raw).into_owned(),
+                fields.len(),
+            ));
         }
         assert_eq!(
             seen,

@@ -202,7 +202,8 @@ mod tests {
     use super::*;
     use crate::detect::Cents;
 
-    const HEADER: &str = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\r\n";
+    const HEADER: &str =
+        "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\r\n";
 
     fn parse(data: &str) -> (ParsedChunk, Names) {
         let names = Names::new();
@@ -252,9 +253,8 @@ mod tests {
 
     #[test]
     fn quoted_fields_keep_commas_and_newlines() {
-        let data = format!(
-            "{HEADER}0,\"'C,1'\",'4','U','1',\"'M\n1'\",'1','es_food',\"3.00\",0\r\n"
-        );
+        let data =
+            format!("{HEADER}0,\"'C,1'\",'4','U','1',\"'M\n1'\",'1','es_food',\"3.00\",0\r\n");
         let (parsed, names) = parse(&data);
         assert!(parsed.bad_rows.is_empty(), "{:?}", parsed.bad_rows);
         assert_eq!(names.name(parsed.delta.pairs[0].customer.0), "C,1");
@@ -287,14 +287,29 @@ mod tests {
                 (4, "empty customer".to_string()),
                 (5, "empty merchant".to_string()),
                 (6, "empty category".to_string()),
-                (7, "bad amount: amount is not plain decimal notation".to_string()),
-                (8, "bad amount: amount is not plain decimal notation".to_string()),
-                (9, "bad amount: amount is not plain decimal notation".to_string()),
+                (
+                    7,
+                    "bad amount: amount is not plain decimal notation".to_string()
+                ),
+                (
+                    8,
+                    "bad amount: amount is not plain decimal notation".to_string()
+                ),
+                (
+                    9,
+                    "bad amount: amount is not plain decimal notation".to_string()
+                ),
                 (10, "bad amount: amount is empty".to_string()),
-                (11, "bad amount: amount has more than 15 digits before the point".to_string()),
+                (
+                    11,
+                    "bad amount: amount has more than 15 digits before the point".to_string()
+                ),
             ]
         );
-        assert_eq!(parsed.bad_rows[0].raw, b"0,'C1','4','F','1','M1','1','es_food',1.00");
+        assert_eq!(
+            parsed.bad_rows[0].raw,
+            b"0,'C1','4','F','1','M1','1','es_food',1.00"
+        );
         // The good row still counts.
         assert_eq!(parsed.delta.pairs.len(), 1);
         assert_eq!(parsed.delta.pairs[0].amount, Cents(200));
@@ -308,7 +323,10 @@ mod tests {
         let parsed = ChunkParser::new().parse(&data, &names).unwrap();
         assert_eq!(parsed.bad_rows.len(), 1);
         assert_eq!(parsed.bad_rows[0].reason, BadRowReason::InvalidUtf8);
-        assert_eq!(parsed.bad_rows[0].raw, b"0,'C\xff1','4','F','1','M1','1','es_food',1.00,0");
+        assert_eq!(
+            parsed.bad_rows[0].raw,
+            b"0,'C\xff1','4','F','1','M1','1','es_food',1.00,0"
+        );
     }
 
     #[test]
@@ -316,9 +334,14 @@ mod tests {
         let names = Names::new();
         let mut parser = ChunkParser::new();
         assert_eq!(parser.parse(b"", &names).unwrap_err(), RejectReason::Empty);
-        assert_eq!(parser.parse(b"\r\n\r\n", &names).unwrap_err(), RejectReason::Empty);
         assert_eq!(
-            parser.parse(b"step,customer,gender\n1,2,3\n", &names).unwrap_err(),
+            parser.parse(b"\r\n\r\n", &names).unwrap_err(),
+            RejectReason::Empty
+        );
+        assert_eq!(
+            parser
+                .parse(b"step,customer,gender\n1,2,3\n", &names)
+                .unwrap_err(),
             RejectReason::MissingColumns(vec!["merchant", "category", "amount"])
         );
         assert!(parser.parse(b"\x00\x9f\x92\x96binary", &names).is_err());
@@ -331,7 +354,10 @@ mod tests {
         assert_eq!(parsed.rows, 0);
         let data = format!("\u{feff}{HEADER}0,'C1','4','F','1','M1','1','es_food',1.00,0");
         let (parsed, _) = parse(&data);
-        assert_eq!(parsed.rows, 1, "a truncated last line without CRLF is still a row");
+        assert_eq!(
+            parsed.rows, 1,
+            "a truncated last line without CRLF is still a row"
+        );
         assert!(parsed.bad_rows.is_empty());
     }
 }

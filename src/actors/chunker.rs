@@ -1,0 +1,240 @@
+//! ChunkerActor (Mechanism X): cuts the master file into chunk objects
+//! under `stream_chunks/`, `rows_per_chunk` data rows each (header
+//! repeated), one every `interval_ms`.
+//!
+//! Its position (next sequence number and byte offset) is durable. Before a
+//! chunk's PUT, the key chosen for it is saved as *pending*; after the PUT,
+//! the position advances. A crash between the two re-PUTs the same key with
+//! the same rows on restart, so no chunk is ever written under two names
+//! and no row is skipped or repeated. Reading and cutting run on a blocking
+//! thread so a large master file streams through a fixed buffer.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tracing::{debug, info};
+
+use super::context::{PipelineContext, contain_async};
+use super::supervisor::Lifeline;
+use crate::db::{ChunkerPosition, DbError};
+use crate::input::records::{ChunkCutter, Cut, read_header};
+use crate::input::transactions::Schema;
+use crate::layout;
+use crate::store::{StoreError, source};
+
+pub struct ChunkerActor {
+    lifeline: Lifeline,
+}
+
+impl ChunkerActor {
+    pub fn new(pipeline: Arc<PipelineContext>) -> ChunkerActor {
+        ChunkerActor {
+            lifeline: Lifeline::new("chunker", pipeline),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkerError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Db(#[from] DbError),
+    #[error("reading the master file: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("{0}")]
+    Injected(#[from] super::faults::InjectedFault),
+    /// Restarting cannot help: the configuration or the file is wrong.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl Actor for ChunkerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.lifeline.wait_backoff(ctx);
+        let pipeline = self.lifeline.pipeline.clone();
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(contain_async(run(pipeline))).map(
+                |outcome, act, ctx| match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(ChunkerError::Fatal(message))) => act
+                        .lifeline
+                        .pipeline
+                        .supervision
+                        .fatal(&act.lifeline.name, message),
+                    Ok(Err(error)) => act.lifeline.fail(ctx, error.to_string()),
+                    Err(panic) => act.lifeline.fail(ctx, panic),
+                },
+            ),
+        );
+    }
+}
+
+impl Supervised for ChunkerActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.lifeline.restarting();
+    }
+}
+
+/// Reads the master file's header, checks it, and returns it with the
+/// offset of the first data row.
+pub fn master_header(location: &str) -> Result<(Vec<u8>, u64), String> {
+    let reader = source::open_at(location, 0).map_err(|e| e.to_string())?;
+    let (header, offset) = read_header(reader)
+        .map_err(|e| format!("cannot read {location}: {e}"))?
+        .ok_or_else(|| format!("master file {location} is empty (no header line)"))?;
+    let mut fields = csv::ByteRecord::new();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(header.as_slice());
+    reader
+        .read_byte_record(&mut fields)
+        .map_err(|e| format!("master file {location}: unreadable header: {e}"))?;
+    Schema::from_header(&fields).map_err(|e| format!("master file {location}: {e}"))?;
+    Ok((header, offset))
+}
+
+/// Checks that a saved position belongs to this master file and chunk size.
+pub fn check_position(
+    position: &ChunkerPosition,
+    source: &str,
+    rows_per_chunk: u64,
+) -> Result<(), String> {
+    if position.source != source || position.rows_per_chunk != rows_per_chunk {
+        return Err(format!(
+            "the database holds the chunker position of {} with rows_per_chunk = {}, \
+             but the configuration says {} with rows_per_chunk = {}; \
+             use a fresh database and bucket for a different master file or chunk size",
+            position.source, position.rows_per_chunk, source, rows_per_chunk
+        ));
+    }
+    Ok(())
+}
+
+type Cutter = ChunkCutter<Box<dyn std::io::Read + Send>>;
+
+async fn cut_next(cutter: Cutter, rows: u64) -> Result<(Cutter, Cut), ChunkerError> {
+    let mut cutter = cutter;
+    let (cutter, cut) = tokio::task::spawn_blocking(move || {
+        let cut = cutter.cut(rows);
+        (cutter, cut)
+    })
+    .await
+    .map_err(|e| ChunkerError::Fatal(format!("cutting thread failed: {e}")))?;
+    Ok((cutter, cut?))
+}
+
+async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
+    let p = &*pipeline;
+    let source = p.settings.source.transactions.clone();
+    let rows_per_chunk = p.settings.chunker.rows_per_chunk;
+    let interval = Duration::from_millis(p.settings.chunker.interval_ms);
+    let (header, data_offset) = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || master_header(&source))
+            .await
+            .map_err(|e| ChunkerError::Fatal(e.to_string()))?
+            .map_err(ChunkerError::Fatal)?
+    };
+    let mut position = match p
+        .db("read chunker position", || p.state.chunker_position())
+        .await?
+    {
+        Some(position) => {
+            check_position(&position, &source, rows_per_chunk).map_err(ChunkerError::Fatal)?;
+            position
+        }
+        None => ChunkerPosition {
+            source: source.clone(),
+            rows_per_chunk,
+            next_seq: 0,
+            next_offset: data_offset,
+            rows_emitted: 0,
+            pending_key: None,
+            last_key: None,
+            finished: false,
+        },
+    };
+    let mut cutter: Cutter = {
+        let (source, offset) = (source.clone(), position.next_offset);
+        let reader = tokio::task::spawn_blocking(move || source::open_at(&source, offset))
+            .await
+            .map_err(|e| ChunkerError::Fatal(e.to_string()))??;
+        ChunkCutter::new(reader, position.next_offset, header)
+    };
+    info!(
+        next_seq = position.next_seq,
+        offset = position.next_offset,
+        "chunker resumes"
+    );
+    let mut next_tick = Instant::now();
+    loop {
+        if p.lifecycle.stop_chunker.is_cancelled() {
+            return Ok(());
+        }
+        let cut;
+        (cutter, cut) = cut_next(cutter, rows_per_chunk).await?;
+        if cut.rows == 0 {
+            if !position.finished || position.pending_key.is_some() {
+                position.finished = true;
+                position.pending_key = None;
+                p.db("save chunker position", || {
+                    p.state.save_chunker_position(&position)
+                })
+                .await?;
+            }
+            p.progress.chunker_finished.store(true, Ordering::Release);
+            info!(
+                chunks = position.next_seq,
+                rows = position.rows_emitted,
+                "master file fully chunked"
+            );
+            return Ok(());
+        }
+        p.faults.hit("chunker")?;
+        let key = match position.pending_key.take() {
+            // A previous run chose this key and may have written it.
+            Some(key) => key,
+            None => {
+                let key = layout::chunk_key(
+                    position.next_seq,
+                    &crate::clock::name_stamp(chrono::Utc::now()),
+                );
+                position.pending_key = Some(key.clone());
+                position.finished = false;
+                p.db("save chunker position", || {
+                    p.state.save_chunker_position(&position)
+                })
+                .await?;
+                key
+            }
+        };
+        let body = Bytes::from(cut.body);
+        p.store("write chunk", || p.objects.put(&key, body.clone()))
+            .await?;
+        position.next_seq += 1;
+        position.next_offset = cut.end_offset;
+        position.rows_emitted += cut.rows;
+        position.pending_key = None;
+        position.last_key = Some(key.clone());
+        p.db("save chunker position", || {
+            p.state.save_chunker_position(&position)
+        })
+        .await?;
+        p.progress.chunks_written.fetch_add(1, Ordering::Relaxed);
+        p.progress
+            .rows_chunked
+            .fetch_add(cut.rows, Ordering::Relaxed);
+        debug!(chunk = %key, rows = cut.rows, "chunk written");
+        next_tick += interval;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_tick.into()) => {}
+            _ = p.lifecycle.stop_chunker.cancelled() => {}
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! What every actor shares: settings, the two stores, the name table, the
+//! lookup weights, progress counters, lifecycle signals, the supervision
+//! hub and the fault plan. Plus the two helpers every actor uses: panic
+//! containment and retries with backoff.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::FutureExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::faults::FaultPlan;
+use super::supervisor::Supervision;
+use crate::config::Settings;
+use crate::db::{DbError, StateStore};
+use crate::detect::{Thresholds, WeightTable};
+use crate::names::Names;
+use crate::store::{ObjectStore, StoreError};
+
+pub struct PipelineContext {
+    pub settings: Settings,
+    pub objects: Arc<dyn ObjectStore>,
+    pub state: Arc<dyn StateStore>,
+    pub names: Arc<Names>,
+    pub weights: Arc<WeightTable>,
+    pub thresholds: Thresholds,
+    pub progress: Progress,
+    pub lifecycle: Lifecycle,
+    pub supervision: Supervision,
+    pub faults: FaultPlan,
+    /// When Mechanism Y started (the detections' `YStartTime`).
+    pub y_start_time: String,
+    /// Rung after every commit that added detections; the batch writer
+    /// wakes on it. The outbox itself is in the database.
+    pub doorbell: watch::Sender<u64>,
+}
+
+/// Signals from the supervisor to the long-running loops.
+#[derive(Default)]
+pub struct Lifecycle {
+    /// The chunker stops after the chunk it is writing.
+    pub stop_chunker: CancellationToken,
+    /// The watcher takes no new chunks, finishes those in flight and stops.
+    pub stop_watcher: CancellationToken,
+    /// The batch writer writes everything, the partial batch too, and stops.
+    pub final_flush: CancellationToken,
+}
+
+/// Counters the supervisor and the summary read.
+#[derive(Default)]
+pub struct Progress {
+    pub chunker_finished: AtomicBool,
+    pub chunks_written: AtomicU64,
+    pub rows_chunked: AtomicU64,
+    /// Listings that found nothing new while nothing was in flight.
+    pub idle_listings: AtomicU64,
+    pub watcher_stopped: AtomicBool,
+    pub chunks_committed: AtomicU64,
+    pub chunks_rejected: AtomicU64,
+    pub rows_committed: AtomicU64,
+    pub bad_rows: AtomicU64,
+    pub detections: [AtomicU64; 3],
+    pub commits: AtomicU64,
+    pub batches_written: AtomicU64,
+    pub flushed: AtomicBool,
+    /// Chunk object listed to its commit durable, in microseconds.
+    pub latencies_us: Mutex<Vec<u64>>,
+}
+
+const MAX_LATENCY_SAMPLES: usize = 1 << 20;
+
+impl Progress {
+    pub fn record_latency(&self, latency: Duration) {
+        let mut samples = self.latencies_us.lock().unwrap_or_else(|e| e.into_inner());
+        if samples.len() < MAX_LATENCY_SAMPLES {
+            samples.push(latency.as_micros() as u64);
+        }
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `work`, turning a panic into an error message.
+pub fn contain<R>(work: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(work)).map_err(|p| panic_message(p.as_ref()))
+}
+
+/// Awaits `work`, turning a panic into an error message.
+pub async fn contain_async<F: Future>(work: F) -> Result<F::Output, String> {
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|p| panic_message(p.as_ref()))
+}
+
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".to_string());
+    format!("panic: {text}")
+}
+
+fn backoff(max_attempts: u32) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .with_max_times(max_attempts.saturating_sub(1) as usize)
+}
+
+impl PipelineContext {
+    /// Retries a database call that failed transiently, with backoff.
+    pub async fn db<T, F, Fut>(&self, what: &str, call: F) -> Result<T, DbError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        call.retry(backoff(self.settings.database.max_attempts))
+            .sleep(tokio::time::sleep)
+            .when(DbError::is_transient)
+            .notify(|error, delay| {
+                warn!(operation = what, %error, retry_in_ms = delay.as_millis() as u64,
+                      "database call failed; retrying");
+            })
+            .await
+    }
+
+    /// Retries an object store call that failed transiently, with backoff.
+    pub async fn store<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        call.retry(backoff(self.settings.storage.max_attempts))
+            .sleep(tokio::time::sleep)
+            .when(StoreError::is_transient)
+            .notify(|error, delay| {
+                warn!(operation = what, %error, retry_in_ms = delay.as_millis() as u64,
+                      "object store call failed; retrying");
+            })
+            .await
+    }
+}

@@ -1,0 +1,126 @@
+//! Loads the CustomerImportance file into the database once, and builds the
+//! in-memory weight table from the database.
+//!
+//! The file is fingerprinted (xxh3 of its bytes). Starting again with the
+//! same file skips the load; a different file is refused once chunks have
+//! been processed, because it would change what earlier chunks meant.
+
+use std::io::Read;
+
+use anyhow::Context as _;
+use tracing::info;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::config::Settings;
+use crate::db::{LookupSource, StateStore, WeightRow};
+use crate::detect::{Cents, WeightTable};
+use crate::input::importance::read_importance;
+use crate::names::Names;
+use crate::store::source;
+
+/// Hashes everything read through it.
+struct Fingerprinting<R> {
+    inner: R,
+    hasher: Xxh3,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Fingerprinting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R> Fingerprinting<R> {
+    fn new(inner: R) -> Self {
+        Fingerprinting {
+            inner,
+            hasher: Xxh3::new(),
+            bytes: 0,
+        }
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("xxh3:{:016x}:{}", self.hasher.digest(), self.bytes)
+    }
+}
+
+pub async fn ensure_loaded(settings: &Settings, state: &dyn StateStore) -> anyhow::Result<()> {
+    let location = settings.source.customer_importance.clone();
+    let existing = state.lookup_source().await?;
+    if let Some(existing) = &existing {
+        let path = location.clone();
+        let fingerprint = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            let mut reader = Fingerprinting::new(source::open_at(&path, 0)?);
+            std::io::copy(&mut reader, &mut std::io::sink())?;
+            Ok(reader.fingerprint())
+        })
+        .await??;
+        if fingerprint == existing.fingerprint {
+            info!(pairs = existing.pairs, "lookup table already loaded");
+            return Ok(());
+        }
+        if state.last_chunk().await?.is_some() {
+            anyhow::bail!(
+                "CustomerImportance file {location} differs from the one loaded before ({}); \
+                 chunks were already processed with the old weights. Use a fresh database \
+                 and bucket to change the lookup table",
+                existing.source
+            );
+        }
+    }
+    let (importance, fingerprint) = tokio::task::spawn_blocking({
+        let location = location.clone();
+        move || -> anyhow::Result<_> {
+            let mut reader = Fingerprinting::new(source::open_at(&location, 0)?);
+            let importance = read_importance(&mut reader)
+                .with_context(|| format!("CustomerImportance file {location}"))?;
+            std::io::copy(&mut reader, &mut std::io::sink())?;
+            Ok((importance, reader.fingerprint()))
+        }
+    })
+    .await??;
+    let rows: Vec<WeightRow<'_>> = importance
+        .entries
+        .iter()
+        .map(|entry| WeightRow {
+            merchant: &entry.merchant,
+            customer: &entry.customer,
+            weight_sum: entry.weight_sum.0,
+            rows: entry.rows,
+        })
+        .collect();
+    let loaded = LookupSource {
+        source: location,
+        fingerprint,
+        rows: importance.rows,
+        bad_rows: importance.bad_rows,
+        pairs: rows.len() as u64,
+    };
+    state.load_lookup(&loaded, &rows).await?;
+    info!(
+        rows = loaded.rows,
+        bad_rows = loaded.bad_rows,
+        pairs = loaded.pairs,
+        "lookup table loaded"
+    );
+    Ok(())
+}
+
+pub async fn weight_table(state: &dyn StateStore, names: &Names) -> anyhow::Result<WeightTable> {
+    let mut table = WeightTable::new();
+    state
+        .scan_weights(&mut |row| {
+            table.add(
+                names.merchant(row.merchant),
+                names.customer(row.customer),
+                Cents(row.weight_sum),
+                row.rows,
+            )
+        })
+        .await?;
+    Ok(table)
+}

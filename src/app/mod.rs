@@ -1,0 +1,160 @@
+//! The commands behind the CLI: start-up checks, running the supervised
+//! pipeline, the demo, and reports.
+
+pub mod demo;
+pub mod lookup;
+pub mod report;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, System};
+use anyhow::Context as _;
+use tracing::info;
+
+use crate::actors::context::{Lifecycle, PipelineContext, Progress};
+use crate::actors::faults::{FaultPlan, FaultRule};
+use crate::actors::supervisor::{RunMode, Supervision, SupervisorActor};
+use crate::config::{LogFormat, Settings};
+use crate::detect::Thresholds;
+use crate::names::Names;
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub exit_code: i32,
+    pub error: Option<String>,
+    pub elapsed: Duration,
+    pub chunks_written: u64,
+    pub rows_chunked: u64,
+    pub chunks_committed: u64,
+    pub chunks_rejected: u64,
+    pub rows_committed: u64,
+    pub bad_rows: u64,
+    pub detections: [u64; 3],
+    pub commits: u64,
+    pub batches_written: u64,
+    pub latencies_us: Vec<u64>,
+}
+
+impl RunReport {
+    fn from_progress(
+        progress: &Progress,
+        exit_code: i32,
+        error: Option<String>,
+        elapsed: Duration,
+    ) -> Self {
+        let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        RunReport {
+            exit_code,
+            error,
+            elapsed,
+            chunks_written: get(&progress.chunks_written),
+            rows_chunked: get(&progress.rows_chunked),
+            chunks_committed: get(&progress.chunks_committed),
+            chunks_rejected: get(&progress.chunks_rejected),
+            rows_committed: get(&progress.rows_committed),
+            bad_rows: get(&progress.bad_rows),
+            detections: [
+                get(&progress.detections[0]),
+                get(&progress.detections[1]),
+                get(&progress.detections[2]),
+            ],
+            commits: get(&progress.commits),
+            batches_written: get(&progress.batches_written),
+            latencies_us: progress
+                .latencies_us
+                .lock()
+                .map(|l| l.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Sets up logging from the configuration; `RUST_LOG` wins over
+/// `log.level`. Safe to call more than once (later calls do nothing).
+pub fn init_logging(settings: &Settings) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::EnvFilter>().ok())
+        .unwrap_or_else(|| {
+            settings
+                .log
+                .level
+                .parse()
+                .expect("validated with the configuration")
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match settings.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Everything checked before any actor starts: the master file's header,
+/// both stores, the chunker position, and the lookup table (loaded into the
+/// database once).
+pub async fn prepare(
+    settings: Settings,
+    faults: Vec<FaultRule>,
+) -> anyhow::Result<Arc<PipelineContext>> {
+    let source = settings.source.transactions.clone();
+    tokio::task::spawn_blocking(move || crate::actors::chunker::master_header(&source))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let objects = crate::store::open(&settings).await?;
+    let state = crate::db::open(&settings).await?;
+    if let Some(position) = state.chunker_position().await? {
+        crate::actors::chunker::check_position(
+            &position,
+            &settings.source.transactions,
+            settings.chunker.rows_per_chunk,
+        )
+        .map_err(anyhow::Error::msg)?;
+    }
+    let names = Arc::new(Names::new());
+    lookup::ensure_loaded(&settings, &*state).await?;
+    let weights = Arc::new(lookup::weight_table(&*state, &names).await?);
+    info!(pairs = weights.len(), "lookup table ready");
+    let (doorbell, _) = tokio::sync::watch::channel(0);
+    Ok(Arc::new(PipelineContext {
+        supervision: Supervision::new(settings.supervisor.clone()),
+        settings,
+        objects,
+        state,
+        names,
+        weights,
+        thresholds: Thresholds::SPEC,
+        progress: Progress::default(),
+        lifecycle: Lifecycle::default(),
+        faults: FaultPlan::new(faults),
+        y_start_time: crate::clock::now_ist(),
+        doorbell,
+    }))
+}
+
+/// Runs the supervised pipeline until it is done (`UntilDone`), a signal
+/// arrives, or it fails.
+pub fn run(settings: Settings, mode: RunMode, faults: Vec<FaultRule>) -> anyhow::Result<RunReport> {
+    let system = System::new();
+    let pipeline = system
+        .block_on(prepare(settings, faults))
+        .context("start-up failed")?;
+    let started = Instant::now();
+    let supervised = pipeline.clone();
+    system.block_on(async move {
+        SupervisorActor::new(supervised, mode).start();
+    });
+    let exit_code = system.run_with_code()?;
+    let elapsed = started.elapsed();
+    let error = pipeline.supervision.fatal_message();
+    Ok(RunReport::from_progress(
+        &pipeline.progress,
+        exit_code,
+        error,
+        elapsed,
+    ))
+}

@@ -1,0 +1,136 @@
+//! Human-readable summaries: the end of a run, and `txpipe status`.
+
+use std::fmt::Write as _;
+
+use super::RunReport;
+use crate::db::StatusReport;
+use crate::detect::Pattern;
+
+/// Percentile of a sample set (nearest rank), in milliseconds.
+pub fn percentile_ms(samples: &[u64], percentile: f64) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = ((percentile / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    Some(sorted[rank.min(sorted.len()) - 1] as f64 / 1000.0)
+}
+
+pub fn run_summary(report: &RunReport) -> String {
+    let mut out = String::new();
+    let seconds = report.elapsed.as_secs_f64();
+    let rate = if seconds > 0.0 {
+        report.rows_committed as f64 / seconds
+    } else {
+        0.0
+    };
+    let _ = writeln!(out, "rows chunked        {}", report.rows_chunked);
+    let _ = writeln!(out, "chunks written      {}", report.chunks_written);
+    let _ = writeln!(
+        out,
+        "chunks processed    {} ({} rejected) in {} commits",
+        report.chunks_committed + report.chunks_rejected,
+        report.chunks_rejected,
+        report.commits
+    );
+    let _ = writeln!(out, "rows processed      {}", report.rows_committed);
+    let _ = writeln!(out, "bad rows            {}", report.bad_rows);
+    for pattern in Pattern::ALL {
+        let _ = writeln!(
+            out,
+            "detections {} {:<10} {}",
+            pattern.id(),
+            pattern.action(),
+            report.detections[pattern as usize]
+        );
+    }
+    let _ = writeln!(out, "detection files     {}", report.batches_written);
+    if let (Some(p50), Some(p99)) = (
+        percentile_ms(&report.latencies_us, 50.0),
+        percentile_ms(&report.latencies_us, 99.0),
+    ) {
+        let _ = writeln!(out, "chunk latency       p50 {p50:.1} ms, p99 {p99:.1} ms");
+    }
+    let _ = writeln!(out, "elapsed             {seconds:.2} s");
+    let _ = writeln!(out, "throughput          {rate:.0} transactions/s");
+    out
+}
+
+pub fn status(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let processed = report.chunks_processed + report.chunks_rejected;
+    let _ = writeln!(
+        out,
+        "chunks produced     {}{}",
+        report.chunks_produced,
+        if report.chunker_finished {
+            " (master file fully chunked)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "chunks processed    {} ({} rejected)",
+        processed, report.chunks_rejected
+    );
+    let _ = writeln!(
+        out,
+        "lag                 {} chunks",
+        report.chunks_produced.saturating_sub(processed)
+    );
+    let _ = writeln!(out, "rows produced       {}", report.rows_produced);
+    let _ = writeln!(out, "rows processed      {}", report.rows_processed);
+    let _ = writeln!(out, "bad rows            {}", report.bad_rows);
+    let _ = writeln!(
+        out,
+        "last chunk          {}",
+        report.last_chunk.as_deref().unwrap_or("-")
+    );
+    for pattern in Pattern::ALL {
+        let count = report
+            .detections
+            .iter()
+            .find(|(id, _)| id == pattern.id())
+            .map_or(0, |(_, n)| *n);
+        let _ = writeln!(
+            out,
+            "detections {} {:<10} {count}",
+            pattern.id(),
+            pattern.action()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "detection files     {} written, {} pending; {} detections wait for a full batch",
+        report.batches_written, report.batches_pending, report.detections_unbatched
+    );
+    if report.recent_restarts.is_empty() {
+        let _ = writeln!(out, "recent restarts     none recorded");
+    } else {
+        let _ = writeln!(out, "recent restarts:");
+        for event in &report.recent_restarts {
+            let _ = writeln!(
+                out,
+                "  {} {} (restart #{}): {}",
+                event.at, event.actor, event.restart_count, event.reason
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<u64> = (1..=100).map(|ms| ms * 1000).collect();
+        assert_eq!(percentile_ms(&samples, 50.0), Some(50.0));
+        assert_eq!(percentile_ms(&samples, 99.0), Some(99.0));
+        assert_eq!(percentile_ms(&[5000], 99.0), Some(5.0));
+        assert_eq!(percentile_ms(&[], 50.0), None);
+    }
+}

@@ -1,0 +1,439 @@
+//! Configuration: `config/default.toml` (compiled in) is the base layer, a
+//! file given with `--config` goes on top, and environment variables named
+//! `TXPIPE__SECTION__KEY` override both. Unknown keys and invalid values are
+//! refused at start-up with a message that names the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+/// The embedded defaults, identical to `config/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of environment overrides (`TXPIPE__CHUNKER__INTERVAL_MS=0`).
+pub const ENV_PREFIX: &str = "TXPIPE";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub source: SourceConfig,
+    pub chunker: ChunkerConfig,
+    pub storage: StorageConfig,
+    pub database: DatabaseConfig,
+    pub batch: BatchConfig,
+    pub watcher: WatcherConfig,
+    pub detectors: DetectorsConfig,
+    pub actors: ActorsConfig,
+    pub supervisor: SupervisorConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub transactions: String,
+    pub customer_importance: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkerConfig {
+    pub rows_per_chunk: u64,
+    pub interval_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Local,
+    S3,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub kind: StorageKind,
+    pub root: PathBuf,
+    pub fsync: bool,
+    pub bucket: String,
+    pub prefix: String,
+    pub region: String,
+    pub endpoint: String,
+    pub path_style: bool,
+    pub request_timeout_ms: u64,
+    pub max_attempts: u32,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub pool_size: u32,
+    pub max_attempts: u32,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    pub size: u64,
+    pub linger_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatcherConfig {
+    pub poll_interval_ms: u64,
+    pub max_in_flight: usize,
+    pub max_chunks_per_commit: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorsConfig {
+    pub patid1: u32,
+    pub patid2: u32,
+    pub patid3: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorsConfig {
+    pub mailbox_capacity: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    pub max_restarts: u32,
+    pub restart_window_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("configuration: invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        Settings::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Settings::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, SettingsError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(SettingsError::MissingFile(path.to_path_buf()));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let overrides = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        fn check(ok: bool, key: &'static str, message: &str) -> Result<(), SettingsError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(SettingsError::Invalid {
+                    key,
+                    message: message.to_string(),
+                })
+            }
+        }
+        check(
+            !self.source.transactions.is_empty(),
+            "source.transactions",
+            "must not be empty",
+        )?;
+        check(
+            !self.source.customer_importance.is_empty(),
+            "source.customer_importance",
+            "must not be empty",
+        )?;
+        check(
+            self.chunker.rows_per_chunk >= 1,
+            "chunker.rows_per_chunk",
+            "must be at least 1",
+        )?;
+        check(
+            self.chunker.rows_per_chunk <= 10_000_000,
+            "chunker.rows_per_chunk",
+            "must be at most 10000000",
+        )?;
+        check(self.batch.size >= 1, "batch.size", "must be at least 1")?;
+        check(
+            self.batch.size <= 100_000,
+            "batch.size",
+            "must be at most 100000",
+        )?;
+        match self.storage.kind {
+            StorageKind::Local => check(
+                !self.storage.root.as_os_str().is_empty(),
+                "storage.root",
+                "must name a directory when storage.kind = \"local\"",
+            )?,
+            StorageKind::S3 => {
+                check(
+                    !self.storage.bucket.is_empty(),
+                    "storage.bucket",
+                    "must name a bucket when storage.kind = \"s3\"",
+                )?;
+                check(
+                    !self.storage.region.is_empty(),
+                    "storage.region",
+                    "must not be empty",
+                )?;
+            }
+        }
+        check(
+            self.storage.max_attempts >= 1,
+            "storage.max_attempts",
+            "must be at least 1",
+        )?;
+        check(
+            self.storage.request_timeout_ms >= 1,
+            "storage.request_timeout_ms",
+            "must be at least 1",
+        )?;
+        check(
+            DatabaseKind::of(&self.database.url).is_some(),
+            "database.url",
+            "must start with sqlite:// or postgres://",
+        )?;
+        check(
+            (1..=256).contains(&self.database.pool_size),
+            "database.pool_size",
+            "must be between 1 and 256",
+        )?;
+        check(
+            self.database.max_attempts >= 1,
+            "database.max_attempts",
+            "must be at least 1",
+        )?;
+        check(
+            self.watcher.max_in_flight >= 1,
+            "watcher.max_in_flight",
+            "must be at least 1",
+        )?;
+        check(
+            self.watcher.max_chunks_per_commit >= 1,
+            "watcher.max_chunks_per_commit",
+            "must be at least 1",
+        )?;
+        for (key, value) in [
+            ("detectors.patid1", self.detectors.patid1),
+            ("detectors.patid2", self.detectors.patid2),
+            ("detectors.patid3", self.detectors.patid3),
+        ] {
+            check((1..=64).contains(&value), key, "must be between 1 and 64")?;
+        }
+        check(
+            self.actors.mailbox_capacity >= 1,
+            "actors.mailbox_capacity",
+            "must be at least 1",
+        )?;
+        check(
+            self.watcher.max_in_flight <= self.actors.mailbox_capacity,
+            "watcher.max_in_flight",
+            "must not exceed actors.mailbox_capacity (chunks in flight wait in detector mailboxes)",
+        )?;
+        check(
+            self.supervisor.backoff_initial_ms <= self.supervisor.backoff_max_ms,
+            "supervisor.backoff_initial_ms",
+            "must not exceed supervisor.backoff_max_ms",
+        )?;
+        check(
+            self.supervisor.restart_window_ms >= 1,
+            "supervisor.restart_window_ms",
+            "must be at least 1",
+        )?;
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            return Err(SettingsError::Invalid {
+                key: "log.level",
+                message: e.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn chunk_interval(&self) -> Duration {
+        Duration::from_millis(self.chunker.interval_ms)
+    }
+}
+
+/// Which state store a database URL selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseKind {
+    pub fn of(url: &str) -> Option<DatabaseKind> {
+        if url.starts_with("sqlite://") {
+            Some(DatabaseKind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(DatabaseKind::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Hides a password in a URL (`postgres://user:secret@host` becomes
+/// `postgres://user:***@host`), for logs and status output.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file.map(|text| {
+            let path = dir.path().join("txpipe.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::load_with_env(path.as_deref(), env)
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_profile() {
+        let settings = load(None, &[]).unwrap();
+        assert_eq!(settings.chunker.rows_per_chunk, 10_000);
+        assert_eq!(settings.chunker.interval_ms, 1_000);
+        assert_eq!(settings.storage.kind, StorageKind::Local);
+        assert_eq!(settings.batch.size, 50);
+        assert!(settings.database.url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn file_then_environment_override() {
+        let settings = load(
+            Some("[chunker]\nrows_per_chunk = 500\ninterval_ms = 5\n[detectors]\npatid2 = 3\n"),
+            &[
+                ("TXPIPE__CHUNKER__INTERVAL_MS", "0"),
+                ("TXPIPE__BATCH__SIZE", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.chunker.rows_per_chunk, 500);
+        assert_eq!(settings.chunker.interval_ms, 0);
+        assert_eq!(settings.batch.size, 7);
+        assert_eq!(settings.detectors.patid2, 3);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = load(Some("[chunker]\nrows_per_chunck = 5\n"), &[]).unwrap_err();
+        assert!(err.to_string().contains("rows_per_chunck"), "{err}");
+        let err = load(None, &[("TXPIPE__BATCH__SIZZE", "5")]).unwrap_err();
+        assert!(err.to_string().contains("sizze"), "{err}");
+        let err = load(Some("[nonsense]\nx = 1\n"), &[]).unwrap_err();
+        assert!(err.to_string().contains("nonsense"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused_by_name() {
+        let err = load(None, &[("TXPIPE__CHUNKER__ROWS_PER_CHUNK", "0")]).unwrap_err();
+        assert!(err.to_string().contains("chunker.rows_per_chunk"), "{err}");
+        let err = load(None, &[("TXPIPE__BATCH__SIZE", "many")]).unwrap_err();
+        assert!(err.to_string().contains("batch.size"), "{err}");
+        let err = load(None, &[("TXPIPE__STORAGE__KIND", "ftp")]).unwrap_err();
+        assert!(err.to_string().contains("storage.kind"), "{err}");
+        let err = load(None, &[("TXPIPE__DATABASE__URL", "mysql://x")]).unwrap_err();
+        assert!(err.to_string().contains("database.url"), "{err}");
+        let err = load(None, &[("TXPIPE__STORAGE__KIND", "s3")]).unwrap_err();
+        assert!(err.to_string().contains("storage.bucket"), "{err}");
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let err = Settings::load_with_env(Some(Path::new("/nonexistent/x.toml")), []).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/x.toml"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/txpipe?sslmode=require"),
+            "postgres://app:***@db:5432/txpipe?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/txpipe"),
+            "postgres://app@db/txpipe"
+        );
+        assert_eq!(redact_url("sqlite://var/x.sqlite"), "sqlite://var/x.sqlite");
+    }
+}

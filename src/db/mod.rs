@@ -1,0 +1,270 @@
+//! State stores: where committed state lives.
+//!
+//! The [`StateStore`] trait is the seam between the actors and a database.
+//! Two implementations sit behind it: [`sqlite`] (the embedded default) and
+//! `postgres` (production). Both keep the same tables (see `migrations/`) and
+//! give the same guarantee: a [`CommitBatch`] (state changes of one or more
+//! consecutive chunks, their `processed_chunks` rows and their new
+//! detections) commits atomically, and only on top of the chunk the caller
+//! saw last, so a chunk can never be applied twice.
+//!
+//! Names are stored as text; ids exist only inside one process.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::{DatabaseKind, Settings};
+use crate::detect::{Evidence, Gender, Pattern};
+
+/// Where the chunker stands in the master file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkerPosition {
+    pub source: String,
+    pub rows_per_chunk: u64,
+    /// Sequence number of the next chunk to write.
+    pub next_seq: u64,
+    /// Byte offset in the master file of the next data row.
+    pub next_offset: u64,
+    pub rows_emitted: u64,
+    /// Key chosen for chunk `next_seq`; it may already exist in the store.
+    pub pending_key: Option<String>,
+    /// Key of chunk `next_seq - 1`.
+    pub last_key: Option<String>,
+    /// The chunker reached the end of the master file.
+    pub finished: bool,
+}
+
+/// What the lookup table was loaded from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupSource {
+    pub source: String,
+    pub fingerprint: String,
+    pub rows: u64,
+    pub bad_rows: u64,
+    pub pairs: u64,
+}
+
+/// An aggregated CustomerImportance entry, as stored.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightRow<'a> {
+    pub merchant: &'a str,
+    pub customer: &'a str,
+    pub weight_sum: i64,
+    pub rows: u64,
+}
+
+/// A pair's committed cumulative state, as stored.
+#[derive(Clone, Copy, Debug)]
+pub struct PairRow<'a> {
+    pub merchant: &'a str,
+    pub customer: &'a str,
+    pub count: u64,
+    pub amount: i64,
+    pub gender: Gender,
+}
+
+/// A detection already emitted (customer is empty for PatId3).
+#[derive(Clone, Copy, Debug)]
+pub struct EmittedRow<'a> {
+    pub pattern: Pattern,
+    pub merchant: &'a str,
+    pub customer: &'a str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkStatus {
+    Processed,
+    Rejected,
+}
+
+impl ChunkStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkStatus::Processed => "processed",
+            ChunkStatus::Rejected => "rejected",
+        }
+    }
+}
+
+/// The `processed_chunks` row of one chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub name: String,
+    pub seq: Option<u64>,
+    pub status: ChunkStatus,
+    pub rows: u64,
+    pub bad_rows: u64,
+    pub detections: u64,
+    pub reason: Option<String>,
+}
+
+/// A state change of one pair: add `count` and `amount`; `gender` only
+/// applies if the pair is new.
+#[derive(Clone, Copy, Debug)]
+pub struct PairUpdate<'a> {
+    pub merchant: &'a str,
+    pub customer: &'a str,
+    pub count: u64,
+    pub amount: i64,
+    pub gender: Gender,
+}
+
+/// A new detection with the seeds' fields.
+#[derive(Clone, Debug)]
+pub struct DetectionRecord<'a> {
+    pub pattern: Pattern,
+    pub merchant: &'a str,
+    /// Empty for PatId3.
+    pub customer: &'a str,
+    pub evidence: Evidence,
+    pub chunk_name: &'a str,
+    pub y_start_time: &'a str,
+    pub detection_time: &'a str,
+}
+
+/// Everything consecutive chunks change, committed in one transaction.
+#[derive(Clone, Debug)]
+pub struct CommitBatch<'a> {
+    /// The last chunk the caller knows to be committed; the commit only
+    /// happens if that is still the last one.
+    pub expected_last: Option<&'a str>,
+    pub chunks: &'a [ChunkRecord],
+    pub pairs: &'a [PairUpdate<'a>],
+    pub detections: &'a [DetectionRecord<'a>],
+    pub processed_at: &'a str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed,
+    /// An earlier attempt of this very commit went through.
+    AlreadyCommitted,
+    /// Someone else moved on: the caller's view is stale.
+    Conflict {
+        last: Option<String>,
+    },
+}
+
+/// A detection file: its key is fixed when detections are assigned to it,
+/// before the object is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub batch_no: u64,
+    pub key: String,
+    pub detections: u64,
+}
+
+/// One line of a detection file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetectionLine {
+    pub y_start_time: String,
+    pub detection_time: String,
+    pub pattern_id: String,
+    pub action_type: String,
+    pub customer: String,
+    pub merchant: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestartEvent {
+    pub actor: String,
+    pub reason: String,
+    pub restart_count: u32,
+    pub at: String,
+}
+
+/// What `txpipe status` prints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusReport {
+    pub chunks_produced: u64,
+    pub rows_produced: u64,
+    pub chunker_finished: bool,
+    pub chunks_processed: u64,
+    pub chunks_rejected: u64,
+    pub rows_processed: u64,
+    pub bad_rows: u64,
+    pub last_chunk: Option<String>,
+    pub detections: Vec<(String, u64)>,
+    pub batches_written: u64,
+    pub batches_pending: u64,
+    pub detections_unbatched: u64,
+    pub recent_restarts: Vec<RestartEvent>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database could not be reached or was busy; retrying may help.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Failed(String),
+    /// The database holds state for a different master file or settings.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+impl DbError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbError::Unavailable(_))
+    }
+}
+
+pub type DbResult<T> = Result<T, DbError>;
+
+/// The seam between actors and a database; see the module docs.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> DbResult<()>;
+
+    async fn lookup_source(&self) -> DbResult<Option<LookupSource>>;
+    /// Replaces the lookup table in one transaction.
+    async fn load_lookup(&self, source: &LookupSource, rows: &[WeightRow<'_>]) -> DbResult<()>;
+    async fn scan_weights(
+        &self,
+        visit: &mut (dyn for<'r> FnMut(WeightRow<'r>) + Send),
+    ) -> DbResult<()>;
+
+    async fn chunker_position(&self) -> DbResult<Option<ChunkerPosition>>;
+    async fn save_chunker_position(&self, position: &ChunkerPosition) -> DbResult<()>;
+
+    /// The last chunk (by name) that is processed or rejected.
+    async fn last_chunk(&self) -> DbResult<Option<String>>;
+    async fn scan_pairs(&self, visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send))
+    -> DbResult<()>;
+    async fn scan_emitted(
+        &self,
+        visit: &mut (dyn for<'r> FnMut(EmittedRow<'r>) + Send),
+    ) -> DbResult<()>;
+    async fn commit(&self, batch: &CommitBatch<'_>) -> DbResult<CommitOutcome>;
+
+    /// Assigns outbox detections, oldest first, to new batches of `size`
+    /// (and the remainder to one smaller batch if `include_partial`).
+    /// Returns how many batches were created.
+    async fn assign_batches(&self, size: u64, include_partial: bool, stamp: &str) -> DbResult<u64>;
+    /// Batches assigned but not yet written, oldest first.
+    async fn unwritten_batches(&self) -> DbResult<Vec<Batch>>;
+    async fn batch_lines(&self, batch_no: u64) -> DbResult<Vec<DetectionLine>>;
+    async fn mark_batch_written(&self, batch_no: u64, at: &str) -> DbResult<()>;
+    /// Detections waiting for a batch, and when the oldest was committed.
+    async fn outbox(&self) -> DbResult<(u64, Option<String>)>;
+
+    async fn record_restart(&self, event: &RestartEvent) -> DbResult<()>;
+    async fn status(&self, recent_restarts: usize) -> DbResult<StatusReport>;
+}
+
+/// Opens the state store a configuration selects and applies migrations.
+pub async fn open(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {
+    let store: Arc<dyn StateStore> = match DatabaseKind::of(&settings.database.url) {
+        Some(DatabaseKind::Sqlite) => Arc::new(sqlite::SqliteStore::open(&settings.database.url)?),
+        Some(DatabaseKind::Postgres) => {
+            anyhow::bail!("the PostgreSQL backend is not built yet")
+        }
+        None => anyhow::bail!("unsupported database.url"),
+    };
+    store.migrate().await?;
+    Ok(store)
+}

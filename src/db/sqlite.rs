@@ -1,0 +1,554 @@
+//! The embedded state store: one SQLite file in WAL mode.
+//!
+//! Calls run synchronously on the calling actor's thread (each actor has
+//! its own), serialized by one connection mutex; SQLite allows a single
+//! writer anyway. `synchronous = NORMAL` in WAL mode survives any crash of
+//! the process; a power loss may lose the last commits but never leaves
+//! them half applied.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    Batch, ChunkerPosition, CommitBatch, CommitOutcome, DbError, DbResult, DetectionLine,
+    EmittedRow, LookupSource, PairRow, RestartEvent, StateStore, StatusReport, WeightRow,
+};
+use crate::detect::{Gender, Pattern};
+
+mod embedded {
+    refinery::embed_migrations!("migrations/sqlite");
+}
+
+pub struct SqliteStore {
+    connection: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn db_error(error: rusqlite::Error) -> DbError {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    match &error {
+        rusqlite::Error::SqliteFailure(code, _)
+            if matches!(code.code, DatabaseBusy | DatabaseLocked) =>
+        {
+            DbError::Unavailable(error.to_string())
+        }
+        _ => DbError::Failed(error.to_string()),
+    }
+}
+
+impl From<rusqlite::types::FromSqlError> for DbError {
+    fn from(error: rusqlite::types::FromSqlError) -> Self {
+        DbError::Failed(error.to_string())
+    }
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(error: rusqlite::Error) -> Self {
+        db_error(error)
+    }
+}
+
+const UPSERT_PAIR: &str = "\
+INSERT INTO pair_state (merchant, customer, txn_count, amount_cents, gender)
+VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (merchant, customer) DO UPDATE SET
+    txn_count = txn_count + excluded.txn_count,
+    amount_cents = CASE
+        WHEN amount_cents > 9223372036854775807 - excluded.amount_cents THEN 9223372036854775807
+        ELSE amount_cents + excluded.amount_cents
+    END";
+
+const INSERT_CHUNK: &str = "\
+INSERT INTO processed_chunks (chunk_name, seq, status, rows, bad_rows, detections, reason, processed_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+const INSERT_DETECTION: &str = "\
+INSERT INTO detected_patterns (customer, merchant, txn_count, avg_weight, avg_amount, txn_rank,
+    weight_rank, F, M, patternId, actionType, chunk_name, processed_at, y_start_time, detection_time)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database of a `sqlite://PATH` URL.
+    pub fn open(url: &str) -> DbResult<SqliteStore> {
+        let path = Path::new(
+            url.strip_prefix("sqlite://")
+                .ok_or_else(|| DbError::Failed(format!("not a sqlite:// URL: {url}")))?,
+        );
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                DbError::Failed(format!("cannot create directory {}: {e}", parent.display()))
+            })?;
+        }
+        let connection = Connection::open(path)?;
+        connection.busy_timeout(Duration::from_secs(10))?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.set_prepared_statement_cache_capacity(64);
+        Ok(SqliteStore {
+            connection: Mutex::new(connection),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable: any
+        // open transaction was rolled back when it was dropped.
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn migrate(&self) -> DbResult<()> {
+        let mut connection = self.lock();
+        embedded::migrations::runner()
+            .run(&mut *connection)
+            .map_err(|e| DbError::Failed(format!("migrations: {e}")))?;
+        Ok(())
+    }
+
+    async fn lookup_source(&self) -> DbResult<Option<LookupSource>> {
+        let connection = self.lock();
+        Ok(connection
+            .query_row(
+                "SELECT source, fingerprint, rows, bad_rows, pairs FROM lookup_source WHERE id = 1",
+                [],
+                |row| {
+                    Ok(LookupSource {
+                        source: row.get(0)?,
+                        fingerprint: row.get(1)?,
+                        rows: to_u64(row.get(2)?),
+                        bad_rows: to_u64(row.get(3)?),
+                        pairs: to_u64(row.get(4)?),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    async fn load_lookup(&self, source: &LookupSource, rows: &[WeightRow<'_>]) -> DbResult<()> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM customer_importance", [])?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO customer_importance (merchant, customer, weight_sum_cents, weight_rows)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for row in rows {
+                insert.execute(params![
+                    row.merchant,
+                    row.customer,
+                    row.weight_sum,
+                    to_i64(row.rows)
+                ])?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO lookup_source (id, source, fingerprint, rows, bad_rows, pairs, loaded_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET source = excluded.source,
+                 fingerprint = excluded.fingerprint, rows = excluded.rows,
+                 bad_rows = excluded.bad_rows, pairs = excluded.pairs,
+                 loaded_at = excluded.loaded_at",
+            params![
+                source.source,
+                source.fingerprint,
+                to_i64(source.rows),
+                to_i64(source.bad_rows),
+                to_i64(source.pairs),
+                crate::clock::now_ist()
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    async fn scan_weights(
+        &self,
+        visit: &mut (dyn for<'r> FnMut(WeightRow<'r>) + Send),
+    ) -> DbResult<()> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(
+            "SELECT merchant, customer, weight_sum_cents, weight_rows FROM customer_importance",
+        )?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            visit(WeightRow {
+                merchant: row.get_ref(0)?.as_str()?,
+                customer: row.get_ref(1)?.as_str()?,
+                weight_sum: row.get(2)?,
+                rows: to_u64(row.get(3)?),
+            });
+        }
+        Ok(())
+    }
+
+    async fn chunker_position(&self) -> DbResult<Option<ChunkerPosition>> {
+        let connection = self.lock();
+        Ok(connection
+            .query_row(
+                "SELECT source, rows_per_chunk, next_seq, next_offset, rows_emitted, pending_key,
+                        last_key, finished
+                 FROM chunker_position WHERE id = 1",
+                [],
+                |row| {
+                    Ok(ChunkerPosition {
+                        source: row.get(0)?,
+                        rows_per_chunk: to_u64(row.get(1)?),
+                        next_seq: to_u64(row.get(2)?),
+                        next_offset: to_u64(row.get(3)?),
+                        rows_emitted: to_u64(row.get(4)?),
+                        pending_key: row.get(5)?,
+                        last_key: row.get(6)?,
+                        finished: row.get(7)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    async fn save_chunker_position(&self, position: &ChunkerPosition) -> DbResult<()> {
+        let connection = self.lock();
+        connection.execute(
+            "INSERT INTO chunker_position (id, source, rows_per_chunk, next_seq, next_offset,
+                 rows_emitted, pending_key, last_key, finished, updated_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (id) DO UPDATE SET source = excluded.source,
+                 rows_per_chunk = excluded.rows_per_chunk, next_seq = excluded.next_seq,
+                 next_offset = excluded.next_offset, rows_emitted = excluded.rows_emitted,
+                 pending_key = excluded.pending_key, last_key = excluded.last_key,
+                 finished = excluded.finished, updated_at = excluded.updated_at",
+            params![
+                position.source,
+                to_i64(position.rows_per_chunk),
+                to_i64(position.next_seq),
+                to_i64(position.next_offset),
+                to_i64(position.rows_emitted),
+                position.pending_key,
+                position.last_key,
+                position.finished,
+                crate::clock::now_ist()
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn last_chunk(&self) -> DbResult<Option<String>> {
+        let connection = self.lock();
+        Ok(
+            connection.query_row("SELECT max(chunk_name) FROM processed_chunks", [], |row| {
+                row.get(0)
+            })?,
+        )
+    }
+
+    async fn scan_pairs(
+        &self,
+        visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
+    ) -> DbResult<()> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(
+            "SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_state",
+        )?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            visit(PairRow {
+                merchant: row.get_ref(0)?.as_str()?,
+                customer: row.get_ref(1)?.as_str()?,
+                count: to_u64(row.get(2)?),
+                amount: row.get(3)?,
+                gender: Gender::from_code(row.get_ref(4)?.as_str()?),
+            });
+        }
+        Ok(())
+    }
+
+    async fn scan_emitted(
+        &self,
+        visit: &mut (dyn for<'r> FnMut(EmittedRow<'r>) + Send),
+    ) -> DbResult<()> {
+        let connection = self.lock();
+        let mut statement =
+            connection.prepare("SELECT patternId, merchant, customer FROM detected_patterns")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let id = row.get_ref(0)?.as_str()?;
+            let pattern = Pattern::from_id(id)
+                .ok_or_else(|| DbError::Failed(format!("unknown patternId {id:?} in table")))?;
+            visit(EmittedRow {
+                pattern,
+                merchant: row.get_ref(1)?.as_str()?,
+                customer: row.get_ref(2)?.as_str()?,
+            });
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, batch: &CommitBatch<'_>) -> DbResult<CommitOutcome> {
+        let Some(final_chunk) = batch.chunks.last() else {
+            return Ok(CommitOutcome::Committed);
+        };
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let last: Option<String> =
+            tx.query_row("SELECT max(chunk_name) FROM processed_chunks", [], |row| {
+                row.get(0)
+            })?;
+        if last.as_deref() != batch.expected_last {
+            return Ok(if last.as_deref() == Some(final_chunk.name.as_str()) {
+                CommitOutcome::AlreadyCommitted
+            } else {
+                CommitOutcome::Conflict { last }
+            });
+        }
+        {
+            let mut upsert = tx.prepare_cached(UPSERT_PAIR)?;
+            for pair in batch.pairs {
+                upsert.execute(params![
+                    pair.merchant,
+                    pair.customer,
+                    to_i64(pair.count),
+                    pair.amount,
+                    pair.gender.code()
+                ])?;
+            }
+            let mut insert_chunk = tx.prepare_cached(INSERT_CHUNK)?;
+            for chunk in batch.chunks {
+                insert_chunk.execute(params![
+                    chunk.name,
+                    chunk.seq.map(to_i64),
+                    chunk.status.as_str(),
+                    to_i64(chunk.rows),
+                    to_i64(chunk.bad_rows),
+                    to_i64(chunk.detections),
+                    chunk.reason,
+                    batch.processed_at
+                ])?;
+            }
+            let mut insert_detection = tx.prepare_cached(INSERT_DETECTION)?;
+            for detection in batch.detections {
+                let e = &detection.evidence;
+                insert_detection.execute(params![
+                    detection.customer,
+                    detection.merchant,
+                    e.txn_count.map(to_i64),
+                    e.weight.map(|w| w.as_f64()),
+                    e.avg_amount(),
+                    e.txn_rank.map(|r| r.as_f64()),
+                    e.weight_rank.map(|r| r.as_f64()),
+                    e.female.map(to_i64),
+                    e.male.map(to_i64),
+                    detection.pattern.id(),
+                    detection.pattern.action(),
+                    detection.chunk_name,
+                    batch.processed_at,
+                    detection.y_start_time,
+                    detection.detection_time
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(CommitOutcome::Committed)
+    }
+
+    async fn assign_batches(&self, size: u64, include_partial: bool, stamp: &str) -> DbResult<u64> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut created = 0;
+        loop {
+            let (count, max_id): (i64, Option<i64>) = tx.query_row(
+                "SELECT count(*), max(id) FROM (
+                     SELECT id FROM detected_patterns WHERE batch_no IS NULL ORDER BY id LIMIT ?1)",
+                [to_i64(size)],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            let count = to_u64(count);
+            let Some(max_id) = max_id else { break };
+            if count < size && !include_partial {
+                break;
+            }
+            let batch_no: i64 = tx.query_row(
+                "SELECT COALESCE(max(batch_no), 0) + 1 FROM detection_batches",
+                [],
+                |row| row.get(0),
+            )?;
+            tx.execute(
+                "UPDATE detected_patterns SET batch_no = ?1 WHERE batch_no IS NULL AND id <= ?2",
+                params![batch_no, max_id],
+            )?;
+            tx.execute(
+                "INSERT INTO detection_batches (batch_no, object_key, detections, created_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    batch_no,
+                    crate::layout::batch_key(to_u64(batch_no), stamp),
+                    to_i64(count),
+                    crate::clock::now_ist()
+                ],
+            )?;
+            created += 1;
+            if count < size {
+                break;
+            }
+        }
+        tx.commit()?;
+        Ok(created)
+    }
+
+    async fn unwritten_batches(&self) -> DbResult<Vec<Batch>> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(
+            "SELECT batch_no, object_key, detections FROM detection_batches
+             WHERE written_at IS NULL ORDER BY batch_no",
+        )?;
+        let batches = statement
+            .query_map([], |row| {
+                Ok(Batch {
+                    batch_no: to_u64(row.get(0)?),
+                    key: row.get(1)?,
+                    detections: to_u64(row.get(2)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(batches)
+    }
+
+    async fn batch_lines(&self, batch_no: u64) -> DbResult<Vec<DetectionLine>> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT y_start_time, detection_time, patternId, actionType, customer, merchant
+             FROM detected_patterns WHERE batch_no = ?1 ORDER BY id",
+        )?;
+        let lines = statement
+            .query_map([to_i64(batch_no)], |row| {
+                Ok(DetectionLine {
+                    y_start_time: row.get(0)?,
+                    detection_time: row.get(1)?,
+                    pattern_id: row.get(2)?,
+                    action_type: row.get(3)?,
+                    customer: row.get(4)?,
+                    merchant: row.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(lines)
+    }
+
+    async fn mark_batch_written(&self, batch_no: u64, at: &str) -> DbResult<()> {
+        let connection = self.lock();
+        connection.execute(
+            "UPDATE detection_batches SET written_at = ?2 WHERE batch_no = ?1",
+            params![to_i64(batch_no), at],
+        )?;
+        Ok(())
+    }
+
+    async fn outbox(&self) -> DbResult<(u64, Option<String>)> {
+        let connection = self.lock();
+        let (count, oldest): (i64, Option<String>) = connection.query_row(
+            "SELECT count(*), min(processed_at) FROM detected_patterns WHERE batch_no IS NULL",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        Ok((to_u64(count), oldest))
+    }
+
+    async fn record_restart(&self, event: &RestartEvent) -> DbResult<()> {
+        let connection = self.lock();
+        connection.execute(
+            "INSERT INTO restart_events (actor, reason, restart_count, at) VALUES (?1, ?2, ?3, ?4)",
+            params![event.actor, event.reason, event.restart_count, event.at],
+        )?;
+        Ok(())
+    }
+
+    async fn status(&self, recent_restarts: usize) -> DbResult<StatusReport> {
+        let connection = self.lock();
+        let mut report = StatusReport::default();
+        if let Some((next_seq, rows, finished)) = connection
+            .query_row(
+                "SELECT next_seq, rows_emitted, finished FROM chunker_position WHERE id = 1",
+                [],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get(2)?)),
+            )
+            .optional()?
+        {
+            report.chunks_produced = to_u64(next_seq);
+            report.rows_produced = to_u64(rows);
+            report.chunker_finished = finished;
+        }
+        let (processed, rejected, rows, bad, last): (i64, i64, i64, i64, Option<String>) =
+            connection.query_row(
+                "SELECT count(*) FILTER (WHERE status = 'processed'),
+                        count(*) FILTER (WHERE status = 'rejected'),
+                        COALESCE(sum(rows), 0), COALESCE(sum(bad_rows), 0), max(chunk_name)
+                 FROM processed_chunks",
+                [],
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                },
+            )?;
+        report.chunks_processed = to_u64(processed);
+        report.chunks_rejected = to_u64(rejected);
+        report.rows_processed = to_u64(rows);
+        report.bad_rows = to_u64(bad);
+        report.last_chunk = last;
+        let mut statement = connection.prepare(
+            "SELECT patternId, count(*) FROM detected_patterns GROUP BY patternId ORDER BY patternId",
+        )?;
+        report.detections = statement
+            .query_map([], |row| Ok((row.get(0)?, to_u64(row.get(1)?))))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let (written, pending): (i64, i64) = connection.query_row(
+            "SELECT count(written_at), count(*) - count(written_at) FROM detection_batches",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        report.batches_written = to_u64(written);
+        report.batches_pending = to_u64(pending);
+        report.detections_unbatched = to_u64(connection.query_row(
+            "SELECT count(*) FROM detected_patterns WHERE batch_no IS NULL",
+            [],
+            |row| row.get(0),
+        )?);
+        let mut statement = connection.prepare(
+            "SELECT actor, reason, restart_count, at FROM restart_events ORDER BY id DESC LIMIT ?1",
+        )?;
+        report.recent_restarts = statement
+            .query_map([recent_restarts as i64], |row| {
+                Ok(RestartEvent {
+                    actor: row.get(0)?,
+                    reason: row.get(1)?,
+                    restart_count: row.get(2)?,
+                    at: row.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(report)
+    }
+}

@@ -1,0 +1,197 @@
+//! A directory that plays the bucket: key `a/b.csv` is file `ROOT/a/b.csv`.
+//!
+//! A PUT writes a temporary file under `ROOT/.txpipe-tmp/` and renames it
+//! into place, so readers never see a partial object. With `fsync`, the
+//! file and its directory are flushed before the PUT returns. Listing reads
+//! the one directory the prefix names (keys are one level deep).
+
+use std::io::{ErrorKind, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{ObjectStore, StoreError, StoreResult};
+
+const TEMP_DIR: &str = ".txpipe-tmp";
+
+pub struct LocalStore {
+    root: PathBuf,
+    fsync: bool,
+    temp_counter: AtomicU64,
+}
+
+fn io_error(what: &str, path: &Path, error: std::io::Error) -> StoreError {
+    let message = format!("{what} {}: {error}", path.display());
+    match error.kind() {
+        ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock => {
+            StoreError::Unavailable(message)
+        }
+        _ => StoreError::Failed(message),
+    }
+}
+
+impl LocalStore {
+    pub fn open(root: &Path, fsync: bool) -> StoreResult<LocalStore> {
+        std::fs::create_dir_all(root.join(TEMP_DIR))
+            .map_err(|e| io_error("cannot create bucket directory", root, e))?;
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+            fsync,
+            temp_counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, key: &str) -> StoreResult<PathBuf> {
+        let relative = Path::new(key);
+        let clean = !key.is_empty()
+            && relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(name) if name != TEMP_DIR));
+        if !clean {
+            return Err(StoreError::Failed(format!("invalid object key {key:?}")));
+        }
+        Ok(self.root.join(relative))
+    }
+
+    fn write_atomically(&self, path: &Path, body: &[u8]) -> StoreResult<()> {
+        let parent = path.parent().expect("keys have a parent: the root");
+        std::fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
+        let temp = self.root.join(TEMP_DIR).join(format!(
+            "{}-{}.tmp",
+            std::process::id(),
+            self.temp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let mut file = std::fs::File::create(&temp)?;
+            file.write_all(body)?;
+            if self.fsync {
+                file.sync_all()?;
+            }
+            drop(file);
+            std::fs::rename(&temp, path)?;
+            if self.fsync {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        result.map_err(|e| {
+            let _ = std::fs::remove_file(&temp);
+            io_error("cannot write", path, e)
+        })
+    }
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    fn describe(&self) -> String {
+        format!("local directory {}", self.root.display())
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> StoreResult<()> {
+        let path = self.path_of(key)?;
+        self.write_atomically(&path, &body)
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
+        let path = self.path_of(key)?;
+        match std::fs::read(&path) {
+            Ok(data) => Ok(Some(Bytes::from(data))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("cannot read", &path, e)),
+        }
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let (dir_part, name_prefix) = match prefix.rfind('/') {
+            Some(slash) => (&prefix[..=slash], &prefix[slash + 1..]),
+            None => ("", prefix),
+        };
+        let dir = self.root.join(dir_part);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error("cannot list", &dir, e)),
+        };
+        let mut keys = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("cannot list", &dir, e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !name.starts_with(name_prefix) || name == TEMP_DIR {
+                continue;
+            }
+            let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+            if !is_file {
+                continue;
+            }
+            let key = format!("{dir_part}{name}");
+            if start_after.is_none_or(|after| key.as_str() > after) {
+                keys.push(key);
+            }
+        }
+        keys.sort_unstable();
+        keys.truncate(limit);
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_list_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path(), true).unwrap();
+        for key in ["p/b", "p/a", "p/c", "q/a"] {
+            store.put(key, Bytes::from(key.to_string())).await.unwrap();
+        }
+        assert_eq!(store.get("p/a").await.unwrap().unwrap(), Bytes::from("p/a"));
+        assert_eq!(store.get("p/zz").await.unwrap(), None);
+        assert_eq!(
+            store.list("p/", None, 10).await.unwrap(),
+            vec!["p/a", "p/b", "p/c"]
+        );
+        assert_eq!(store.list("p/", Some("p/a"), 1).await.unwrap(), vec!["p/b"]);
+        assert_eq!(store.list("p/b", None, 10).await.unwrap(), vec!["p/b"]);
+        assert!(store.list("nothing/", None, 10).await.unwrap().is_empty());
+        store.put("p/a", Bytes::from("again")).await.unwrap();
+        assert_eq!(
+            store.get("p/a").await.unwrap().unwrap(),
+            Bytes::from("again")
+        );
+    }
+
+    #[tokio::test]
+    async fn refuses_keys_outside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path(), false).unwrap();
+        for key in ["../x", "/etc/passwd", "", ".txpipe-tmp/x", "a/../../b"] {
+            assert!(store.put(key, Bytes::new()).await.is_err(), "{key}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_bucket_is_a_clear_permanent_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path(), false).unwrap();
+        // A file where the key's directory should be: even root cannot
+        // write through it.
+        std::fs::write(dir.path().join("p"), b"in the way").unwrap();
+        let error = store.put("p/x", Bytes::from("x")).await.unwrap_err();
+        assert!(!error.is_transient());
+        assert!(error.to_string().contains("cannot create"), "{error}");
+    }
+}

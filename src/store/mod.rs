@@ -1,0 +1,71 @@
+//! Object stores: the bucket that chunks, detection files and quarantine
+//! objects live in.
+//!
+//! [`ObjectStore`] is the seam: the chunker PUTs chunk objects, the watcher
+//! LISTs and GETs them, the batch writer PUTs detection files. A PUT is
+//! atomic (an object is either absent or complete) and PUTting the same key
+//! twice with the same body is harmless, which is what makes retries and
+//! crash recovery exact. [`local`] keeps objects as files under a directory;
+//! `s3` speaks the S3 protocol.
+//!
+//! [`source`] opens the master and lookup files for streaming reads.
+
+pub mod local;
+pub mod source;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::config::{Settings, StorageKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer or asked to slow down; retrying may help.
+    #[error("object store unavailable: {0}")]
+    Unavailable(String),
+    /// The store refused (no space, read-only, permissions, bad key).
+    #[error("object store error: {0}")]
+    Failed(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Where the store points, for logs (never includes credentials).
+    fn describe(&self) -> String;
+
+    /// Writes an object atomically, replacing any object with that key.
+    async fn put(&self, key: &str, body: Bytes) -> StoreResult<()>;
+
+    /// Reads a whole object; `None` if it does not exist.
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>>;
+
+    /// Keys that start with `prefix` and sort after `start_after`, in
+    /// ascending order, at most `limit` of them.
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
+}
+
+/// Opens the object store a configuration selects.
+pub async fn open(settings: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    match settings.storage.kind {
+        StorageKind::Local => Ok(Arc::new(local::LocalStore::open(
+            &settings.storage.root,
+            settings.storage.fsync,
+        )?)),
+        StorageKind::S3 => anyhow::bail!("the S3 backend is not built yet"),
+    }
+}
