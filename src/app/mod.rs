@@ -136,18 +136,41 @@ pub async fn prepare(
     }))
 }
 
+/// A running pipeline, as seen from outside the actor system (tests use it
+/// to stop a run part-way).
+#[derive(Clone)]
+pub struct RunHandle {
+    pub system: System,
+    pub pipeline: Arc<PipelineContext>,
+}
+
 /// Runs the supervised pipeline until it is done (`UntilDone`), a signal
 /// arrives, or it fails.
 pub fn run(settings: Settings, mode: RunMode, faults: Vec<FaultRule>) -> anyhow::Result<RunReport> {
+    run_observed(settings, mode, faults, |_| {})
+}
+
+/// Like [`run`], handing `observe` a [`RunHandle`] once the actors start.
+pub fn run_observed(
+    settings: Settings,
+    mode: RunMode,
+    faults: Vec<FaultRule>,
+    observe: impl FnOnce(RunHandle),
+) -> anyhow::Result<RunReport> {
     let system = System::new();
     let pipeline = system
         .block_on(prepare(settings, faults))
         .context("start-up failed")?;
     let started = Instant::now();
     let supervised = pipeline.clone();
-    system.block_on(async move {
-        SupervisorActor::new(supervised, mode).start();
+    let handle = system.block_on(async move {
+        SupervisorActor::new(supervised.clone(), mode).start();
+        RunHandle {
+            system: System::current(),
+            pipeline: supervised,
+        }
     });
+    observe(handle);
     let exit_code = system.run_with_code()?;
     let elapsed = started.elapsed();
     let error = pipeline.supervision.fatal_message();

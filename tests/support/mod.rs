@@ -1,0 +1,104 @@
+//! Shared helpers for the integration tests: datasets, a pipeline runner,
+//! readers of the outputs, and the brute-force oracle.
+#![allow(dead_code)]
+
+pub mod oracle;
+pub mod outputs;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use txpipe::config::Settings;
+
+/// Whether this is a CI run, where missing services and data fail tests.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+fn cache_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("datasets");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The real BankSim files, decompressed once into the test cache. `None`
+/// when `../shared/data` is absent (a failure under `CI=true`).
+pub fn banksim() -> Option<(PathBuf, PathBuf)> {
+    static PATHS: OnceLock<Option<(PathBuf, PathBuf)>> = OnceLock::new();
+    PATHS
+        .get_or_init(|| {
+            let shared = std::env::var_os("TXPIPE_SHARED_DATA")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+            let tx = shared.join("banksim-transactions.csv.zst");
+            let net = shared.join("banksim-network.csv.zst");
+            if !tx.is_file() || !net.is_file() {
+                assert!(!ci(), "CI=true but the BankSim data is missing from {}", shared.display());
+                eprintln!("BankSim data not found in {}; skipping", shared.display());
+                return None;
+            }
+            let dir = cache_dir();
+            let out = |src: &Path, name: &str| {
+                let target = dir.join(name);
+                if !target.is_file() {
+                    let data = zstd::decode_all(std::fs::File::open(src).unwrap()).unwrap();
+                    let temp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+                    std::fs::write(&temp, data).unwrap();
+                    std::fs::rename(&temp, &target).unwrap();
+                }
+                target
+            };
+            Some((out(&tx, "banksim-transactions.csv"), out(&net, "banksim-network.csv")))
+        })
+        .clone()
+}
+
+/// A generated dataset, cached by its parameters.
+pub fn generated(rows: u64, customers: u32, merchants: u32, seed: u64) -> (PathBuf, PathBuf) {
+    static GENERATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = GENERATING.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = cache_dir().join(format!("gen-{rows}-{customers}-{merchants}-{seed}"));
+    let done = dir.join("done");
+    if !done.is_file() {
+        let temp = cache_dir().join(format!("gen-tmp-{}-{rows}-{seed}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&temp);
+        txpipe::generate::generate(
+            &txpipe::generate::GenerateOptions { rows, customers, merchants, seed },
+            &temp,
+        )
+        .unwrap();
+        std::fs::write(temp.join("done"), b"").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        if std::fs::rename(&temp, &dir).is_err() {
+            // Another test process won the race; use its copy.
+            let _ = std::fs::remove_dir_all(&temp);
+        }
+    }
+    (
+        dir.join(txpipe::generate::TRANSACTIONS_FILE),
+        dir.join(txpipe::generate::IMPORTANCE_FILE),
+    )
+}
+
+/// Embedded settings for a run in `dir`, in catch-up mode.
+pub fn embedded_settings(dir: &Path, transactions: &Path, importance: &Path) -> Settings {
+    let mut settings = Settings::load_with_env(None, []).unwrap();
+    settings.source.transactions = transactions.display().to_string();
+    settings.source.customer_importance = importance.display().to_string();
+    settings.storage.root = dir.join("bucket");
+    settings.database.url = format!("sqlite://{}", dir.join("state.sqlite").display());
+    settings.chunker.interval_ms = 0;
+    settings.watcher.poll_interval_ms = 20;
+    settings.supervisor.backoff_initial_ms = 20;
+    settings.supervisor.backoff_max_ms = 200;
+    settings
+}
+
+/// Runs the reference over a dataset.
+pub fn reference(transactions: &Path, importance: &Path, chunk_rows: usize) -> Vec<oracle::Emission> {
+    let rows = oracle::read_transactions(&std::fs::read(transactions).unwrap());
+    let weights = oracle::read_weights(&std::fs::read(importance).unwrap());
+    let mut emissions = oracle::evaluate(&rows, &weights, chunk_rows, txpipe::detect::Thresholds::SPEC);
+    emissions.sort();
+    emissions
+}
