@@ -30,14 +30,19 @@ fn generated_data_matches_the_oracle() {
     outputs.check_chunks_match_master(&tx, 10_000);
     let expected = support::reference(&tx, &net, 10_000);
     for pattern in ["PatId1", "PatId2", "PatId3"] {
-        assert!(expected.iter().any(|e| e.1 == pattern), "the dataset should make {pattern} fire");
+        assert!(
+            expected.iter().any(|e| e.1 == pattern),
+            "the dataset should make {pattern} fire"
+        );
     }
     assert_eq!(outputs.emissions(), expected);
 }
 
 #[test]
 fn banksim_matches_the_oracle() {
-    let Some((tx, net)) = support::banksim() else { return };
+    let Some((tx, net)) = support::banksim() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let settings = support::embedded_settings(dir.path(), &tx, &net);
     let report = run_to_completion(settings);
@@ -51,7 +56,10 @@ fn banksim_matches_the_oracle() {
     assert_eq!(outputs.emissions(), expected);
     let count = |p: &str| expected.iter().filter(|e| e.1 == p).count();
     // The oracle's verdict on BankSim, for the record (also in README).
-    assert_eq!((count("PatId1"), count("PatId2"), count("PatId3")), (70, 86, 4));
+    assert_eq!(
+        (count("PatId1"), count("PatId2"), count("PatId3")),
+        (70, 86, 4)
+    );
     let total: i64 = outputs.pairs.iter().map(|p| p.2).sum();
     assert_eq!(total, 594_643, "cumulative state counts every row once");
 }
@@ -90,19 +98,34 @@ fn bad_rows_are_quarantined_and_good_rows_still_count() {
          0,'C4','4','F','1','M1','1','es_food',5.5,0\n\
          0,'','4','F','1','M1','1','es_food',5.5,0\n",
     );
-    write(&net, "Source,Target,Weight,typeTrans,fraud\n'C1','M1',10.00,'es_food',0\n");
+    write(
+        &net,
+        "Source,Target,Weight,typeTrans,fraud\n'C1','M1',10.00,'es_food',0\n",
+    );
     let mut settings = support::embedded_settings(dir.path(), &tx, &net);
     settings.chunker.rows_per_chunk = 3;
     let report = run_to_completion(settings);
     assert_eq!((report.rows_committed, report.bad_rows), (5, 3));
     let outputs = Outputs::read(dir.path());
     outputs.check_finished(50);
-    assert_eq!(outputs.chunks, vec![(0, "processed".into(), 3, 2), (1, "processed".into(), 2, 1)]);
-    assert_eq!(outputs.pairs.len(), 2, "C1 and C4 count, the bad rows do not");
+    assert_eq!(
+        outputs.chunks,
+        vec![(0, "processed".into(), 3, 2), (1, "processed".into(), 2, 1)]
+    );
+    assert_eq!(
+        outputs.pairs.len(),
+        2,
+        "C1 and C4 count, the bad rows do not"
+    );
 
     let quarantine: Vec<String> = support_list(&dir.path().join("bucket/quarantine"));
-    assert_eq!(quarantine.len(), 2, "one quarantine object per chunk with bad rows");
-    let first = std::fs::read_to_string(dir.path().join("bucket/quarantine").join(&quarantine[0])).unwrap();
+    assert_eq!(
+        quarantine.len(),
+        2,
+        "one quarantine object per chunk with bad rows"
+    );
+    let first =
+        std::fs::read_to_string(dir.path().join("bucket/quarantine").join(&quarantine[0])).unwrap();
     assert_eq!(
         first,
         "line,reason,raw_line\n\
@@ -134,11 +157,23 @@ fn a_missing_master_file_is_a_clear_start_up_error() {
     let tx = dir.path().join("tx.csv");
     write(&tx, "step,customer,amount\n1,C1,2\n");
     let settings = support::embedded_settings(dir.path(), &tx, &net);
-    let text = format!("{:#}", app::run(settings, RunMode::UntilDone, Vec::new()).unwrap_err());
-    assert!(text.contains("lacks column(s) gender, merchant, category"), "{text}");
+    let text = format!(
+        "{:#}",
+        app::run(settings, RunMode::UntilDone, Vec::new()).unwrap_err()
+    );
+    assert!(
+        text.contains("lacks column(s) gender, merchant, category"),
+        "{text}"
+    );
 
-    write(&tx, "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n");
+    write(
+        &tx,
+        "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n",
+    );
     let settings = support::embedded_settings(dir.path(), &tx, &dir.path().join("missing-net.csv"));
-    let text = format!("{:#}", app::run(settings, RunMode::UntilDone, Vec::new()).unwrap_err());
+    let text = format!(
+        "{:#}",
+        app::run(settings, RunMode::UntilDone, Vec::new()).unwrap_err()
+    );
     assert!(text.contains("missing-net.csv"), "{text}");
 }

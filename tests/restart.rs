@@ -5,8 +5,8 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::outputs::Outputs;
@@ -31,8 +31,14 @@ fn uninterrupted() -> &'static Outputs {
             assert_eq!(report.exit_code, 0);
             let outputs = Outputs::read(dir.path());
             outputs.check_finished(BATCH);
-            assert_eq!(outputs.emissions(), support::reference(&tx, &net, ROWS_PER_CHUNK));
-            assert!(outputs.files.len() >= 5, "enough detection files to exercise batching");
+            assert_eq!(
+                outputs.emissions(),
+                support::reference(&tx, &net, ROWS_PER_CHUNK)
+            );
+            assert!(
+                outputs.files.len() >= 5,
+                "enough detection files to exercise batching"
+            );
             (dir, outputs)
         })
         .1
@@ -131,7 +137,9 @@ fn each_actor_killed_once_restarts_and_outputs_stay_exact() {
         assert_eq!(report.exit_code, 0, "{fault}: {:?}", report.error);
         let events = restart_events(dir.path());
         assert!(
-            events.iter().any(|(a, reason, count)| a == actor && *count == 1 && reason.contains("injected")),
+            events
+                .iter()
+                .any(|(a, reason, count)| a == actor && *count == 1 && reason.contains("injected")),
             "{fault}: restart not recorded: {events:?}"
         );
         assert_same_as_uninterrupted(dir.path());
@@ -154,7 +162,12 @@ fn a_crash_loop_stops_the_process_with_a_clear_error() {
     assert!(error.contains("actor tracker restarted 3 times"), "{error}");
     // The database is consistent: what committed, committed whole, and a
     // later run finishes the job exactly.
-    let report = app::run(settings_for_rerun(dir.path()), RunMode::UntilDone, Vec::new()).unwrap();
+    let report = app::run(
+        settings_for_rerun(dir.path()),
+        RunMode::UntilDone,
+        Vec::new(),
+    )
+    .unwrap();
     assert_eq!(report.exit_code, 0);
     assert_same_as_uninterrupted(dir.path());
 }

@@ -2,6 +2,7 @@
 //! readers of the outputs, and the brute-force oracle.
 #![allow(dead_code)]
 
+pub mod engine;
 pub mod oracle;
 pub mod outputs;
 
@@ -33,7 +34,11 @@ pub fn banksim() -> Option<(PathBuf, PathBuf)> {
             let tx = shared.join("banksim-transactions.csv.zst");
             let net = shared.join("banksim-network.csv.zst");
             if !tx.is_file() || !net.is_file() {
-                assert!(!ci(), "CI=true but the BankSim data is missing from {}", shared.display());
+                assert!(
+                    !ci(),
+                    "CI=true but the BankSim data is missing from {}",
+                    shared.display()
+                );
                 eprintln!("BankSim data not found in {}; skipping", shared.display());
                 return None;
             }
@@ -48,7 +53,10 @@ pub fn banksim() -> Option<(PathBuf, PathBuf)> {
                 }
                 target
             };
-            Some((out(&tx, "banksim-transactions.csv"), out(&net, "banksim-network.csv")))
+            Some((
+                out(&tx, "banksim-transactions.csv"),
+                out(&net, "banksim-network.csv"),
+            ))
         })
         .clone()
 }
@@ -63,7 +71,12 @@ pub fn generated(rows: u64, customers: u32, merchants: u32, seed: u64) -> (PathB
         let temp = cache_dir().join(format!("gen-tmp-{}-{rows}-{seed}", std::process::id()));
         let _ = std::fs::remove_dir_all(&temp);
         txpipe::generate::generate(
-            &txpipe::generate::GenerateOptions { rows, customers, merchants, seed },
+            &txpipe::generate::GenerateOptions {
+                rows,
+                customers,
+                merchants,
+                seed,
+            },
             &temp,
         )
         .unwrap();
@@ -95,10 +108,19 @@ pub fn embedded_settings(dir: &Path, transactions: &Path, importance: &Path) -> 
 }
 
 /// Runs the reference over a dataset.
-pub fn reference(transactions: &Path, importance: &Path, chunk_rows: usize) -> Vec<oracle::Emission> {
+pub fn reference(
+    transactions: &Path,
+    importance: &Path,
+    chunk_rows: usize,
+) -> Vec<oracle::Emission> {
     let rows = oracle::read_transactions(&std::fs::read(transactions).unwrap());
     let weights = oracle::read_weights(&std::fs::read(importance).unwrap());
-    let mut emissions = oracle::evaluate(&rows, &weights, chunk_rows, txpipe::detect::Thresholds::SPEC);
+    let mut emissions = oracle::evaluate(
+        &rows,
+        &weights,
+        chunk_rows,
+        txpipe::detect::Thresholds::SPEC,
+    );
     emissions.sort();
     emissions
 }

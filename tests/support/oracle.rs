@@ -46,7 +46,11 @@ pub fn cents(text: &str) -> Option<i64> {
     if int.trim_start_matches('0').len() > 15 {
         return None;
     }
-    let int: i64 = if int.trim_start_matches('0').is_empty() { 0 } else { int.trim_start_matches('0').parse().ok()? };
+    let int: i64 = if int.trim_start_matches('0').is_empty() {
+        0
+    } else {
+        int.trim_start_matches('0').parse().ok()?
+    };
     let f = frac.unwrap_or("").as_bytes();
     let d = |i: usize| f.get(i).map_or(0, |b| i64::from(b - b'0'));
     Some(int * 100 + d(0) * 10 + d(1) + i64::from(d(2) >= 5))
@@ -54,18 +58,29 @@ pub fn cents(text: &str) -> Option<i64> {
 
 /// Reads a transactions file: one entry per data row, `None` for bad rows.
 pub fn read_transactions(data: &[u8]) -> Vec<Option<Txn>> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(data);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(data);
     let mut records = reader.byte_records();
     let header = records.next().expect("header").expect("csv");
     let names: Vec<String> = header
         .iter()
         .map(|f| {
-            let f = String::from_utf8_lossy(f).trim_start_matches('\u{feff}').to_string();
+            let f = String::from_utf8_lossy(f)
+                .trim_start_matches('\u{feff}')
+                .to_string();
             clean(&f).trim_matches('"').to_ascii_lowercase()
         })
         .collect();
     let col = |n: &str| names.iter().position(|h| h == n).expect("column");
-    let (c, g, m, k, a) = (col("customer"), col("gender"), col("merchant"), col("category"), col("amount"));
+    let (c, g, m, k, a) = (
+        col("customer"),
+        col("gender"),
+        col("merchant"),
+        col("category"),
+        col("amount"),
+    );
     records
         .map(|r| {
             let r = r.expect("csv");
@@ -79,17 +94,28 @@ pub fn read_transactions(data: &[u8]) -> Vec<Option<Txn>> {
             if customer.is_empty() || merchant.is_empty() || category.is_empty() {
                 return None;
             }
-            Some(Txn { customer, merchant, gender: field(g), cents: cents(&field(a))? })
+            Some(Txn {
+                customer,
+                merchant,
+                gender: field(g),
+                cents: cents(&field(a))?,
+            })
         })
         .collect()
 }
 
 /// Reads a CustomerImportance file into `(customer, merchant) -> (sum, rows)`.
 pub fn read_weights(data: &[u8]) -> HashMap<(String, String), (i64, u64)> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(data);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(data);
     let mut records = reader.records();
     let header = records.next().expect("header").expect("csv");
-    let names: Vec<String> = header.iter().map(|f| clean(f).to_ascii_lowercase()).collect();
+    let names: Vec<String> = header
+        .iter()
+        .map(|f| clean(f).to_ascii_lowercase())
+        .collect();
     let col = |n: &str| names.iter().position(|h| h == n).expect("column");
     let (s, t, w) = (col("source"), col("target"), col("weight"));
     let mut weights = HashMap::new();
@@ -99,7 +125,9 @@ pub fn read_weights(data: &[u8]) -> HashMap<(String, String), (i64, u64)> {
             continue;
         }
         let (c, m) = (clean(&r[s]).to_string(), clean(&r[t]).to_string());
-        let Some(v) = cents(clean(&r[w])) else { continue };
+        let Some(v) = cents(clean(&r[w])) else {
+            continue;
+        };
         if c.is_empty() || m.is_empty() {
             continue;
         }
@@ -136,7 +164,10 @@ pub fn evaluate(
                 .entry(txn.merchant.clone())
                 .or_default()
                 .entry(txn.customer.clone())
-                .or_insert_with(|| Pair { gender: txn.gender.clone(), ..Pair::default() });
+                .or_insert_with(|| Pair {
+                    gender: txn.gender.clone(),
+                    ..Pair::default()
+                });
             pair.n += 1;
             pair.s += i128::from(txn.cents);
         }
@@ -158,9 +189,12 @@ pub fn evaluate(
                 w_m.sort_by(|a, b| cmp_weight(*a, *b));
                 let w_len = w_m.len() as u64;
                 for (c, pair) in customers {
-                    let Some(&wc) = weights.get(&(c.clone(), m.clone())) else { continue };
+                    let Some(&wc) = weights.get(&(c.clone(), m.clone())) else {
+                        continue;
+                    };
                     let less_n = counts.partition_point(|&x| x < pair.n) as u64;
-                    let less_w = w_m.partition_point(|&x| cmp_weight(x, wc) == Ordering::Less) as u64;
+                    let less_w =
+                        w_m.partition_point(|&x| cmp_weight(x, wc) == Ordering::Less) as u64;
                     let pr_n_ok = p_len > 1 && 10 * less_n >= 9 * (p_len - 1);
                     let pr_w_ok = 10 * less_w <= w_len - 1;
                     if pr_n_ok && pr_w_ok {
@@ -169,7 +203,9 @@ pub fn evaluate(
                 }
             }
             for (c, pair) in customers {
-                if pair.n >= t.child_min_txns && pair.s < i128::from(t.child_max_avg_cents) * i128::from(pair.n) {
+                if pair.n >= t.child_min_txns
+                    && pair.s < i128::from(t.child_max_avg_cents) * i128::from(pair.n)
+                {
                     emit("PatId2", c, m);
                 }
             }

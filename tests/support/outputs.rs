@@ -42,7 +42,9 @@ pub struct Outputs {
 
 fn list(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries.map(|e| e.unwrap().file_name().into_string().unwrap()).collect(),
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect(),
         Err(_) => Vec::new(),
     };
     names.sort();
@@ -84,7 +86,12 @@ impl Outputs {
             .prepare("SELECT seq, status, rows, bad_rows FROM processed_chunks ORDER BY seq")
             .unwrap()
             .query_map([], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64))
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
             })
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
@@ -94,7 +101,12 @@ impl Outputs {
             .map(|name| {
                 let data = std::fs::read(bucket.join("detected_patterns").join(&name)).unwrap();
                 let mut reader = csv::Reader::from_reader(data.as_slice());
-                let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_string).collect();
+                let header: Vec<String> = reader
+                    .headers()
+                    .unwrap()
+                    .iter()
+                    .map(str::to_string)
+                    .collect();
                 assert_eq!(
                     header.join(","),
                     "YStartTime,detectionTime,patternId,ActionType,customerName,MerchantId",
@@ -157,8 +169,15 @@ impl Outputs {
             .map(|d| (d.pattern.clone(), d.customer.clone(), d.merchant.clone()))
             .collect();
         let unique: BTreeSet<_> = keys.iter().cloned().collect();
-        assert_eq!(unique.len(), keys.len(), "duplicate detections in the table");
-        assert!(self.table.iter().all(|d| d.batch_no.is_some()), "detections left in the outbox");
+        assert_eq!(
+            unique.len(),
+            keys.len(),
+            "duplicate detections in the table"
+        );
+        assert!(
+            self.table.iter().all(|d| d.batch_no.is_some()),
+            "detections left in the outbox"
+        );
 
         let mut in_files: BTreeMap<(String, String, String), usize> = BTreeMap::new();
         for (name, lines) in &self.files {
@@ -170,34 +189,63 @@ impl Outputs {
                     other => panic!("{name}: unknown pattern {other}"),
                 };
                 assert_eq!(line.action, action, "{name}");
-                assert!(is_ist(&line.y_start_time), "{name}: YStartTime {:?}", line.y_start_time);
-                assert!(is_ist(&line.detection_time), "{name}: detectionTime {:?}", line.detection_time);
+                assert!(
+                    is_ist(&line.y_start_time),
+                    "{name}: YStartTime {:?}",
+                    line.y_start_time
+                );
+                assert!(
+                    is_ist(&line.detection_time),
+                    "{name}: detectionTime {:?}",
+                    line.detection_time
+                );
                 *in_files
-                    .entry((line.pattern.clone(), line.customer.clone(), line.merchant.clone()))
+                    .entry((
+                        line.pattern.clone(),
+                        line.customer.clone(),
+                        line.merchant.clone(),
+                    ))
                     .or_default() += 1;
             }
         }
         let duplicated: Vec<_> = in_files.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(duplicated.is_empty(), "detections in more than one file line: {duplicated:?}");
+        assert!(
+            duplicated.is_empty(),
+            "detections in more than one file line: {duplicated:?}"
+        );
         let file_set: BTreeSet<_> = in_files.keys().cloned().collect();
         assert_eq!(file_set, unique, "files and table disagree");
 
         let sizes: Vec<usize> = self.files.iter().map(|(_, lines)| lines.len()).collect();
         let short: Vec<usize> = sizes.iter().copied().filter(|&n| n != batch_size).collect();
-        assert!(short.len() <= 1, "more than one file not of batch size {batch_size}: {sizes:?}");
+        assert!(
+            short.len() <= 1,
+            "more than one file not of batch size {batch_size}: {sizes:?}"
+        );
         if let Some(&n) = short.first() {
             assert!(n < batch_size && n > 0, "odd file size {n}");
-            assert_eq!(sizes.last(), Some(&n), "the short file is not the last one: {sizes:?}");
+            assert_eq!(
+                sizes.last(),
+                Some(&n),
+                "the short file is not the last one: {sizes:?}"
+            );
         }
 
         let seqs: Vec<u64> = self.chunks.iter().map(|c| c.0).collect();
-        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "processed chunks not contiguous");
+        assert_eq!(
+            seqs,
+            (0..seqs.len() as u64).collect::<Vec<_>>(),
+            "processed chunks not contiguous"
+        );
         let object_seqs: Vec<u64> = self
             .chunk_objects
             .iter()
             .map(|name| name["chunk-".len().."chunk-".len() + 10].parse().unwrap())
             .collect();
-        assert_eq!(object_seqs, seqs, "chunk objects and processed chunks differ");
+        assert_eq!(
+            object_seqs, seqs,
+            "chunk objects and processed chunks differ"
+        );
     }
 
     /// The data rows of all chunk objects, in order, equal the master
@@ -206,14 +254,27 @@ impl Outputs {
         let master_rows = data_lines(&std::fs::read(master).unwrap());
         let mut chunk_rows = Vec::new();
         for (i, name) in self.chunk_objects.iter().enumerate() {
-            let rows = data_lines(&std::fs::read(self.bucket.join("stream_chunks").join(name)).unwrap());
+            let rows =
+                data_lines(&std::fs::read(self.bucket.join("stream_chunks").join(name)).unwrap());
             if i + 1 < self.chunk_objects.len() {
-                assert_eq!(rows.len(), rows_per_chunk, "chunk {name} has {} rows", rows.len());
+                assert_eq!(
+                    rows.len(),
+                    rows_per_chunk,
+                    "chunk {name} has {} rows",
+                    rows.len()
+                );
             }
             chunk_rows.extend(rows);
         }
-        assert_eq!(chunk_rows.len(), master_rows.len(), "row count of chunks vs master");
-        assert!(chunk_rows == master_rows, "chunk rows differ from the master file's rows");
+        assert_eq!(
+            chunk_rows.len(),
+            master_rows.len(),
+            "row count of chunks vs master"
+        );
+        assert!(
+            chunk_rows == master_rows,
+            "chunk rows differ from the master file's rows"
+        );
     }
 }
 

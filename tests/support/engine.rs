@@ -1,0 +1,106 @@
+//! Drives the pure engine (no actors, no database, no files) over CSV text
+//! held in memory: chunks go through the real chunk parser and then through
+//! the three pattern engines, sharded as asked.
+
+use std::sync::Arc;
+
+use txpipe::detect::{Cents, Pattern, PatternEngine, Shard, Thresholds, WeightTable, engine_for};
+use txpipe::input::importance::read_importance;
+use txpipe::input::transactions::ChunkParser;
+use txpipe::names::Names;
+
+use super::oracle::Emission;
+
+pub const HEADER: &str =
+    "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud";
+
+/// One BankSim-format transaction line.
+pub fn row(customer: &str, merchant: &str, gender: &str, amount: &str) -> String {
+    format!("0,'{customer}','3','{gender}','28007','{merchant}','28007','es_food',{amount},0")
+}
+
+/// A CustomerImportance file from `(customer, merchant, weight)`.
+pub fn network(weights: &[(&str, &str, &str)]) -> String {
+    let mut text = String::from("Source,Target,Weight,typeTrans,fraud\n");
+    for (c, m, w) in weights {
+        text.push_str(&format!("'{c}','{m}',{w},'es_food',0\n"));
+    }
+    text
+}
+
+/// Applies `rows` in chunks of `chunk_rows` and returns every emission.
+pub fn run(
+    rows: &[String],
+    network: &str,
+    chunk_rows: usize,
+    thresholds: Thresholds,
+    shards: u32,
+) -> Vec<Emission> {
+    let names = Names::new();
+    let mut table = WeightTable::new();
+    for entry in read_importance(network.as_bytes()).unwrap().entries {
+        table.add(
+            names.merchant(&entry.merchant),
+            names.customer(&entry.customer),
+            Cents(entry.weight_sum.0),
+            entry.rows,
+        );
+    }
+    let table = Arc::new(table);
+    let mut engines: Vec<Box<dyn PatternEngine>> = Vec::new();
+    for pattern in Pattern::ALL {
+        for index in 0..shards {
+            engines.push(engine_for(
+                pattern,
+                Shard::new(index, shards),
+                thresholds,
+                table.clone(),
+            ));
+        }
+    }
+    let mut parser = ChunkParser::new();
+    let mut out = Vec::new();
+    for (k, chunk) in rows.chunks(chunk_rows.max(1)).enumerate() {
+        let mut text = String::from(HEADER);
+        for line in chunk {
+            text.push_str("\r\n");
+            text.push_str(line);
+        }
+        let parsed = parser.parse(text.as_bytes(), &names).unwrap();
+        let mut detections = Vec::new();
+        for engine in &mut engines {
+            engine.apply(&parsed.delta, &mut detections);
+        }
+        for d in detections {
+            out.push((
+                k as u64,
+                d.key.pattern.id(),
+                d.key
+                    .customer
+                    .map_or(String::new(), |c| names.name(c.0).to_string()),
+                names.name(d.key.merchant.0).to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The oracle over the same input.
+pub fn oracle(
+    rows: &[String],
+    network: &str,
+    chunk_rows: usize,
+    thresholds: Thresholds,
+) -> Vec<Emission> {
+    let mut text = String::from(HEADER);
+    for line in rows {
+        text.push('\n');
+        text.push_str(line);
+    }
+    let txns = super::oracle::read_transactions(text.as_bytes());
+    let weights = super::oracle::read_weights(network.as_bytes());
+    let mut out = super::oracle::evaluate(&txns, &weights, chunk_rows, thresholds);
+    out.sort();
+    out
+}
