@@ -12,6 +12,9 @@ use crate::detect::{Cents, parse_amount};
 
 const REQUIRED_COLUMNS: [&str; 3] = ["source", "target", "weight"];
 
+/// Per customer of one merchant: (sum of weights, rows).
+type CustomerTotals = FxHashMap<Box<str>, (i64, u64)>;
+
 /// One aggregated lookup entry: `w = weight_sum / rows`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImportanceRow {
@@ -55,7 +58,7 @@ pub fn read_importance<R: Read>(source: R) -> Result<Importance, ImportanceError
     let header_fields = record.len();
     let [source_col, target_col, weight_col] =
         locate_columns(&record, REQUIRED_COLUMNS).map_err(ImportanceError::MissingColumns)?;
-    let mut totals: FxHashMap<Box<str>, FxHashMap<Box<str>, (i64, u64)>> = FxHashMap::default();
+    let mut totals: FxHashMap<Box<str>, CustomerTotals> = FxHashMap::default();
     let mut summary = Importance::default();
     while reader.read_byte_record(&mut record)? {
         summary.rows += 1;

@@ -196,6 +196,8 @@ pub fn evaluate(
                     let less_w =
                         w_m.partition_point(|&x| cmp_weight(x, wc) == Ordering::Less) as u64;
                     let pr_n_ok = p_len > 1 && 10 * less_n >= 9 * (p_len - 1);
+                    // Written as in the contract, not simplified.
+                    #[allow(clippy::int_plus_one)]
                     let pr_w_ok = 10 * less_w <= w_len - 1;
                     if pr_n_ok && pr_w_ok {
                         emit("PatId1", c, m);
