@@ -79,6 +79,11 @@ fn load(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Actors contain panics and restart; the panic itself goes to the log
+    // as one line instead of a raw message on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "panic");
+    }));
     match execute(cli.command) {
         Ok(code) => code,
         Err(error) => {

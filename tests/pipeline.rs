@@ -177,3 +177,81 @@ fn a_missing_master_file_is_a_clear_start_up_error() {
     );
     assert!(text.contains("missing-net.csv"), "{text}");
 }
+
+#[test]
+fn unreadable_chunks_are_rejected_and_quarantined_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let tx = dir.path().join("tx.csv");
+    let net = dir.path().join("net.csv");
+    // A master file with no rows: every chunk comes from outside.
+    write(
+        &tx,
+        "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n",
+    );
+    write(&net, "Source,Target,Weight,typeTrans,fraud\n");
+    let chunks = dir.path().join("bucket/stream_chunks");
+    std::fs::create_dir_all(&chunks).unwrap();
+    let header = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n";
+    let good = format!("{header}0,'C1','4','F','1','M1','1','es_food',1.00,0\n");
+    let objects: [(&str, &[u8]); 4] = [
+        ("chunk-0000000000-a.csv", b"customer,amount\nC1,2\n"),
+        ("chunk-0000000001-a.csv", b""),
+        ("chunk-0000000002-a.csv", b"\x00\x01\x02\xff binary garbage"),
+        ("chunk-0000000003-a.csv", good.as_bytes()),
+    ];
+    for (name, body) in objects {
+        std::fs::write(chunks.join(name), body).unwrap();
+    }
+    let settings = support::embedded_settings(dir.path(), &tx, &net);
+    let report = run_to_completion(settings);
+    assert_eq!(
+        (
+            report.chunks_rejected,
+            report.chunks_committed,
+            report.rows_committed
+        ),
+        (3, 1, 1)
+    );
+    let db = rusqlite::Connection::open(dir.path().join("state.sqlite")).unwrap();
+    let rows: Vec<(String, String, Option<String>)> = db
+        .prepare("SELECT chunk_name, status, reason FROM processed_chunks ORDER BY chunk_name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let summary: Vec<(&str, Option<&str>)> = rows
+        .iter()
+        .map(|r| (r.1.as_str(), r.2.as_deref()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "rejected",
+                Some("header lacks column(s) gender, merchant, category")
+            ),
+            ("rejected", Some("empty object: no header line")),
+            ("rejected", Some("header is not valid UTF-8")),
+            ("processed", None),
+        ]
+    );
+    let quarantined = support_list(&dir.path().join("bucket/quarantine"));
+    assert_eq!(
+        quarantined,
+        vec![
+            "chunk-0000000000-a.rejected.csv",
+            "chunk-0000000001-a.rejected.csv",
+            "chunk-0000000002-a.rejected.csv"
+        ]
+    );
+    let copy = std::fs::read(
+        dir.path()
+            .join("bucket/quarantine/chunk-0000000002-a.rejected.csv"),
+    )
+    .unwrap();
+    assert_eq!(
+        copy, b"\x00\x01\x02\xff binary garbage",
+        "rejected chunks are kept byte for byte"
+    );
+}
