@@ -82,7 +82,11 @@ fn main() -> ExitCode {
     // Actors contain panics and restart; the panic itself goes to the log
     // as one line instead of a raw message on stderr.
     std::panic::set_hook(Box::new(|info| {
-        tracing::error!(panic = %info, "panic");
+        if tracing::dispatcher::has_been_set() {
+            tracing::error!(panic = %info, "panic");
+        } else {
+            eprintln!("panic: {info}");
+        }
     }));
     match execute(cli.command) {
         Ok(code) => code,
