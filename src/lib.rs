@@ -7,6 +7,7 @@ pub mod db;
 pub mod detect;
 pub mod generate;
 pub mod input;
+pub mod io_runtime;
 pub mod layout;
 pub mod names;
 pub mod store;

@@ -23,7 +23,8 @@ use crate::db::{ChunkerPosition, DbError};
 use crate::input::records::{ChunkCutter, Cut, read_header};
 use crate::input::transactions::Schema;
 use crate::layout;
-use crate::store::{StoreError, source};
+use crate::store::StoreError;
+use crate::store::source::Sources;
 
 pub struct ChunkerActor {
     lifeline: Lifeline,
@@ -83,8 +84,8 @@ impl Supervised for ChunkerActor {
 
 /// Reads the master file's header, checks it, and returns it with the
 /// offset of the first data row.
-pub fn master_header(location: &str) -> Result<(Vec<u8>, u64), String> {
-    let reader = source::open_at(location, 0).map_err(|e| e.to_string())?;
+pub fn master_header(sources: &Sources, location: &str) -> Result<(Vec<u8>, u64), String> {
+    let reader = sources.open_at(location, 0).map_err(|e| e.to_string())?;
     let (header, offset) = read_header(reader)
         .map_err(|e| format!("cannot read {location}: {e}"))?
         .ok_or_else(|| format!("master file {location} is empty (no header line)"))?;
@@ -135,8 +136,8 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
     let rows_per_chunk = p.settings.chunker.rows_per_chunk;
     let interval = Duration::from_millis(p.settings.chunker.interval_ms);
     let (header, data_offset) = {
-        let source = source.clone();
-        tokio::task::spawn_blocking(move || master_header(&source))
+        let (sources, source) = (p.sources.clone(), source.clone());
+        tokio::task::spawn_blocking(move || master_header(&sources, &source))
             .await
             .map_err(|e| ChunkerError::Fatal(e.to_string()))?
             .map_err(ChunkerError::Fatal)?
@@ -161,8 +162,8 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
         },
     };
     let mut cutter: Cutter = {
-        let (source, offset) = (source.clone(), position.next_offset);
-        let reader = tokio::task::spawn_blocking(move || source::open_at(&source, offset))
+        let (sources, source, offset) = (p.sources.clone(), source.clone(), position.next_offset);
+        let reader = tokio::task::spawn_blocking(move || sources.open_at(&source, offset))
             .await
             .map_err(|e| ChunkerError::Fatal(e.to_string()))??;
         ChunkCutter::new(reader, position.next_offset, header)

@@ -21,11 +21,14 @@ use crate::config::Settings;
 use crate::db::{DbError, StateStore};
 use crate::detect::{Thresholds, WeightTable};
 use crate::names::Names;
+use crate::store::source::Sources;
 use crate::store::{ObjectStore, StoreError};
 
 pub struct PipelineContext {
     pub settings: Settings,
     pub objects: Arc<dyn ObjectStore>,
+    /// Opens the master and lookup files (local or S3).
+    pub sources: Sources,
     pub state: Arc<dyn StateStore>,
     pub names: Arc<Names>,
     pub weights: Arc<WeightTable>,

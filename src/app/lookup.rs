@@ -16,7 +16,7 @@ use crate::db::{LookupSource, StateStore, WeightRow};
 use crate::detect::{Cents, WeightTable};
 use crate::input::importance::read_importance;
 use crate::names::Names;
-use crate::store::source;
+use crate::store::source::Sources;
 
 /// Hashes everything read through it.
 struct Fingerprinting<R> {
@@ -48,13 +48,17 @@ impl<R> Fingerprinting<R> {
     }
 }
 
-pub async fn ensure_loaded(settings: &Settings, state: &dyn StateStore) -> anyhow::Result<()> {
+pub async fn ensure_loaded(
+    settings: &Settings,
+    sources: &Sources,
+    state: &dyn StateStore,
+) -> anyhow::Result<()> {
     let location = settings.source.customer_importance.clone();
     let existing = state.lookup_source().await?;
     if let Some(existing) = &existing {
-        let path = location.clone();
+        let (path, sources) = (location.clone(), sources.clone());
         let fingerprint = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-            let mut reader = Fingerprinting::new(source::open_at(&path, 0)?);
+            let mut reader = Fingerprinting::new(sources.open_at(&path, 0)?);
             std::io::copy(&mut reader, &mut std::io::sink())?;
             Ok(reader.fingerprint())
         })
@@ -73,9 +77,9 @@ pub async fn ensure_loaded(settings: &Settings, state: &dyn StateStore) -> anyho
         }
     }
     let (importance, fingerprint) = tokio::task::spawn_blocking({
-        let location = location.clone();
+        let (location, sources) = (location.clone(), sources.clone());
         move || -> anyhow::Result<_> {
-            let mut reader = Fingerprinting::new(source::open_at(&location, 0)?);
+            let mut reader = Fingerprinting::new(sources.open_at(&location, 0)?);
             let importance = read_importance(&mut reader)
                 .with_context(|| format!("CustomerImportance file {location}"))?;
             std::io::copy(&mut reader, &mut std::io::sink())?;

@@ -19,6 +19,7 @@ use crate::actors::supervisor::{RunMode, Supervision, SupervisorActor};
 use crate::config::{LogFormat, Settings};
 use crate::detect::Thresholds;
 use crate::names::Names;
+use crate::store::source::Sources;
 
 /// How a run ended.
 #[derive(Clone, Debug)]
@@ -101,10 +102,15 @@ pub async fn prepare(
     settings: Settings,
     faults: Vec<FaultRule>,
 ) -> anyhow::Result<Arc<PipelineContext>> {
-    let source = settings.source.transactions.clone();
-    tokio::task::spawn_blocking(move || crate::actors::chunker::master_header(&source))
+    let sources = Sources::for_settings(&settings).await;
+    {
+        let (sources, source) = (sources.clone(), settings.source.transactions.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::actors::chunker::master_header(&sources, &source)
+        })
         .await?
         .map_err(anyhow::Error::msg)?;
+    }
     let objects = crate::store::open(&settings).await?;
     let state = crate::db::open(&settings).await?;
     if let Some(position) = state.chunker_position().await? {
@@ -116,7 +122,7 @@ pub async fn prepare(
         .map_err(anyhow::Error::msg)?;
     }
     let names = Arc::new(Names::new());
-    lookup::ensure_loaded(&settings, &*state).await?;
+    lookup::ensure_loaded(&settings, &sources, &*state).await?;
     let weights = Arc::new(lookup::weight_table(&*state, &names).await?);
     info!(pairs = weights.len(), "lookup table ready");
     let (doorbell, _) = tokio::sync::watch::channel(0);
@@ -124,6 +130,7 @@ pub async fn prepare(
         supervision: Supervision::new(settings.supervisor.clone()),
         settings,
         objects,
+        sources,
         state,
         names,
         weights,

@@ -10,6 +10,7 @@
 //!
 //! Names are stored as text; ids exist only inside one process.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -260,9 +261,10 @@ pub trait StateStore: Send + Sync {
 pub async fn open(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {
     let store: Arc<dyn StateStore> = match DatabaseKind::of(&settings.database.url) {
         Some(DatabaseKind::Sqlite) => Arc::new(sqlite::SqliteStore::open(&settings.database.url)?),
-        Some(DatabaseKind::Postgres) => {
-            anyhow::bail!("the PostgreSQL backend is not built yet")
-        }
+        Some(DatabaseKind::Postgres) => Arc::new(
+            postgres::PostgresStore::connect(&settings.database.url, settings.database.pool_size)
+                .await?,
+        ),
         None => anyhow::bail!("unsupported database.url"),
     };
     store.migrate().await?;

@@ -11,6 +11,7 @@
 //! [`source`] opens the master and lookup files for streaming reads.
 
 pub mod local;
+pub mod s3;
 pub mod source;
 
 use std::sync::Arc;
@@ -66,6 +67,6 @@ pub async fn open(settings: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
             &settings.storage.root,
             settings.storage.fsync,
         )?)),
-        StorageKind::S3 => anyhow::bail!("the S3 backend is not built yet"),
+        StorageKind::S3 => Ok(Arc::new(s3::S3Store::connect(&settings.storage).await)),
     }
 }

@@ -1,22 +1,85 @@
 //! Opens the master transactions file and the lookup file for streaming
-//! reads, from a local path (or, with the S3 backend, `s3://bucket/key`).
+//! reads, from a local path or `s3://bucket/key`. Large files are never
+//! loaded whole: callers read them through a fixed-size buffer.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 
-/// A blocking reader positioned at `offset`. Large files are never loaded
-/// whole: callers read them through a fixed-size buffer.
-pub fn open_at(location: &str, offset: u64) -> io::Result<Box<dyn Read + Send>> {
-    if location.starts_with("s3://") {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("{location}: s3:// sources need storage.kind = \"s3\""),
-        ));
+use crate::config::Settings;
+
+/// Opens sources; holds an S3 client if any source lives in S3.
+#[derive(Clone, Default)]
+pub struct Sources {
+    s3: Option<aws_sdk_s3::Client>,
+}
+
+/// `s3://bucket/key` split in two.
+pub fn parse_s3_url(location: &str) -> Option<(&str, &str)> {
+    let rest = location.strip_prefix("s3://")?;
+    let (bucket, key) = rest.split_once('/')?;
+    (!bucket.is_empty() && !key.is_empty()).then_some((bucket, key))
+}
+
+impl Sources {
+    /// Local paths only.
+    pub fn local() -> Sources {
+        Sources::default()
     }
-    let mut file = File::open(location)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {location}: {e}")))?;
-    if offset > 0 {
-        file.seek(SeekFrom::Start(offset))?;
+
+    /// Builds an S3 client (from the storage settings' region, endpoint
+    /// and the default credential chain) if a source needs one.
+    pub async fn for_settings(settings: &Settings) -> Sources {
+        let needs_s3 = [
+            &settings.source.transactions,
+            &settings.source.customer_importance,
+        ]
+        .iter()
+        .any(|location| location.starts_with("s3://"));
+        Sources {
+            s3: if needs_s3 {
+                Some(super::s3::client(&settings.storage).await)
+            } else {
+                None
+            },
+        }
     }
-    Ok(Box::new(file))
+
+    /// A blocking reader positioned at `offset`. Call it from a blocking
+    /// thread.
+    pub fn open_at(&self, location: &str, offset: u64) -> io::Result<Box<dyn Read + Send>> {
+        if location.starts_with("s3://") {
+            let (bucket, key) = parse_s3_url(location).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{location}: expected s3://bucket/key"),
+                )
+            })?;
+            let client = self.s3.as_ref().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("{location}: no S3 client configured"),
+                )
+            })?;
+            return super::s3::open_object_at(client, bucket, key, offset);
+        }
+        let mut file = File::open(location)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot open {location}: {e}")))?;
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset))?;
+        }
+        Ok(Box::new(file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_s3_urls() {
+        assert_eq!(parse_s3_url("s3://b/k/x.csv"), Some(("b", "k/x.csv")));
+        assert_eq!(parse_s3_url("s3://b/"), None);
+        assert_eq!(parse_s3_url("s3:///k"), None);
+        assert_eq!(parse_s3_url("/tmp/x"), None);
+    }
 }

@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod oracle;
 pub mod outputs;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

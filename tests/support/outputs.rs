@@ -54,48 +54,21 @@ fn list(dir: &Path) -> Vec<String> {
 impl Outputs {
     /// Reads a run directory laid out by `embedded_settings`.
     pub fn read(dir: &Path) -> Outputs {
-        let bucket = dir.join("bucket");
-        let db = Connection::open(dir.join("state.sqlite")).unwrap();
-        let table = db
-            .prepare(
-                "SELECT d.patternId, d.customer, d.merchant, c.seq, d.batch_no
-                 FROM detected_patterns d JOIN processed_chunks c ON c.chunk_name = d.chunk_name
-                 ORDER BY d.id",
-            )
-            .unwrap()
-            .query_map([], |r| {
-                Ok(TableDetection {
-                    pattern: r.get(0)?,
-                    customer: r.get(1)?,
-                    merchant: r.get(2)?,
-                    chunk_seq: r.get::<_, i64>(3)? as u64,
-                    batch_no: r.get(4)?,
-                })
-            })
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let pairs = db
-            .prepare("SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_state ORDER BY 1, 2")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let chunks = db
-            .prepare("SELECT seq, status, rows, bad_rows FROM processed_chunks ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get(1)?,
-                    r.get::<_, i64>(2)? as u64,
-                    r.get::<_, i64>(3)? as u64,
-                ))
-            })
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
+        let tables = Tables::sqlite(&dir.join("state.sqlite"));
+        Outputs::read_from(dir.join("bucket"), tables)
+    }
+
+    /// Reads the tables of a PostgreSQL database and a bucket directory.
+    pub fn read_postgres(url: &str, bucket: PathBuf) -> Outputs {
+        Outputs::read_from(bucket, Tables::postgres(url))
+    }
+
+    fn read_from(bucket: PathBuf, tables: Tables) -> Outputs {
+        let Tables {
+            table,
+            pairs,
+            chunks,
+        } = tables;
         let files = list(&bucket.join("detected_patterns"))
             .into_iter()
             .map(|name| {
@@ -294,4 +267,128 @@ pub fn is_ist(text: &str) -> bool {
         && text.ends_with("+05:30")
         && chrono::DateTime::parse_from_rfc3339(text).is_ok()
         && text.as_bytes()[19] == b'.'
+}
+
+/// The three tables the checks need, from either backend.
+struct Tables {
+    table: Vec<TableDetection>,
+    pairs: Vec<(String, String, i64, i64, String)>,
+    chunks: Vec<(u64, String, u64, u64)>,
+}
+
+const DETECTIONS_SQL: &str = "SELECT d.patternId, d.customer, d.merchant, c.seq, d.batch_no
+     FROM detected_patterns d JOIN processed_chunks c ON c.chunk_name = d.chunk_name
+     ORDER BY d.id";
+const PAIRS_SQL: &str =
+    "SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_state ORDER BY 1, 2";
+const CHUNKS_SQL: &str = "SELECT seq, status, rows, bad_rows FROM processed_chunks ORDER BY seq";
+
+impl Tables {
+    fn sqlite(path: &Path) -> Tables {
+        let db = Connection::open(path).unwrap();
+        let table = db
+            .prepare(DETECTIONS_SQL)
+            .unwrap()
+            .query_map([], |r| {
+                Ok(TableDetection {
+                    pattern: r.get(0)?,
+                    customer: r.get(1)?,
+                    merchant: r.get(2)?,
+                    chunk_seq: r.get::<_, i64>(3)? as u64,
+                    batch_no: r.get(4)?,
+                })
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let pairs = db
+            .prepare(PAIRS_SQL)
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let chunks = db
+            .prepare(CHUNKS_SQL)
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        Tables {
+            table,
+            pairs,
+            chunks,
+        }
+    }
+
+    fn postgres(url: &str) -> Tables {
+        let url = url.to_string();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                let driver = tokio::spawn(connection);
+                let table = client
+                    .query(DETECTIONS_SQL, &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| TableDetection {
+                        pattern: r.get(0),
+                        customer: r.get(1),
+                        merchant: r.get(2),
+                        chunk_seq: r.get::<_, i64>(3) as u64,
+                        batch_no: r.get(4),
+                    })
+                    .collect();
+                // Sort like SQLite's BINARY collation, whatever the database's.
+                let mut pairs: Vec<(String, String, i64, i64, String)> = client
+                    .query(PAIRS_SQL, &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                    .collect();
+                pairs.sort();
+                let chunks = client
+                    .query(CHUNKS_SQL, &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.get::<_, i64>(0) as u64,
+                            r.get(1),
+                            r.get::<_, i64>(2) as u64,
+                            r.get::<_, i64>(3) as u64,
+                        )
+                    })
+                    .collect();
+                drop(client);
+                let _ = driver.await;
+                Tables {
+                    table,
+                    pairs,
+                    chunks,
+                }
+            })
+        })
+        .join()
+        .unwrap()
+    }
 }

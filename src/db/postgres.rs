@@ -1,0 +1,975 @@
+//! The production state store: PostgreSQL through a bb8 pool of
+//! tokio-postgres connections (TLS with `sslmode=require`).
+//!
+//! Every call runs on the process's I/O runtime. A commit takes an advisory
+//! transaction lock (one committer at a time, even across processes),
+//! checks the last committed chunk, bulk-loads the pair deltas with binary
+//! COPY into a temporary table and upserts them with
+//! `INSERT ... ON CONFLICT DO UPDATE`, and inserts the chunks' rows and the
+//! detections with one multi-row statement each. Lost connections and
+//! server restarts are reported as transient so that callers retry.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bb8::{CustomizeConnection, ErrorSink, Pool};
+use bb8_postgres::PostgresConnectionManager;
+use futures::{TryStreamExt, pin_mut};
+use postgres_native_tls::MakeTlsConnector;
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::{
+    Batch, ChunkerPosition, CommitBatch, CommitOutcome, DbError, DbResult, DetectionLine,
+    EmittedRow, LookupSource, PairRow, RestartEvent, StateStore, StatusReport, WeightRow,
+};
+use crate::detect::{Gender, Pattern};
+use crate::io_runtime;
+
+mod embedded {
+    refinery::embed_migrations!("migrations/postgres");
+}
+
+type Manager = PostgresConnectionManager<MakeTlsConnector>;
+
+/// Advisory lock keys: one for commits, one for batch assignment.
+const COMMIT_LOCK: i64 = 0x7478_7069_7065_0001;
+const BATCH_LOCK: i64 = 0x7478_7069_7065_0002;
+
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool<Manager>,
+    last_connect_error: LastError,
+}
+
+/// Keeps the pool's last connection error: bb8 opens connections in the
+/// background and only tells a waiting caller that it timed out.
+#[derive(Clone, Debug, Default)]
+struct LastError(Arc<Mutex<Option<String>>>);
+
+impl ErrorSink<tokio_postgres::Error> for LastError {
+    fn sink(&self, error: tokio_postgres::Error) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(describe(&error));
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
+    }
+}
+
+/// Creates the per-connection temporary table the commits COPY into.
+#[derive(Debug)]
+struct TempTables;
+
+impl CustomizeConnection<Client, tokio_postgres::Error> for TempTables {
+    fn on_acquire<'a>(
+        &'a self,
+        client: &'a mut Client,
+    ) -> Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>> {
+        Box::pin(client.batch_execute(
+            "CREATE TEMP TABLE IF NOT EXISTS pair_delta (
+                 merchant TEXT, customer TEXT, txn_count BIGINT, amount_cents BIGINT, gender TEXT
+             ) ON COMMIT DELETE ROWS",
+        ))
+    }
+}
+
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+fn pg_error(error: tokio_postgres::Error) -> DbError {
+    let transient = match error.code() {
+        None => true, // I/O, closed connection, timeouts
+        Some(code) => [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::CONNECTION_EXCEPTION,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::CONNECTION_DOES_NOT_EXIST,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::QUERY_CANCELED,
+        ]
+        .contains(code),
+    };
+    let message = describe(&error);
+    if transient {
+        DbError::Unavailable(message)
+    } else {
+        DbError::Failed(message)
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        pg_error(error)
+    }
+}
+
+impl From<bb8::RunError<tokio_postgres::Error>> for DbError {
+    fn from(error: bb8::RunError<tokio_postgres::Error>) -> Self {
+        match error {
+            bb8::RunError::User(error) => pg_error(error),
+            bb8::RunError::TimedOut => {
+                DbError::Unavailable("timed out waiting for a database connection".into())
+            }
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Runs a database call on the I/O runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = DbResult<T>> + Send + 'static,
+    ) -> DbResult<T> {
+        io_runtime::run(work).await.map_err(|e| self.explain(e))
+    }
+
+    /// Adds the pool's last connection error to a connection timeout.
+    fn explain(&self, error: DbError) -> DbError {
+        match error {
+            DbError::Unavailable(message) if message.starts_with("timed out waiting") => match self
+                .last_connect_error
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            {
+                Some(cause) => {
+                    let message = format!("{message}; last connection error: {cause}");
+                    if cause.contains("certificate") || cause.contains("password") {
+                        DbError::Failed(message)
+                    } else {
+                        DbError::Unavailable(message)
+                    }
+                }
+                None => DbError::Unavailable(message),
+            },
+            other => other,
+        }
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+const UPSERT_PAIRS: &str = "\
+INSERT INTO pair_state (merchant, customer, txn_count, amount_cents, gender)
+SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_delta
+ON CONFLICT (merchant, customer) DO UPDATE SET
+    txn_count = pair_state.txn_count + EXCLUDED.txn_count,
+    amount_cents = CASE
+        WHEN pair_state.amount_cents > 9223372036854775807 - EXCLUDED.amount_cents THEN 9223372036854775807
+        ELSE pair_state.amount_cents + EXCLUDED.amount_cents
+    END";
+
+const INSERT_CHUNKS: &str = "\
+INSERT INTO processed_chunks (chunk_name, seq, status, rows, bad_rows, detections, reason, processed_at)
+SELECT name, seq, status, rows, bad_rows, detections, reason, $8
+FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])
+    AS c(name, seq, status, rows, bad_rows, detections, reason)";
+
+const INSERT_DETECTIONS: &str = "\
+INSERT INTO detected_patterns (customer, merchant, txn_count, avg_weight, avg_amount, txn_rank,
+    weight_rank, F, M, patternId, actionType, chunk_name, processed_at, y_start_time, detection_time)
+SELECT customer, merchant, txn_count, avg_weight, avg_amount, txn_rank, weight_rank, f, m,
+       pattern_id, action_type, chunk_name, $14, $15, detection_time
+FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
+            $7::float8[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[])
+    WITH ORDINALITY AS d(customer, merchant, txn_count, avg_weight, avg_amount, txn_rank, weight_rank,
+                         f, m, pattern_id, action_type, chunk_name, detection_time, ord)
+ORDER BY ord";
+
+/// A commit, owned, so it can move to the I/O runtime.
+struct OwnedCommit {
+    expected_last: Option<String>,
+    final_chunk: String,
+    processed_at: String,
+    pairs: Vec<(String, String, i64, i64, &'static str)>,
+    chunks: ChunkColumns,
+    detections: DetectionColumns,
+}
+
+#[derive(Default)]
+struct ChunkColumns {
+    name: Vec<String>,
+    seq: Vec<Option<i64>>,
+    status: Vec<&'static str>,
+    rows: Vec<i64>,
+    bad_rows: Vec<i64>,
+    detections: Vec<i64>,
+    reason: Vec<Option<String>>,
+}
+
+#[derive(Default)]
+struct DetectionColumns {
+    customer: Vec<String>,
+    merchant: Vec<String>,
+    txn_count: Vec<Option<i64>>,
+    avg_weight: Vec<Option<f64>>,
+    avg_amount: Vec<Option<f64>>,
+    txn_rank: Vec<Option<f64>>,
+    weight_rank: Vec<Option<f64>>,
+    female: Vec<Option<i64>>,
+    male: Vec<Option<i64>>,
+    pattern_id: Vec<&'static str>,
+    action_type: Vec<&'static str>,
+    chunk_name: Vec<String>,
+    detection_time: Vec<String>,
+}
+
+impl OwnedCommit {
+    fn from_batch(batch: &CommitBatch<'_>, final_chunk: &str) -> OwnedCommit {
+        let mut chunks = ChunkColumns::default();
+        for chunk in batch.chunks {
+            chunks.name.push(chunk.name.clone());
+            chunks.seq.push(chunk.seq.map(to_i64));
+            chunks.status.push(chunk.status.as_str());
+            chunks.rows.push(to_i64(chunk.rows));
+            chunks.bad_rows.push(to_i64(chunk.bad_rows));
+            chunks.detections.push(to_i64(chunk.detections));
+            chunks.reason.push(chunk.reason.clone());
+        }
+        let mut detections = DetectionColumns::default();
+        for d in batch.detections {
+            let e = &d.evidence;
+            detections.customer.push(d.customer.to_string());
+            detections.merchant.push(d.merchant.to_string());
+            detections.txn_count.push(e.txn_count.map(to_i64));
+            detections.avg_weight.push(e.weight.map(|w| w.as_f64()));
+            detections.avg_amount.push(e.avg_amount());
+            detections.txn_rank.push(e.txn_rank.map(|r| r.as_f64()));
+            detections
+                .weight_rank
+                .push(e.weight_rank.map(|r| r.as_f64()));
+            detections.female.push(e.female.map(to_i64));
+            detections.male.push(e.male.map(to_i64));
+            detections.pattern_id.push(d.pattern.id());
+            detections.action_type.push(d.pattern.action());
+            detections.chunk_name.push(d.chunk_name.to_string());
+            detections.detection_time.push(d.detection_time.to_string());
+        }
+        OwnedCommit {
+            expected_last: batch.expected_last.map(str::to_string),
+            final_chunk: final_chunk.to_string(),
+            processed_at: batch.processed_at.to_string(),
+            pairs: batch
+                .pairs
+                .iter()
+                .map(|p| {
+                    (
+                        p.merchant.to_string(),
+                        p.customer.to_string(),
+                        to_i64(p.count),
+                        p.amount,
+                        p.gender.code(),
+                    )
+                })
+                .collect(),
+            chunks,
+            detections,
+        }
+    }
+}
+
+const SCAN_BATCH: usize = 4096;
+
+/// TLS as libpq does it: `sslmode=prefer` (the default) and `require`
+/// encrypt without checking the server's certificate; `verify-ca` checks
+/// the certificate chain and `verify-full` also the host name, against the
+/// system roots or `sslrootcert=FILE`. Returns the URL as tokio-postgres
+/// understands it (which knows only disable / prefer / require).
+fn tls_settings(url: &str) -> DbResult<(String, native_tls::TlsConnector)> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut kept = Vec::new();
+    let mut mode = "prefer".to_string();
+    let mut root_cert = None;
+    for parameter in query.split('&').filter(|p| !p.is_empty()) {
+        match parameter.split_once('=') {
+            Some(("sslmode", value)) => mode = value.to_string(),
+            Some(("sslrootcert", path)) => root_cert = Some(path.to_string()),
+            _ => kept.push(parameter.to_string()),
+        }
+    }
+    let mut builder = native_tls::TlsConnector::builder();
+    let wire_mode = match mode.as_str() {
+        "disable" | "prefer" | "require" => {
+            builder
+                .danger_accept_invalid_certs(true)
+                .danger_accept_invalid_hostnames(true);
+            mode.as_str()
+        }
+        "verify-ca" => {
+            builder.danger_accept_invalid_hostnames(true);
+            "require"
+        }
+        "verify-full" => "require",
+        other => {
+            return Err(DbError::Failed(format!(
+                "database.url: unsupported sslmode {other:?} (disable, prefer, require, verify-ca, verify-full)"
+            )));
+        }
+    };
+    if let Some(path) = root_cert {
+        let pem = std::fs::read(&path)
+            .map_err(|e| DbError::Failed(format!("sslrootcert {path}: {e}")))?;
+        let certificate = native_tls::Certificate::from_pem(&pem)
+            .map_err(|e| DbError::Failed(format!("sslrootcert {path}: {e}")))?;
+        builder.add_root_certificate(certificate);
+    }
+    let connector = builder
+        .build()
+        .map_err(|e| DbError::Failed(format!("TLS setup: {e}")))?;
+    kept.push(format!("sslmode={wire_mode}"));
+    Ok((format!("{base}?{}", kept.join("&")), connector))
+}
+
+impl PostgresStore {
+    /// Builds the pool; connections open lazily (the first call, usually
+    /// the migrations, reports an unreachable server).
+    pub async fn connect(url: &str, pool_size: u32) -> DbResult<PostgresStore> {
+        let (url, connector) = tls_settings(url)?;
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| DbError::Failed(format!("invalid database.url: {e}")))?;
+        let manager = PostgresConnectionManager::new(config, MakeTlsConnector::new(connector));
+        let last_connect_error = LastError::default();
+        let sink = last_connect_error.clone();
+        let pool = io_runtime::run(async move {
+            Pool::builder()
+                .max_size(pool_size)
+                .connection_timeout(Duration::from_secs(5))
+                .test_on_check_out(false)
+                .retry_connection(false)
+                .error_sink(Box::new(sink))
+                .connection_customizer(Box::new(TempTables))
+                .build_unchecked(manager)
+        })
+        .await;
+        Ok(PostgresStore {
+            pool,
+            last_connect_error,
+        })
+    }
+
+    /// Streams the rows of `query` to `visit` in batches, with bounded
+    /// memory, while the query runs on the I/O runtime.
+    async fn scan<T: Send + 'static>(
+        &self,
+        query: &'static str,
+        convert: fn(&tokio_postgres::Row) -> DbResult<T>,
+        visit: &mut (dyn FnMut(&T) + Send),
+    ) -> DbResult<()> {
+        let (sender, mut receiver) = mpsc::channel::<DbResult<Vec<T>>>(4);
+        let pool = self.pool.clone();
+        let producer = io_runtime::handle().spawn(async move {
+            let result = async {
+                let connection = pool.get().await?;
+                let rows = connection
+                    .query_raw(query, std::iter::empty::<i64>())
+                    .await?;
+                pin_mut!(rows);
+                let mut batch = Vec::with_capacity(SCAN_BATCH);
+                while let Some(row) = rows.try_next().await? {
+                    batch.push(convert(&row)?);
+                    if batch.len() == SCAN_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
+                        if sender.send(Ok(full)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = sender.send(Ok(batch)).await;
+                }
+                Ok::<(), DbError>(())
+            }
+            .await;
+            if let Err(error) = result {
+                let _ = sender.send(Err(error)).await;
+            }
+        });
+        while let Some(batch) = receiver.recv().await {
+            for item in &batch.map_err(|e| self.explain(e))? {
+                visit(item);
+            }
+        }
+        let _ = producer.await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for PostgresStore {
+    async fn migrate(&self) -> DbResult<()> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let mut client = pool.dedicated_connection().await?;
+            embedded::migrations::runner()
+                .run_async(&mut client)
+                .await
+                .map_err(|e| DbError::Failed(format!("migrations: {e}")))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lookup_source(&self) -> DbResult<Option<LookupSource>> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            let row = connection
+                .query_opt(
+                    "SELECT source, fingerprint, rows, bad_rows, pairs FROM lookup_source WHERE id = 1",
+                    &[],
+                )
+                .await?;
+            Ok(row.map(|row| LookupSource {
+                source: row.get(0),
+                fingerprint: row.get(1),
+                rows: to_u64(row.get(2)),
+                bad_rows: to_u64(row.get(3)),
+                pairs: to_u64(row.get(4)),
+            }))
+        })
+        .await
+    }
+
+    async fn load_lookup(&self, source: &LookupSource, rows: &[WeightRow<'_>]) -> DbResult<()> {
+        let pool = self.pool.clone();
+        let source = source.clone();
+        let rows: Vec<(String, String, i64, i64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.merchant.to_string(),
+                    r.customer.to_string(),
+                    r.weight_sum,
+                    to_i64(r.rows),
+                )
+            })
+            .collect();
+        self.run(async move {
+            let mut connection = pool.get().await?;
+            let tx = connection.transaction().await?;
+            tx.execute("DELETE FROM customer_importance", &[]).await?;
+            let sink = tx
+                .copy_in(
+                    "COPY customer_importance (merchant, customer, weight_sum_cents, weight_rows) \
+                     FROM STDIN (FORMAT binary)",
+                )
+                .await?;
+            let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8]);
+            pin_mut!(writer);
+            for (merchant, customer, sum, count) in &rows {
+                writer.as_mut().write(&[merchant, customer, sum, count]).await?;
+            }
+            writer.finish().await?;
+            tx.execute(
+                "INSERT INTO lookup_source (id, source, fingerprint, rows, bad_rows, pairs, loaded_at)
+                 VALUES (1, $1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET source = EXCLUDED.source,
+                     fingerprint = EXCLUDED.fingerprint, rows = EXCLUDED.rows,
+                     bad_rows = EXCLUDED.bad_rows, pairs = EXCLUDED.pairs,
+                     loaded_at = EXCLUDED.loaded_at",
+                &[
+                    &source.source,
+                    &source.fingerprint,
+                    &to_i64(source.rows),
+                    &to_i64(source.bad_rows),
+                    &to_i64(source.pairs),
+                    &crate::clock::now_ist(),
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn scan_weights(
+        &self,
+        visit: &mut (dyn for<'r> FnMut(WeightRow<'r>) + Send),
+    ) -> DbResult<()> {
+        self.scan(
+            "SELECT merchant, customer, weight_sum_cents, weight_rows FROM customer_importance",
+            |row| {
+                Ok((
+                    row.get::<_, String>(0),
+                    row.get::<_, String>(1),
+                    row.get::<_, i64>(2),
+                    row.get::<_, i64>(3),
+                ))
+            },
+            &mut |(merchant, customer, sum, rows): &(String, String, i64, i64)| {
+                visit(WeightRow {
+                    merchant,
+                    customer,
+                    weight_sum: *sum,
+                    rows: to_u64(*rows),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn chunker_position(&self) -> DbResult<Option<ChunkerPosition>> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            let row = connection
+                .query_opt(
+                    "SELECT source, rows_per_chunk, next_seq, next_offset, rows_emitted, pending_key,
+                            last_key, finished
+                     FROM chunker_position WHERE id = 1",
+                    &[],
+                )
+                .await?;
+            Ok(row.map(|row| ChunkerPosition {
+                source: row.get(0),
+                rows_per_chunk: to_u64(row.get(1)),
+                next_seq: to_u64(row.get(2)),
+                next_offset: to_u64(row.get(3)),
+                rows_emitted: to_u64(row.get(4)),
+                pending_key: row.get(5),
+                last_key: row.get(6),
+                finished: row.get(7),
+            }))
+        })
+        .await
+    }
+
+    async fn save_chunker_position(&self, position: &ChunkerPosition) -> DbResult<()> {
+        let pool = self.pool.clone();
+        let p = position.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            connection
+                .execute(
+                    "INSERT INTO chunker_position (id, source, rows_per_chunk, next_seq, next_offset,
+                         rows_emitted, pending_key, last_key, finished, updated_at)
+                     VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (id) DO UPDATE SET source = EXCLUDED.source,
+                         rows_per_chunk = EXCLUDED.rows_per_chunk, next_seq = EXCLUDED.next_seq,
+                         next_offset = EXCLUDED.next_offset, rows_emitted = EXCLUDED.rows_emitted,
+                         pending_key = EXCLUDED.pending_key, last_key = EXCLUDED.last_key,
+                         finished = EXCLUDED.finished, updated_at = EXCLUDED.updated_at",
+                    &[
+                        &p.source,
+                        &to_i64(p.rows_per_chunk),
+                        &to_i64(p.next_seq),
+                        &to_i64(p.next_offset),
+                        &to_i64(p.rows_emitted),
+                        &p.pending_key,
+                        &p.last_key,
+                        &p.finished,
+                        &crate::clock::now_ist(),
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn last_chunk(&self) -> DbResult<Option<String>> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            let row = connection
+                .query_one("SELECT max(chunk_name) FROM processed_chunks", &[])
+                .await?;
+            Ok(row.get(0))
+        })
+        .await
+    }
+
+    async fn scan_pairs(
+        &self,
+        visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
+    ) -> DbResult<()> {
+        self.scan(
+            "SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_state",
+            |row| {
+                Ok((
+                    row.get::<_, String>(0),
+                    row.get::<_, String>(1),
+                    row.get::<_, i64>(2),
+                    row.get::<_, i64>(3),
+                    Gender::from_code(row.get::<_, &str>(4)),
+                ))
+            },
+            &mut |(merchant, customer, count, amount, gender): &(
+                String,
+                String,
+                i64,
+                i64,
+                Gender,
+            )| {
+                visit(PairRow {
+                    merchant,
+                    customer,
+                    count: to_u64(*count),
+                    amount: *amount,
+                    gender: *gender,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn scan_emitted(
+        &self,
+        visit: &mut (dyn for<'r> FnMut(EmittedRow<'r>) + Send),
+    ) -> DbResult<()> {
+        self.scan(
+            "SELECT patternId, merchant, customer FROM detected_patterns",
+            |row| {
+                let id: &str = row.get(0);
+                let pattern = Pattern::from_id(id)
+                    .ok_or_else(|| DbError::Failed(format!("unknown patternId {id:?} in table")))?;
+                Ok((pattern, row.get::<_, String>(1), row.get::<_, String>(2)))
+            },
+            &mut |(pattern, merchant, customer): &(Pattern, String, String)| {
+                visit(EmittedRow {
+                    pattern: *pattern,
+                    merchant,
+                    customer,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn commit(&self, batch: &CommitBatch<'_>) -> DbResult<CommitOutcome> {
+        let Some(final_chunk) = batch.chunks.last() else {
+            return Ok(CommitOutcome::Committed);
+        };
+        let commit = OwnedCommit::from_batch(batch, &final_chunk.name);
+        let pool = self.pool.clone();
+        self.run(async move {
+            let mut connection = pool.get().await?;
+            let tx = connection.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])
+                .await?;
+            let last: Option<String> = tx
+                .query_one("SELECT max(chunk_name) FROM processed_chunks", &[])
+                .await?
+                .get(0);
+            if last != commit.expected_last {
+                return Ok(if last.as_deref() == Some(commit.final_chunk.as_str()) {
+                    CommitOutcome::AlreadyCommitted
+                } else {
+                    CommitOutcome::Conflict { last }
+                });
+            }
+            if !commit.pairs.is_empty() {
+                let sink = tx
+                    .copy_in(
+                        "COPY pair_delta (merchant, customer, txn_count, amount_cents, gender) \
+                         FROM STDIN (FORMAT binary)",
+                    )
+                    .await?;
+                let writer = BinaryCopyInWriter::new(
+                    sink,
+                    &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT],
+                );
+                pin_mut!(writer);
+                for (merchant, customer, count, amount, gender) in &commit.pairs {
+                    writer
+                        .as_mut()
+                        .write(&[merchant, customer, count, amount, gender])
+                        .await?;
+                }
+                writer.finish().await?;
+                tx.execute(UPSERT_PAIRS, &[]).await?;
+            }
+            let c = &commit.chunks;
+            tx.execute(
+                INSERT_CHUNKS,
+                &[
+                    &c.name,
+                    &c.seq,
+                    &c.status,
+                    &c.rows,
+                    &c.bad_rows,
+                    &c.detections,
+                    &c.reason,
+                    &commit.processed_at,
+                ],
+            )
+            .await?;
+            let d = &commit.detections;
+            if !d.customer.is_empty() {
+                let params: [&(dyn ToSql + Sync); 15] = [
+                    &d.customer,
+                    &d.merchant,
+                    &d.txn_count,
+                    &d.avg_weight,
+                    &d.avg_amount,
+                    &d.txn_rank,
+                    &d.weight_rank,
+                    &d.female,
+                    &d.male,
+                    &d.pattern_id,
+                    &d.action_type,
+                    &d.chunk_name,
+                    &d.detection_time,
+                    &commit.processed_at,
+                    &commit.processed_at,
+                ];
+                tx.execute(INSERT_DETECTIONS, &params).await?;
+            }
+            tx.commit().await?;
+            Ok(CommitOutcome::Committed)
+        })
+        .await
+    }
+
+    async fn assign_batches(&self, size: u64, include_partial: bool, stamp: &str) -> DbResult<u64> {
+        let pool = self.pool.clone();
+        let stamp = stamp.to_string();
+        self.run(async move {
+            let mut connection = pool.get().await?;
+            let tx = connection.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BATCH_LOCK]).await?;
+            let mut created = 0;
+            loop {
+                let row = tx
+                    .query_one(
+                        "SELECT count(*), max(id) FROM (
+                             SELECT id FROM detected_patterns WHERE batch_no IS NULL ORDER BY id LIMIT $1) t",
+                        &[&to_i64(size)],
+                    )
+                    .await?;
+                let count = to_u64(row.get(0));
+                let Some(max_id) = row.get::<_, Option<i64>>(1) else { break };
+                if count < size && !include_partial {
+                    break;
+                }
+                let batch_no: i64 = tx
+                    .query_one("SELECT COALESCE(max(batch_no), 0) + 1 FROM detection_batches", &[])
+                    .await?
+                    .get(0);
+                tx.execute(
+                    "UPDATE detected_patterns SET batch_no = $1 WHERE batch_no IS NULL AND id <= $2",
+                    &[&batch_no, &max_id],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO detection_batches (batch_no, object_key, detections, created_at)
+                     VALUES ($1, $2, $3, $4)",
+                    &[
+                        &batch_no,
+                        &crate::layout::batch_key(to_u64(batch_no), &stamp),
+                        &to_i64(count),
+                        &crate::clock::now_ist(),
+                    ],
+                )
+                .await?;
+                created += 1;
+                if count < size {
+                    break;
+                }
+            }
+            tx.commit().await?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn unwritten_batches(&self) -> DbResult<Vec<Batch>> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            let rows = connection
+                .query(
+                    "SELECT batch_no, object_key, detections FROM detection_batches
+                     WHERE written_at IS NULL ORDER BY batch_no",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|row| Batch {
+                    batch_no: to_u64(row.get(0)),
+                    key: row.get(1),
+                    detections: to_u64(row.get(2)),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn batch_lines(&self, batch_no: u64) -> DbResult<Vec<DetectionLine>> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            let rows = connection
+                .query(
+                    "SELECT y_start_time, detection_time, patternId, actionType, customer, merchant
+                     FROM detected_patterns WHERE batch_no = $1 ORDER BY id",
+                    &[&to_i64(batch_no)],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|row| DetectionLine {
+                    y_start_time: row.get(0),
+                    detection_time: row.get(1),
+                    pattern_id: row.get(2),
+                    action_type: row.get(3),
+                    customer: row.get(4),
+                    merchant: row.get(5),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn mark_batch_written(&self, batch_no: u64, at: &str) -> DbResult<()> {
+        let pool = self.pool.clone();
+        let at = at.to_string();
+        self.run(async move {
+            let connection = pool.get().await?;
+            connection
+                .execute(
+                    "UPDATE detection_batches SET written_at = $2 WHERE batch_no = $1",
+                    &[&to_i64(batch_no), &at],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn outbox(&self) -> DbResult<(u64, Option<String>)> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            let row = connection
+                .query_one(
+                    "SELECT count(*), min(processed_at) FROM detected_patterns WHERE batch_no IS NULL",
+                    &[],
+                )
+                .await?;
+            Ok((to_u64(row.get(0)), row.get(1)))
+        })
+        .await
+    }
+
+    async fn record_restart(&self, event: &RestartEvent) -> DbResult<()> {
+        let pool = self.pool.clone();
+        let event = event.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            connection
+                .execute(
+                    "INSERT INTO restart_events (actor, reason, restart_count, at) VALUES ($1, $2, $3, $4)",
+                    &[&event.actor, &event.reason, &i64::from(event.restart_count), &event.at],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn status(&self, recent_restarts: usize) -> DbResult<StatusReport> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            let mut report = StatusReport::default();
+            if let Some(row) = connection
+                .query_opt("SELECT next_seq, rows_emitted, finished FROM chunker_position WHERE id = 1", &[])
+                .await?
+            {
+                report.chunks_produced = to_u64(row.get(0));
+                report.rows_produced = to_u64(row.get(1));
+                report.chunker_finished = row.get(2);
+            }
+            let row = connection
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE status = 'processed'),
+                            count(*) FILTER (WHERE status = 'rejected'),
+                            COALESCE(sum(rows), 0)::bigint, COALESCE(sum(bad_rows), 0)::bigint,
+                            max(chunk_name)
+                     FROM processed_chunks",
+                    &[],
+                )
+                .await?;
+            report.chunks_processed = to_u64(row.get(0));
+            report.chunks_rejected = to_u64(row.get(1));
+            report.rows_processed = to_u64(row.get(2));
+            report.bad_rows = to_u64(row.get(3));
+            report.last_chunk = row.get(4);
+            report.detections = connection
+                .query(
+                    "SELECT patternId, count(*) FROM detected_patterns GROUP BY patternId ORDER BY patternId",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|row| (row.get(0), to_u64(row.get(1))))
+                .collect();
+            let row = connection
+                .query_one(
+                    "SELECT count(written_at), count(*) - count(written_at) FROM detection_batches",
+                    &[],
+                )
+                .await?;
+            report.batches_written = to_u64(row.get(0));
+            report.batches_pending = to_u64(row.get(1));
+            report.detections_unbatched = to_u64(
+                connection
+                    .query_one("SELECT count(*) FROM detected_patterns WHERE batch_no IS NULL", &[])
+                    .await?
+                    .get(0),
+            );
+            report.recent_restarts = connection
+                .query(
+                    "SELECT actor, reason, restart_count, at FROM restart_events ORDER BY id DESC LIMIT $1",
+                    &[&(recent_restarts as i64)],
+                )
+                .await?
+                .iter()
+                .map(|row| RestartEvent {
+                    actor: row.get(0),
+                    reason: row.get(1),
+                    restart_count: u32::try_from(row.get::<_, i64>(2)).unwrap_or(u32::MAX),
+                    at: row.get(3),
+                })
+                .collect();
+            Ok(report)
+        })
+        .await
+    }
+}

@@ -1,0 +1,343 @@
+//! The state-store contract, run against both backends: SQLite (embedded)
+//! and PostgreSQL (the machine's server, a fresh database per test).
+
+mod support;
+
+use std::sync::Arc;
+
+use txpipe::db::postgres::PostgresStore;
+use txpipe::db::sqlite::SqliteStore;
+use txpipe::db::{
+    ChunkRecord, ChunkStatus, ChunkerPosition, CommitBatch, CommitOutcome, DetectionRecord,
+    LookupSource, PairUpdate, StateStore, WeightRow,
+};
+use txpipe::detect::{Cents, Evidence, Gender, Pattern};
+
+fn chunk(name: &str, seq: u64) -> ChunkRecord {
+    ChunkRecord {
+        name: name.to_string(),
+        seq: Some(seq),
+        status: ChunkStatus::Processed,
+        rows: 10,
+        bad_rows: 1,
+        detections: 0,
+        reason: None,
+    }
+}
+
+fn pair<'a>(
+    merchant: &'a str,
+    customer: &'a str,
+    count: u64,
+    amount: i64,
+    gender: Gender,
+) -> PairUpdate<'a> {
+    PairUpdate {
+        merchant,
+        customer,
+        count,
+        amount,
+        gender,
+    }
+}
+
+fn detection<'a>(
+    pattern: Pattern,
+    customer: &'a str,
+    merchant: &'a str,
+    chunk: &'a str,
+) -> DetectionRecord<'a> {
+    DetectionRecord {
+        pattern,
+        merchant,
+        customer,
+        evidence: Evidence {
+            txn_count: Some(80),
+            amount_sum: Some(Cents(1000)),
+            ..Evidence::default()
+        },
+        chunk_name: chunk,
+        y_start_time: "2026-11-22T15:04:05.123+05:30",
+        detection_time: "2026-11-22T15:04:06.000+05:30",
+    }
+}
+
+async fn pairs(store: &dyn StateStore) -> Vec<(String, String, u64, i64, Gender)> {
+    let mut out = Vec::new();
+    store
+        .scan_pairs(&mut |p| {
+            out.push((
+                p.merchant.to_string(),
+                p.customer.to_string(),
+                p.count,
+                p.amount,
+                p.gender,
+            ))
+        })
+        .await
+        .unwrap();
+    out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    out
+}
+
+async fn contract(store: Arc<dyn StateStore>) {
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.last_chunk().await.unwrap(), None);
+
+    // Lookup table: loaded in one go, replaced on reload.
+    let source = LookupSource {
+        source: "net.csv".into(),
+        fingerprint: "f1".into(),
+        rows: 3,
+        bad_rows: 1,
+        pairs: 2,
+    };
+    let weights = [
+        WeightRow {
+            merchant: "M1",
+            customer: "C1",
+            weight_sum: 300,
+            rows: 2,
+        },
+        WeightRow {
+            merchant: "M1",
+            customer: "C2",
+            weight_sum: 50,
+            rows: 1,
+        },
+    ];
+    store.load_lookup(&source, &weights).await.unwrap();
+    store.load_lookup(&source, &weights).await.unwrap();
+    assert_eq!(store.lookup_source().await.unwrap(), Some(source));
+    let mut loaded = Vec::new();
+    store
+        .scan_weights(&mut |w| {
+            loaded.push((
+                w.merchant.to_string(),
+                w.customer.to_string(),
+                w.weight_sum,
+                w.rows,
+            ))
+        })
+        .await
+        .unwrap();
+    loaded.sort();
+    assert_eq!(
+        loaded,
+        vec![
+            ("M1".into(), "C1".into(), 300, 2),
+            ("M1".into(), "C2".into(), 50, 1)
+        ]
+    );
+
+    // Chunker position round trip.
+    assert_eq!(store.chunker_position().await.unwrap(), None);
+    let mut position = ChunkerPosition {
+        source: "tx.csv".into(),
+        rows_per_chunk: 10,
+        next_seq: 0,
+        next_offset: 80,
+        rows_emitted: 0,
+        pending_key: Some("stream_chunks/chunk-0000000000-x.csv".into()),
+        last_key: None,
+        finished: false,
+    };
+    store.save_chunker_position(&position).await.unwrap();
+    assert_eq!(
+        store.chunker_position().await.unwrap().as_ref(),
+        Some(&position)
+    );
+    position.next_seq = 1;
+    position.pending_key = None;
+    position.finished = true;
+    store.save_chunker_position(&position).await.unwrap();
+    assert_eq!(store.chunker_position().await.unwrap(), Some(position));
+
+    // A commit of two chunks.
+    let chunks = [chunk("c0", 0), chunk("c1", 1)];
+    let pair_updates = [
+        pair("M1", "C1", 2, 300, Gender::Female),
+        pair("M1", "C2", 1, i64::MAX - 5, Gender::Male),
+    ];
+    let detections = [
+        detection(Pattern::Child, "C1", "M1", "c1"),
+        detection(Pattern::DeiNeeded, "", "M1", "c1"),
+    ];
+    let batch = CommitBatch {
+        expected_last: None,
+        chunks: &chunks,
+        pairs: &pair_updates,
+        detections: &detections,
+        processed_at: "2026-11-22T15:04:07.000+05:30",
+    };
+    assert_eq!(
+        store.commit(&batch).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    // The same commit again (an answer lost, say) changes nothing.
+    assert_eq!(
+        store.commit(&batch).await.unwrap(),
+        CommitOutcome::AlreadyCommitted
+    );
+    assert_eq!(store.last_chunk().await.unwrap(), Some("c1".into()));
+
+    // A commit on a stale view is refused and writes nothing.
+    let stale_chunks = [chunk("c2", 2)];
+    let stale = CommitBatch {
+        expected_last: Some("c0"),
+        chunks: &stale_chunks,
+        ..batch.clone()
+    };
+    assert_eq!(
+        store.commit(&stale).await.unwrap(),
+        CommitOutcome::Conflict {
+            last: Some("c1".into())
+        }
+    );
+
+    // The next commit adds to the pairs; the first gender stays; sums saturate.
+    let next_pairs = [
+        pair("M1", "C1", 1, 5, Gender::Male),
+        pair("M1", "C2", 1, 100, Gender::Female),
+    ];
+    let next = CommitBatch {
+        expected_last: Some("c1"),
+        chunks: &stale_chunks,
+        pairs: &next_pairs,
+        detections: &[],
+        processed_at: "2026-11-22T15:04:08.000+05:30",
+    };
+    assert_eq!(store.commit(&next).await.unwrap(), CommitOutcome::Committed);
+    assert_eq!(
+        pairs(&*store).await,
+        vec![
+            ("M1".into(), "C1".into(), 3, 305, Gender::Female),
+            ("M1".into(), "C2".into(), 2, i64::MAX, Gender::Male),
+        ]
+    );
+    let mut emitted = Vec::new();
+    store
+        .scan_emitted(&mut |e| {
+            emitted.push((e.pattern, e.customer.to_string(), e.merchant.to_string()))
+        })
+        .await
+        .unwrap();
+    emitted.sort();
+    assert_eq!(
+        emitted,
+        vec![
+            (Pattern::Child, "C1".into(), "M1".into()),
+            (Pattern::DeiNeeded, "".into(), "M1".into())
+        ]
+    );
+
+    // Batches: nothing full yet with size 3; the partial batch on request.
+    assert_eq!(store.outbox().await.unwrap().0, 2);
+    assert_eq!(store.assign_batches(3, false, "S1").await.unwrap(), 0);
+    assert_eq!(store.assign_batches(1, false, "S1").await.unwrap(), 2);
+    let batches = store.unwritten_batches().await.unwrap();
+    assert_eq!(batches.len(), 2);
+    assert_eq!(batches[0].key, "detected_patterns/batch-0000000001-S1.csv");
+    let lines = store.batch_lines(batches[0].batch_no).await.unwrap();
+    assert_eq!(lines.len(), 1);
+    // Ids follow insertion order: the CHILD detection came first.
+    assert_eq!(
+        (lines[0].pattern_id.as_str(), lines[0].action_type.as_str()),
+        ("PatId2", "CHILD")
+    );
+    assert_eq!(lines[0].customer, "C1");
+    store
+        .mark_batch_written(batches[0].batch_no, "now")
+        .await
+        .unwrap();
+    assert_eq!(store.unwritten_batches().await.unwrap().len(), 1);
+    assert_eq!(store.outbox().await.unwrap().0, 0);
+
+    let report = store.status(5).await.unwrap();
+    assert_eq!(
+        (
+            report.chunks_produced,
+            report.chunks_processed,
+            report.bad_rows
+        ),
+        (1, 3, 3)
+    );
+    assert_eq!(
+        report.detections,
+        vec![("PatId2".into(), 1), ("PatId3".into(), 1)]
+    );
+    assert_eq!((report.batches_written, report.batches_pending), (1, 1));
+    assert!(report.chunker_finished);
+}
+
+#[tokio::test]
+async fn sqlite_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("state.sqlite").display());
+    contract(Arc::new(SqliteStore::open(&url).unwrap())).await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_the_contract() {
+    let Some(db) = support::pg::TestDb::create() else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url, 4).await.unwrap();
+    contract(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn postgres_tls_follows_libpq_sslmodes() {
+    let Some(db) = support::pg::TestDb::create() else {
+        return;
+    };
+    let ssl: String = db.query("SHOW ssl")[0].get(0);
+    // require: encrypted, certificate not checked (libpq's meaning).
+    let store = PostgresStore::connect(&format!("{}?sslmode=require", db.url), 1)
+        .await
+        .unwrap();
+    let result = store.migrate().await;
+    if ssl == "on" {
+        result.unwrap();
+        // A pooled connection stays open after this call.
+        store.last_chunk().await.unwrap();
+        let encrypted: Option<bool> = db.query(
+            "SELECT bool_or(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()",
+        )[0]
+        .get(0);
+        assert_eq!(
+            encrypted,
+            Some(true),
+            "the pipeline's connection is not encrypted"
+        );
+        // verify-full checks the certificate: a self-signed one for another
+        // host name is refused with a clear error.
+        let strict = PostgresStore::connect(&format!("{}?sslmode=verify-full", db.url), 1)
+            .await
+            .unwrap();
+        let error = strict.last_chunk().await.unwrap_err().to_string();
+        assert!(error.contains("certificate"), "{error}");
+    } else {
+        let error = result.unwrap_err().to_string();
+        assert!(error.to_lowercase().contains("tls"), "{error}");
+    }
+    let wrong = PostgresStore::connect(&format!("{}?sslmode=sometimes", db.url), 1).await;
+    assert!(
+        wrong
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("unsupported sslmode")
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_a_transient_error() {
+    let store = PostgresStore::connect("postgres://postgres@127.0.0.1:1/none", 1)
+        .await
+        .unwrap();
+    let error = store.last_chunk().await.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+}
