@@ -437,3 +437,19 @@ mod tests {
         assert_eq!(redact_url("sqlite://var/x.sqlite"), "sqlite://var/x.sqlite");
     }
 }
+
+#[cfg(test)]
+mod production_profile {
+    use super::*;
+
+    #[test]
+    fn the_production_profile_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.toml");
+        let settings = Settings::load_with_env(Some(&path), []).unwrap();
+        assert_eq!(settings.storage.kind, StorageKind::S3);
+        assert_eq!(
+            DatabaseKind::of(&settings.database.url),
+            Some(DatabaseKind::Postgres)
+        );
+    }
+}

@@ -121,36 +121,56 @@ fn backoff(max_attempts: u32) -> ExponentialBuilder {
         .with_max_times(max_attempts.saturating_sub(1) as usize)
 }
 
+/// Retries a database call that failed transiently, with exponential
+/// backoff, logging each retry.
+pub async fn retry_db<T, F, Fut>(max_attempts: u32, what: &str, call: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, DbError>>,
+{
+    call.retry(backoff(max_attempts))
+        .sleep(tokio::time::sleep)
+        .when(DbError::is_transient)
+        .notify(|error, delay| {
+            warn!(operation = what, %error, retry_in_ms = delay.as_millis() as u64,
+                  "database call failed; retrying");
+        })
+        .await
+}
+
+/// Retries an object store call that failed transiently, with exponential
+/// backoff, logging each retry.
+pub async fn retry_store<T, F, Fut>(max_attempts: u32, what: &str, call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    call.retry(backoff(max_attempts))
+        .sleep(tokio::time::sleep)
+        .when(StoreError::is_transient)
+        .notify(|error, delay| {
+            warn!(operation = what, %error, retry_in_ms = delay.as_millis() as u64,
+                  "object store call failed; retrying");
+        })
+        .await
+}
+
 impl PipelineContext {
-    /// Retries a database call that failed transiently, with backoff.
+    /// [`retry_db`] with the configured attempts.
     pub async fn db<T, F, Fut>(&self, what: &str, call: F) -> Result<T, DbError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
-        call.retry(backoff(self.settings.database.max_attempts))
-            .sleep(tokio::time::sleep)
-            .when(DbError::is_transient)
-            .notify(|error, delay| {
-                warn!(operation = what, %error, retry_in_ms = delay.as_millis() as u64,
-                      "database call failed; retrying");
-            })
-            .await
+        retry_db(self.settings.database.max_attempts, what, call).await
     }
 
-    /// Retries an object store call that failed transiently, with backoff.
+    /// [`retry_store`] with the configured attempts.
     pub async fn store<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        call.retry(backoff(self.settings.storage.max_attempts))
-            .sleep(tokio::time::sleep)
-            .when(StoreError::is_transient)
-            .notify(|error, delay| {
-                warn!(operation = what, %error, retry_in_ms = delay.as_millis() as u64,
-                      "object store call failed; retrying");
-            })
-            .await
+        retry_store(self.settings.storage.max_attempts, what, call).await
     }
 }

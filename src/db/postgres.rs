@@ -357,9 +357,16 @@ impl PostgresStore {
     /// the migrations, reports an unreachable server).
     pub async fn connect(url: &str, pool_size: u32) -> DbResult<PostgresStore> {
         let (url, connector) = tls_settings(url)?;
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| DbError::Failed(format!("invalid database.url: {e}")))?;
+        // Like libpq: a password can come from the environment instead of
+        // the URL (so it never sits in a configuration file).
+        if config.get_password().is_none()
+            && let Ok(password) = std::env::var("PGPASSWORD")
+        {
+            config.password(password);
+        }
         let manager = PostgresConnectionManager::new(config, MakeTlsConnector::new(connector));
         let last_connect_error = LastError::default();
         let sink = last_connect_error.clone();

@@ -16,7 +16,7 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::Region;
+use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
@@ -36,18 +36,26 @@ pub struct S3Store {
 /// Builds an S3 client from the storage settings and the default
 /// credential chain.
 pub async fn client(storage: &StorageConfig) -> Client {
+    client_with(storage, None).await
+}
+
+/// Like [`client`], with explicit credentials instead of the default chain
+/// (tests and benchmarks talk to a local server this way).
+pub async fn client_with(storage: &StorageConfig, credentials: Option<Credentials>) -> Client {
     let storage = storage.clone();
     io_runtime::run(async move {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(5))
             .operation_attempt_timeout(Duration::from_millis(storage.request_timeout_ms))
             .build();
-        let shared = aws_config::defaults(BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(storage.region.clone()))
             .timeout_config(timeouts)
-            .retry_config(RetryConfig::disabled())
-            .load()
-            .await;
+            .retry_config(RetryConfig::disabled());
+        if let Some(credentials) = credentials {
+            loader = loader.credentials_provider(credentials);
+        }
+        let shared = loader.load().await;
         let mut config =
             aws_sdk_s3::config::Builder::from(&shared).force_path_style(storage.path_style);
         if !storage.endpoint.is_empty() {

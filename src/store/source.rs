@@ -26,6 +26,11 @@ impl Sources {
         Sources::default()
     }
 
+    /// S3 sources read through `client`.
+    pub fn with_s3_client(client: aws_sdk_s3::Client) -> Sources {
+        Sources { s3: Some(client) }
+    }
+
     /// Builds an S3 client (from the storage settings' region, endpoint
     /// and the default credential chain) if a source needs one.
     pub async fn for_settings(settings: &Settings) -> Sources {

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod oracle;
 pub mod outputs;
 pub mod pg;
+pub mod s3_server;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
