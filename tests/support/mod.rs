@@ -30,9 +30,19 @@ pub fn banksim() -> Option<(PathBuf, PathBuf)> {
     static PATHS: OnceLock<Option<(PathBuf, PathBuf)>> = OnceLock::new();
     PATHS
         .get_or_init(|| {
+            // TXPIPE_SHARED_DATA, else `shared/data` beside the checkout or
+            // beside any folder above it (CI may clone somewhere deeper).
             let shared = std::env::var_os("TXPIPE_SHARED_DATA")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+                .unwrap_or_else(|| {
+                    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+                    manifest
+                        .ancestors()
+                        .skip(1)
+                        .map(|dir| dir.join("shared/data"))
+                        .find(|dir| dir.join("banksim-transactions.csv.zst").is_file())
+                        .unwrap_or_else(|| manifest.join("../shared/data"))
+                });
             let tx = shared.join("banksim-transactions.csv.zst");
             let net = shared.join("banksim-network.csv.zst");
             if !tx.is_file() || !net.is_file() {
