@@ -10,4 +10,5 @@ pub mod input;
 pub mod io_runtime;
 pub mod layout;
 pub mod names;
+pub mod pause_points;
 pub mod store;

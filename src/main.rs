@@ -36,6 +36,12 @@ enum Command {
         /// Test-only fault injection: ACTOR:N:panic|error[:repeat].
         #[arg(long, hide = true)]
         inject_fault: Vec<FaultRule>,
+        /// Test-only: announce and pause at these points (see pause_points).
+        #[arg(long, hide = true)]
+        pause_at: Vec<String>,
+        /// Test-only: how long to pause at each pause point.
+        #[arg(long, hide = true, default_value_t = 200)]
+        pause_ms: u64,
     },
     /// Generate BankSim-like data into var/demo/ (once) and run the pipeline
     /// on the embedded defaults until done, in catch-up mode.
@@ -103,8 +109,14 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             config,
             exit_when_done,
             inject_fault,
+            pause_at,
+            pause_ms,
         } => {
             let settings = load(config.as_deref())?;
+            if !pause_at.is_empty() {
+                txpipe::pause_points::enable(pause_at, std::time::Duration::from_millis(pause_ms))
+                    .map_err(anyhow::Error::msg)?;
+            }
             let mode = if exit_when_done {
                 RunMode::UntilDone
             } else {

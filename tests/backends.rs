@@ -5,77 +5,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 
-use aws_sdk_s3::config::Credentials;
-use bytes::Bytes;
 use support::outputs::Outputs;
 use support::pg::TestDb;
 use support::s3_server::S3TestServer;
 use txpipe::actors::supervisor::RunMode;
-use txpipe::store::ObjectStore;
-
-/// A configuration for the production backends pointing at the test
-/// services (credentials come from the environment, never from here).
-pub fn production_config(
-    dir: &Path,
-    server: &S3TestServer,
-    db: &TestDb,
-    prefix: &str,
-) -> std::path::PathBuf {
-    let path = dir.join("production.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[source]
-transactions = "s3://{bucket}/input/transactions.csv"
-customer_importance = "s3://{bucket}/input/customer_importance.csv"
-[chunker]
-interval_ms = 0
-[storage]
-kind = "s3"
-bucket = "{bucket}"
-prefix = "{prefix}"
-endpoint = "{endpoint}"
-path_style = true
-request_timeout_ms = 5000
-[database]
-url = "{url}"
-[watcher]
-poll_interval_ms = 20
-"#,
-            bucket = server.bucket(),
-            endpoint = server.endpoint(),
-            url = db.url,
-        ),
-    )
-    .unwrap();
-    path
-}
-
-pub fn upload_inputs(server: &S3TestServer, tx: &Path, net: &Path) {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut settings = txpipe::config::Settings::load_with_env(None, []).unwrap();
-        settings.storage.endpoint = server.endpoint();
-        settings.storage.path_style = true;
-        let credentials =
-            Credentials::new(server.access_key(), server.secret_key(), None, None, "test");
-        let client = txpipe::store::s3::client_with(&settings.storage, Some(credentials)).await;
-        let store = txpipe::store::s3::S3Store::new(client, server.bucket(), "");
-        for (path, key) in [
-            (tx, "input/transactions.csv"),
-            (net, "input/customer_importance.csv"),
-        ] {
-            store
-                .put(key, Bytes::from(std::fs::read(path).unwrap()))
-                .await
-                .unwrap();
-        }
-    });
-}
 
 fn txpipe(args: &[&str], server: &S3TestServer) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_txpipe"))
@@ -93,9 +28,9 @@ fn banksim_through_s3_and_postgres_matches_the_embedded_run() {
     };
     let Some(db) = TestDb::create() else { return };
     let server = S3TestServer::start("txpipe-data");
-    upload_inputs(&server, &tx, &net);
+    support::configs::upload_inputs(&server, &tx, &net);
     let dir = tempfile::tempdir().unwrap();
-    let config = production_config(dir.path(), &server, &db, "prod");
+    let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "prod", "");
     let config = config.to_str().unwrap();
 
     let out = txpipe(&["migrate", "--config", config], &server);

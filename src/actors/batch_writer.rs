@@ -126,10 +126,12 @@ async fn flush(p: &PipelineContext, include_partial: bool) -> Result<u64, WriteE
             .db("read batch", || p.state.batch_lines(batch.batch_no))
             .await?;
         let body = Bytes::from(render(&lines));
+        crate::pause_points::reached("batch-assigned");
         p.store("write detections", || {
             p.objects.put(&batch.key, body.clone())
         })
         .await?;
+        crate::pause_points::reached("batch-put");
         let at = crate::clock::now_ist();
         p.db("mark batch written", || {
             p.state.mark_batch_written(batch.batch_no, &at)

@@ -216,8 +216,10 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
             }
         };
         let body = Bytes::from(cut.body);
+        crate::pause_points::reached("chunk-put");
         p.store("write chunk", || p.objects.put(&key, body.clone()))
             .await?;
+        crate::pause_points::reached("chunk-saved");
         position.next_seq += 1;
         position.next_offset = cut.end_offset;
         position.rows_emitted += cut.rows;

@@ -413,6 +413,7 @@ async fn fetch(
     listed_at: Instant,
 ) -> Result<Fetched, WatchError> {
     let p = &*pipeline;
+    crate::pause_points::reached("chunk-fetch");
     let body = p.store("read chunk", || p.objects.get(&key)).await?;
     let content = match body {
         None => Err(RejectReason::Vanished),

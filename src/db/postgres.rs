@@ -756,6 +756,7 @@ impl StateStore for PostgresStore {
                 ];
                 tx.execute(INSERT_DETECTIONS, &params).await?;
             }
+            crate::pause_points::reached("commit");
             tx.commit().await?;
             Ok(CommitOutcome::Committed)
         })

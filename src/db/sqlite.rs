@@ -366,6 +366,7 @@ impl StateStore for SqliteStore {
                 ])?;
             }
         }
+        crate::pause_points::reached("commit");
         tx.commit()?;
         Ok(CommitOutcome::Committed)
     }

@@ -34,8 +34,10 @@ fn io_error(what: &str, path: &Path, error: std::io::Error) -> StoreError {
 
 impl LocalStore {
     pub fn open(root: &Path, fsync: bool) -> StoreResult<LocalStore> {
-        std::fs::create_dir_all(root.join(TEMP_DIR))
+        let temp_dir = root.join(TEMP_DIR);
+        std::fs::create_dir_all(&temp_dir)
             .map_err(|e| io_error("cannot create bucket directory", root, e))?;
+        remove_stale_temporaries(&temp_dir);
         Ok(LocalStore {
             root: root.to_path_buf(),
             fsync,
@@ -74,6 +76,7 @@ impl LocalStore {
                 file.sync_all()?;
             }
             drop(file);
+            crate::pause_points::reached("temp-written");
             std::fs::rename(&temp, path)?;
             if self.fsync {
                 std::fs::File::open(parent)?.sync_all()?;
@@ -84,6 +87,26 @@ impl LocalStore {
             let _ = std::fs::remove_file(&temp);
             io_error("cannot write", path, e)
         })
+    }
+}
+
+/// Temporary files a killed process left behind. Only old ones go: a live
+/// process sharing the bucket may be writing the young ones.
+fn remove_stale_temporaries(temp_dir: &Path) {
+    const STALE: std::time::Duration = std::time::Duration::from_secs(3600);
+    let Ok(entries) = std::fs::read_dir(temp_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > STALE);
+        if old {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! readers of the outputs, and the brute-force oracle.
 #![allow(dead_code)]
 
+pub mod child;
+pub mod configs;
 pub mod engine;
 pub mod oracle;
 pub mod outputs;

@@ -1,0 +1,221 @@
+//! Crash safety, process level: `txpipe run --exit-when-done` as a child
+//! process, SIGKILLed at 18 moments spread over a run of 60 chunks (seeded
+//! random delays, and kills at announced pause points: during chunk writes,
+//! inside commit transactions, in the middle of detection-file flushes),
+//! restarted each time. The final outputs must equal an uninterrupted
+//! run's, on both backends.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use support::child::{self, Waited};
+use support::outputs::Outputs;
+use txpipe::actors::supervisor::RunMode;
+
+const ROWS_PER_CHUNK: u64 = 2_000;
+const BATCH: usize = 2;
+const KILLS: usize = 18;
+const PAUSE_MS: u64 = 50;
+
+fn dataset() -> (PathBuf, PathBuf) {
+    // 120,000 rows in chunks of 2,000: 60 chunks.
+    support::generated(120_000, 3_000, 30, 31)
+}
+
+/// Settings layered over the test configurations (their own sections
+/// cannot repeat, so these go through the environment).
+fn overrides() -> Vec<(String, String)> {
+    vec![
+        (
+            "TXPIPE__CHUNKER__ROWS_PER_CHUNK".into(),
+            ROWS_PER_CHUNK.to_string(),
+        ),
+        ("TXPIPE__BATCH__SIZE".into(), BATCH.to_string()),
+        // Paced, so that 18 short lives do not finish the job.
+        ("TXPIPE__CHUNKER__INTERVAL_MS".into(), "150".into()),
+    ]
+}
+
+/// The uninterrupted run every crashed run is compared with.
+fn reference() -> Outputs {
+    let (tx, net) = dataset();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = support::embedded_settings(dir.path(), &tx, &net);
+    settings.chunker.rows_per_chunk = ROWS_PER_CHUNK;
+    settings.batch.size = BATCH as u64;
+    let report = txpipe::app::run(settings, RunMode::UntilDone, Vec::new()).unwrap();
+    assert_eq!(report.exit_code, 0);
+    let outputs = Outputs::read(dir.path());
+    assert_eq!(outputs.chunks.len(), 60);
+    assert_eq!(
+        outputs.emissions(),
+        support::reference(&tx, &net, ROWS_PER_CHUNK as usize)
+    );
+    outputs
+}
+
+/// Kills and restarts the pipeline `KILLS` times, then lets it finish.
+/// Returns how many kills landed at each pause point.
+fn crash_loop(
+    config: &Path,
+    env: &[(String, String)],
+    points: &[&'static str],
+    seed: u64,
+) -> BTreeMap<&'static str, usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let config = config.to_str().unwrap();
+    let pause = PAUSE_MS.to_string();
+    let args = [
+        "run",
+        "--config",
+        config,
+        "--exit-when-done",
+        "--pause-at",
+        "all",
+        "--pause-ms",
+        &pause,
+    ];
+    let mut landed: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut kills = 0;
+    let mut attempts = 0;
+    let mut pause_kills = 0;
+    while kills < KILLS {
+        attempts += 1;
+        assert!(
+            attempts < KILLS * 4,
+            "the run finished before {KILLS} kills: {landed:?}"
+        );
+        let mut running = child::spawn(&args, env);
+        if rng.random_bool(0.3) {
+            // A random moment.
+            let delay = Duration::from_millis(rng.random_range(150..1_200));
+            if let Some(status) = running.run_for(delay) {
+                panic!(
+                    "finished early ({status}) after {kills} kills:\n{}",
+                    running.log.join("\n")
+                );
+            }
+            kills += 1;
+            *landed.entry("random").or_default() += 1;
+        } else {
+            // Inside the window of a pause point, each in turn (a point
+            // not reached in time is tried again next life).
+            let point = points[pause_kills % points.len()];
+            let occurrence = rng.random_range(1..4);
+            match running.wait_for(
+                &format!("pause point reached: {point}"),
+                occurrence,
+                Duration::from_secs(4),
+            ) {
+                Waited::Seen => {
+                    std::thread::sleep(Duration::from_millis(rng.random_range(0..PAUSE_MS / 2)));
+                    *landed.entry(point).or_default() += 1;
+                    pause_kills += 1;
+                }
+                Waited::Exited(status) => panic!(
+                    "exited ({status}) waiting for {point}:\n{}",
+                    running.log.join("\n")
+                ),
+                // Not reached in time (no batch was due, say): kill anyway.
+                Waited::TimedOut => *landed.entry("late").or_default() += 1,
+            }
+            kills += 1;
+        }
+        let log = running.kill();
+        assert!(
+            !log.iter().any(|l| l.contains("panic")),
+            "a run panicked:\n{}",
+            log.join("\n")
+        );
+    }
+    let running = child::spawn(&["run", "--config", config, "--exit-when-done"], env);
+    let (status, log) = running.wait(Duration::from_secs(120));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "final run failed:\n{}",
+        log.join("\n")
+    );
+    landed
+}
+
+fn assert_same(outputs: &Outputs, reference: &Outputs) {
+    outputs.check_finished(BATCH);
+    let (tx, _) = dataset();
+    outputs.check_chunks_match_master(&tx, ROWS_PER_CHUNK as usize);
+    assert_eq!(
+        outputs.emissions(),
+        reference.emissions(),
+        "detections differ"
+    );
+    assert_eq!(
+        outputs.pairs, reference.pairs,
+        "cumulative state differs (a chunk counted twice?)"
+    );
+    assert_eq!(outputs.chunks, reference.chunks);
+}
+
+#[test]
+fn embedded_survives_sigkill_at_any_moment() {
+    let reference = reference();
+    let (tx, net) = dataset();
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::configs::embedded(dir.path(), &tx, &net, "");
+    let points = [
+        "chunk-put",
+        "chunk-saved",
+        "temp-written",
+        "chunk-fetch",
+        "commit",
+        "batch-assigned",
+        "batch-put",
+    ];
+    let landed = crash_loop(&config, &overrides(), &points, 7);
+    eprintln!("kills: {landed:?}");
+    for point in ["chunk-put", "commit", "batch-assigned"] {
+        assert!(
+            landed.contains_key(point),
+            "no kill during {point}: {landed:?}"
+        );
+    }
+    assert_same(&Outputs::read(dir.path()), &reference);
+}
+
+#[test]
+fn s3_and_postgres_survive_sigkill_at_any_moment() {
+    let Some(db) = support::pg::TestDb::create() else {
+        return;
+    };
+    let reference = reference();
+    let (tx, net) = dataset();
+    let server = support::s3_server::S3TestServer::start("txpipe-data");
+    support::configs::upload_inputs(&server, &tx, &net);
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "crash", "");
+    let points = [
+        "chunk-put",
+        "chunk-saved",
+        "chunk-fetch",
+        "commit",
+        "batch-assigned",
+        "batch-put",
+    ];
+    let mut env = server.env();
+    env.extend(overrides());
+    let landed = crash_loop(&config, &env, &points, 11);
+    eprintln!("kills: {landed:?}");
+    for point in ["chunk-put", "commit", "batch-assigned"] {
+        assert!(
+            landed.contains_key(point),
+            "no kill during {point}: {landed:?}"
+        );
+    }
+    assert_same(
+        &Outputs::read_postgres(&db.url, server.root().join("txpipe-data/crash")),
+        &reference,
+    );
+}
