@@ -196,6 +196,15 @@ async fn sources_stream_from_s3_with_ranged_reads() {
             .open_at("s3://txpipe-input/nope.csv", 0)
             .err()
             .unwrap();
+        // A resumed chunker at the very end of the file reads nothing.
+        let mut end = Vec::new();
+        let size = whole.len() as u64;
+        sources
+            .open_at(location, size)
+            .unwrap()
+            .read_to_end(&mut end)
+            .unwrap();
+        assert!(end.is_empty());
         (whole, tail, missing.to_string())
     })
     .await

@@ -86,8 +86,10 @@ pub fn init_logging(settings: &Settings) {
                 .parse()
                 .expect("validated with the configuration")
         });
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match settings.log.format {
         LogFormat::Text => builder.try_init(),

@@ -100,11 +100,32 @@ where
         }
         _ => false,
     };
-    let message = format!("{operation} {key}: {}", DisplayErrorContext(&error));
+    let message = format!("{operation} {key}: {}", describe(&error));
     if retryable {
         StoreError::Unavailable(message)
     } else {
         StoreError::Failed(message)
+    }
+}
+
+/// A one-line account of an S3 error: HTTP status, S3 error code and
+/// message, or the transport failure.
+fn describe<E>(error: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match error {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let err = service.err();
+            format!(
+                "HTTP {status} {}: {}",
+                err.code().unwrap_or("error"),
+                err.message().unwrap_or("(no message)")
+            )
+        }
+        SdkError::TimeoutError(_) => "request timed out".to_string(),
+        other => DisplayErrorContext(other).to_string(),
     }
 }
 
@@ -238,14 +259,22 @@ pub fn open_object_at(
         .key(key)
         .set_range((offset > 0).then(|| format!("bytes={offset}-")));
     let handle = io_runtime::handle();
-    let response = handle
-        .block_on(async move { request.send().await })
-        .map_err(|error| {
-            std::io::Error::other(format!(
+    let response = match handle.block_on(async move { request.send().await }) {
+        Ok(response) => response,
+        // Reading from the very end (a chunker resuming a finished file):
+        // S3 answers 416 to a range that starts at the object's size.
+        Err(SdkError::ServiceError(service))
+            if service.err().meta().code() == Some("InvalidRange") =>
+        {
+            return Ok(Box::new(std::io::empty()));
+        }
+        Err(error) => {
+            return Err(std::io::Error::other(format!(
                 "cannot read s3://{bucket}/{key}: {}",
-                DisplayErrorContext(&error)
-            ))
-        })?;
+                describe(&error)
+            )));
+        }
+    };
     let reader = response.body.into_async_read();
     Ok(Box::new(tokio_util::io::SyncIoBridge::new_with_handle(
         reader, handle,

@@ -9,6 +9,7 @@ pub mod oracle;
 pub mod outputs;
 pub mod pg;
 pub mod s3_server;
+pub mod tcp_proxy;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -137,4 +138,51 @@ pub fn reference(
     );
     emissions.sort();
     emissions
+}
+
+/// The outputs of an uninterrupted embedded run, checked against the
+/// oracle: what faulty runs are compared with.
+pub fn uninterrupted_run(
+    transactions: &Path,
+    importance: &Path,
+    rows_per_chunk: u64,
+    batch: u64,
+) -> (tempfile::TempDir, outputs::Outputs) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = embedded_settings(dir.path(), transactions, importance);
+    settings.chunker.rows_per_chunk = rows_per_chunk;
+    settings.batch.size = batch;
+    let report = txpipe::app::run(
+        settings,
+        txpipe::actors::supervisor::RunMode::UntilDone,
+        Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(report.exit_code, 0, "{:?}", report.error);
+    let outputs = outputs::Outputs::read(dir.path());
+    outputs.check_finished(batch as usize);
+    assert_eq!(
+        outputs.emissions(),
+        reference(transactions, importance, rows_per_chunk as usize)
+    );
+    (dir, outputs)
+}
+
+/// Faulty runs must end with exactly the reference's outputs.
+pub fn assert_same_outputs(
+    outputs: &outputs::Outputs,
+    reference: &outputs::Outputs,
+    transactions: &Path,
+    rows_per_chunk: u64,
+    batch: u64,
+) {
+    outputs.check_finished(batch as usize);
+    outputs.check_chunks_match_master(transactions, rows_per_chunk as usize);
+    assert_eq!(
+        outputs.emissions(),
+        reference.emissions(),
+        "detections differ"
+    );
+    assert_eq!(outputs.pairs, reference.pairs, "cumulative state differs");
+    assert_eq!(outputs.chunks, reference.chunks, "processed chunks differ");
 }
