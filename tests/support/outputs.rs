@@ -58,6 +58,14 @@ impl Outputs {
         Outputs::read_from(dir.join("bucket"), tables)
     }
 
+    /// Reads `state/state.sqlite` and a bucket directory elsewhere.
+    pub fn read_with_bucket(state: &Path, bucket: &Path) -> Outputs {
+        Outputs::read_from(
+            bucket.to_path_buf(),
+            Tables::sqlite(&state.join("state.sqlite")),
+        )
+    }
+
     /// Reads the tables of a PostgreSQL database and a bucket directory.
     pub fn read_postgres(url: &str, bucket: PathBuf) -> Outputs {
         Outputs::read_from(bucket, Tables::postgres(url))
