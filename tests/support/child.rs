@@ -15,8 +15,8 @@ pub struct Running {
 pub fn spawn(args: &[&str], env: &[(String, String)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_txpipe"))
         .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
