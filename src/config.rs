@@ -72,6 +72,7 @@ pub struct DatabaseConfig {
     pub url: String,
     pub pool_size: u32,
     pub max_attempts: u32,
+    pub compact_every: usize,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -80,6 +81,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("url", &redact_url(&self.url))
             .field("pool_size", &self.pool_size)
             .field("max_attempts", &self.max_attempts)
+            .field("compact_every", &self.compact_every)
             .finish()
     }
 }
@@ -261,6 +263,11 @@ impl Settings {
         check(
             self.database.max_attempts >= 1,
             "database.max_attempts",
+            "must be at least 1",
+        )?;
+        check(
+            self.database.compact_every >= 1,
+            "database.compact_every",
             "must be at least 1",
         )?;
         check(

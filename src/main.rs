@@ -39,6 +39,9 @@ enum Command {
         /// Test-only: announce and pause at these points (see pause_points).
         #[arg(long, hide = true)]
         pause_at: Vec<String>,
+        /// Write machine-readable figures of the run to this file.
+        #[arg(long, hide = true)]
+        report_json: Option<PathBuf>,
         /// Test-only: how long to pause at each pause point.
         #[arg(long, hide = true, default_value_t = 200)]
         pause_ms: u64,
@@ -111,6 +114,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             inject_fault,
             pause_at,
             pause_ms,
+            report_json,
         } => {
             let settings = load(config.as_deref())?;
             if !pause_at.is_empty() {
@@ -128,6 +132,10 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             if report.exit_code == 0 && exit_when_done {
                 eprint!("{}", app::report::run_summary(&report));
+            }
+            if let Some(path) = report_json {
+                let json = serde_json::to_string_pretty(&app::report::JsonReport::new(&report))?;
+                std::fs::write(&path, json)?;
             }
             Ok(ExitCode::from(report.exit_code.clamp(0, 255) as u8))
         }

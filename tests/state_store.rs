@@ -8,8 +8,8 @@ use std::sync::Arc;
 use txpipe::db::postgres::PostgresStore;
 use txpipe::db::sqlite::SqliteStore;
 use txpipe::db::{
-    ChunkRecord, ChunkStatus, ChunkerPosition, CommitBatch, CommitOutcome, DetectionRecord,
-    LookupSource, PairUpdate, StateStore, WeightRow,
+    ChunkRecord, ChunkStatus, ChunkerPosition, CommitBatch, CommitOutcome, DeltaBlob,
+    DetectionRecord, LookupSource, StateStore, WeightRow,
 };
 use txpipe::detect::{Cents, Evidence, Gender, Pattern};
 
@@ -25,20 +25,24 @@ fn chunk(name: &str, seq: u64) -> ChunkRecord {
     }
 }
 
-fn pair<'a>(
-    merchant: &'a str,
-    customer: &'a str,
-    count: u64,
-    amount: i64,
-    gender: Gender,
-) -> PairUpdate<'a> {
-    PairUpdate {
-        merchant,
-        customer,
-        count,
-        amount,
-        gender,
-    }
+/// An encoded chunk delta of `(merchant, customer, count, amount, gender)`.
+fn delta(rows: &[(&str, &str, u32, i64, Gender)]) -> Vec<u8> {
+    let names = txpipe::names::Names::new();
+    let delta = txpipe::detect::ChunkDelta {
+        pairs: rows
+            .iter()
+            .map(
+                |&(m, c, count, amount, first_gender)| txpipe::detect::PairDelta {
+                    merchant: names.merchant(m),
+                    customer: names.customer(c),
+                    count,
+                    amount: Cents(amount),
+                    first_gender,
+                },
+            )
+            .collect(),
+    };
+    txpipe::db::delta::encode(&delta, &names)
 }
 
 fn detection<'a>(
@@ -156,9 +160,17 @@ async fn contract(store: Arc<dyn StateStore>) {
 
     // A commit of two chunks.
     let chunks = [chunk("c0", 0), chunk("c1", 1)];
-    let pair_updates = [
-        pair("M1", "C1", 2, 300, Gender::Female),
-        pair("M1", "C2", 1, i64::MAX - 5, Gender::Male),
+    let first = delta(&[("M1", "C1", 2, 300, Gender::Female)]);
+    let second = delta(&[("M1", "C2", 1, i64::MAX - 5, Gender::Male)]);
+    let deltas = [
+        DeltaBlob {
+            chunk: "c0",
+            blob: &first,
+        },
+        DeltaBlob {
+            chunk: "c1",
+            blob: &second,
+        },
     ];
     let detections = [
         detection(Pattern::Child, "C1", "M1", "c1"),
@@ -167,7 +179,7 @@ async fn contract(store: Arc<dyn StateStore>) {
     let batch = CommitBatch {
         expected_last: None,
         chunks: &chunks,
-        pairs: &pair_updates,
+        deltas: &deltas,
         detections: &detections,
         processed_at: "2026-11-22T15:04:07.000+05:30",
     };
@@ -197,24 +209,57 @@ async fn contract(store: Arc<dyn StateStore>) {
     );
 
     // The next commit adds to the pairs; the first gender stays; sums saturate.
-    let next_pairs = [
-        pair("M1", "C1", 1, 5, Gender::Male),
-        pair("M1", "C2", 1, 100, Gender::Female),
-    ];
+    let third = delta(&[
+        ("M1", "C1", 1, 5, Gender::Male),
+        ("M1", "C2", 1, 100, Gender::Female),
+    ]);
+    let next_deltas = [DeltaBlob {
+        chunk: "c2",
+        blob: &third,
+    }];
     let next = CommitBatch {
         expected_last: Some("c1"),
         chunks: &stale_chunks,
-        pairs: &next_pairs,
+        deltas: &next_deltas,
         detections: &[],
         processed_at: "2026-11-22T15:04:08.000+05:30",
     };
+    let cumulative = vec![
+        ("M1".to_string(), "C1".to_string(), 3, 305, Gender::Female),
+        (
+            "M1".to_string(),
+            "C2".to_string(),
+            2,
+            i64::MAX,
+            Gender::Male,
+        ),
+    ];
+    // Compacting two of the deltas first: state is the same whatever is
+    // compacted and whatever is pending.
+    assert_eq!(store.compact(2).await.unwrap(), 2);
     assert_eq!(store.commit(&next).await.unwrap(), CommitOutcome::Committed);
+    assert_eq!(pairs(&*store).await, cumulative);
+    assert_eq!(store.pending_deltas().await.unwrap().len(), 1);
+    assert_eq!(store.compact(10).await.unwrap(), 1);
+    assert_eq!(store.compact(10).await.unwrap(), 0, "nothing left to fold");
+    assert_eq!(pairs(&*store).await, cumulative);
+    let mut compacted = Vec::new();
+    store
+        .scan_compacted_pairs(&mut |p| {
+            compacted.push((
+                p.merchant.to_string(),
+                p.customer.to_string(),
+                p.count,
+                p.amount,
+                p.gender,
+            ))
+        })
+        .await
+        .unwrap();
+    compacted.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     assert_eq!(
-        pairs(&*store).await,
-        vec![
-            ("M1".into(), "C1".into(), 3, 305, Gender::Female),
-            ("M1".into(), "C2".into(), 2, i64::MAX, Gender::Male),
-        ]
+        compacted, cumulative,
+        "pair_state itself holds everything now"
     );
     let mut emitted = Vec::new();
     store

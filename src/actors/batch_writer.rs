@@ -138,6 +138,7 @@ async fn flush(p: &PipelineContext, include_partial: bool) -> Result<u64, WriteE
         })
         .await?;
         p.progress.batches_written.fetch_add(1, Ordering::Relaxed);
+        crate::actors::context::Progress::mark(&p.progress.last_file_at);
         debug!(key = %batch.key, detections = lines.len(), "detection file written");
     }
     let (waiting, _) = p.db("read outbox", || p.state.outbox()).await?;

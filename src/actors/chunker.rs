@@ -229,7 +229,9 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
             p.state.save_chunker_position(&position)
         })
         .await?;
+        p.progress.first_chunk_at.get_or_init(Instant::now);
         p.progress.chunks_written.fetch_add(1, Ordering::Relaxed);
+        p.new_chunks.send_modify(|written| *written += 1);
         p.progress
             .rows_chunked
             .fetch_add(cut.rows, Ordering::Relaxed);

@@ -6,8 +6,8 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::FutureExt;
@@ -42,6 +42,10 @@ pub struct PipelineContext {
     /// Rung after every commit that added detections; the batch writer
     /// wakes on it. The outbox itself is in the database.
     pub doorbell: watch::Sender<u64>,
+    /// Rung by the chunker after every chunk it writes, so the watcher
+    /// lists at once instead of at its next poll. The listing stays the
+    /// truth: chunks written by anyone else are found by polling.
+    pub new_chunks: watch::Sender<u64>,
 }
 
 /// Signals from the supervisor to the long-running loops.
@@ -74,11 +78,24 @@ pub struct Progress {
     pub flushed: AtomicBool,
     /// Chunk object listed to its commit durable, in microseconds.
     pub latencies_us: Mutex<Vec<u64>>,
+    /// When this process wrote its first chunk, committed last, and wrote
+    /// its last detection file (for end-to-end throughput).
+    pub first_chunk_at: OnceLock<Instant>,
+    pub last_commit_at: Mutex<Option<Instant>>,
+    pub last_file_at: Mutex<Option<Instant>>,
 }
 
 const MAX_LATENCY_SAMPLES: usize = 1 << 20;
 
 impl Progress {
+    pub fn mark(slot: &Mutex<Option<Instant>>) {
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    pub fn read(slot: &Mutex<Option<Instant>>) -> Option<Instant> {
+        *slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn record_latency(&self, latency: Duration) {
         let mut samples = self.latencies_us.lock().unwrap_or_else(|e| e.into_inner());
         if samples.len() < MAX_LATENCY_SAMPLES {

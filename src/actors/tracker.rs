@@ -1,8 +1,10 @@
 //! TrackerActor: commits chunks, exactly once.
 //!
 //! It receives groups of consecutive chunk outcomes from the watcher (the
-//! chunks' pair deltas, their `processed_chunks` rows and their new
-//! detections) and writes each group in one database transaction. The
+//! chunks' encoded state changes, their `processed_chunks` rows and their
+//! new detections) and writes each group in one database transaction.
+//! When the watcher asks, it also compacts committed state changes into
+//! `pair_state` (see `db::delta`). The
 //! transaction only commits on top of the chunk the watcher believes was
 //! committed last; if that is not so, nothing is written and the watcher
 //! resets to committed state. A commit retried after a lost answer finds
@@ -15,21 +17,20 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use actix::prelude::*;
-use rustc_hash::FxHashMap;
 
 use super::StageError;
 use super::context::{PipelineContext, contain_async};
 use super::supervisor::Lifeline;
-use crate::db::{
-    ChunkRecord, ChunkStatus, CommitBatch, CommitOutcome, DetectionRecord, PairUpdate,
-};
-use crate::detect::{ChunkDelta, Detection};
+use crate::db::{ChunkRecord, ChunkStatus, CommitBatch, CommitOutcome, DeltaBlob, DetectionRecord};
+use crate::detect::Detection;
 
 /// The result of one chunk, ready to commit.
 #[derive(Debug)]
 pub struct ChunkOutcome {
     pub record: ChunkRecord,
-    pub delta: Option<Arc<ChunkDelta>>,
+    /// The chunk's state change, encoded (see `db::delta`); `None` for a
+    /// rejected chunk.
+    pub encoded_delta: Option<bytes::Bytes>,
     pub detections: Vec<Detection>,
     pub detection_time: String,
     pub listed_at: Instant,
@@ -41,6 +42,13 @@ pub struct ChunkOutcome {
 pub struct Commit {
     pub expected_last: Option<Arc<str>>,
     pub chunks: Vec<ChunkOutcome>,
+}
+
+/// Fold up to `max_chunks` committed deltas into `pair_state`.
+#[derive(Message)]
+#[rtype(result = "Result<u64, StageError>")]
+pub struct Compact {
+    pub max_chunks: usize,
 }
 
 #[derive(Debug)]
@@ -103,6 +111,40 @@ impl Handler<Commit> for TrackerActor {
     }
 }
 
+impl Handler<Compact> for TrackerActor {
+    type Result = AtomicResponse<Self, Result<u64, StageError>>;
+
+    fn handle(&mut self, msg: Compact, _ctx: &mut Context<Self>) -> Self::Result {
+        let pipeline = self.lifeline.pipeline.clone();
+        let work = async move {
+            let started = Instant::now();
+            let folded = pipeline
+                .db("compact state", || pipeline.state.compact(msg.max_chunks))
+                .await;
+            if let Ok(folded) = &folded {
+                tracing::debug!(
+                    chunks = folded,
+                    took_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "compacted"
+                );
+            }
+            folded
+        };
+        AtomicResponse::new(Box::pin(
+            actix::fut::wrap_future::<_, Self>(contain_async(work)).map(|outcome, act, ctx| {
+                match outcome {
+                    Ok(Ok(folded)) => Ok(folded),
+                    Ok(Err(error)) => Err(StageError::Failed(error.to_string())),
+                    Err(panic) => {
+                        act.lifeline.fail(ctx, panic.clone());
+                        Err(StageError::crashed(&act.lifeline.name, panic))
+                    }
+                }
+            }),
+        ))
+    }
+}
+
 async fn commit(
     pipeline: &PipelineContext,
     name: &str,
@@ -121,7 +163,16 @@ async fn commit(
         }
     };
     let names = &*pipeline.names;
-    let pairs = merge_deltas(&msg.chunks, names);
+    let deltas: Vec<DeltaBlob<'_>> = msg
+        .chunks
+        .iter()
+        .filter_map(|c| {
+            c.encoded_delta.as_ref().map(|blob| DeltaBlob {
+                chunk: &c.record.name,
+                blob,
+            })
+        })
+        .collect();
     let mut detections = Vec::new();
     let mut chunks = Vec::with_capacity(msg.chunks.len());
     for chunk in &msg.chunks {
@@ -148,10 +199,11 @@ async fn commit(
     let batch = CommitBatch {
         expected_last: msg.expected_last.as_deref(),
         chunks: &chunks,
-        pairs: &pairs,
+        deltas: &deltas,
         detections: &detections,
         processed_at: &processed_at,
     };
+    let started = Instant::now();
     let outcome = pipeline
         .db("commit chunks", || pipeline.state.commit(&batch))
         .await
@@ -189,40 +241,18 @@ async fn commit(
         }
     }
     progress.commits.fetch_add(1, Ordering::Relaxed);
+    crate::actors::context::Progress::mark(&progress.last_commit_at);
+    tracing::debug!(
+        chunks = msg.chunks.len(),
+        deltas = deltas.len(),
+        detections = detections.len(),
+        took_ms = started.elapsed().as_secs_f64() * 1e3,
+        "committed"
+    );
     if !detections.is_empty() {
         pipeline
             .doorbell
             .send_modify(|rung| *rung += detections.len() as u64);
     }
     Ok(CommitReceipt { last })
-}
-
-/// Folds the deltas of consecutive chunks into one update per pair; the
-/// gender is the one of the pair's first row in the earliest chunk.
-fn merge_deltas<'n>(
-    chunks: &[ChunkOutcome],
-    names: &'n crate::names::Names,
-) -> Vec<PairUpdate<'n>> {
-    let mut slots: FxHashMap<(u32, u32), usize> = FxHashMap::default();
-    let mut pairs: Vec<PairUpdate<'n>> = Vec::new();
-    for delta in chunks.iter().filter_map(|c| c.delta.as_deref()) {
-        for pair in &delta.pairs {
-            let slot = *slots
-                .entry((pair.merchant.0, pair.customer.0))
-                .or_insert_with(|| {
-                    pairs.push(PairUpdate {
-                        merchant: names.name(pair.merchant.0),
-                        customer: names.name(pair.customer.0),
-                        count: 0,
-                        amount: 0,
-                        gender: pair.first_gender,
-                    });
-                    pairs.len() - 1
-                });
-            let update = &mut pairs[slot];
-            update.count += u64::from(pair.count);
-            update.amount = update.amount.saturating_add(pair.amount.0);
-        }
-    }
-    pairs
 }

@@ -36,7 +36,7 @@ use super::StageError;
 use super::context::{PipelineContext, contain_async};
 use super::detector::{Apply, DetectorActor, Reset};
 use super::supervisor::Lifeline;
-use super::tracker::{ChunkOutcome, Commit, TrackerActor};
+use super::tracker::{ChunkOutcome, Commit, Compact, TrackerActor};
 use crate::db::{ChunkRecord, ChunkStatus, DbError};
 use crate::detect::{Cents, DetectionKey, PairState, Snapshot};
 use crate::input::transactions::{BadRow, ChunkParser, ParsedChunk, RejectReason};
@@ -140,11 +140,19 @@ impl From<MailboxError> for EpochEnd {
     }
 }
 
+/// What a tracker request achieved.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    Committed { last: Arc<str>, count: u64 },
+    Compacted(u64),
+}
+
 /// A chunk after fetch and parse.
 struct Fetched {
     key: Arc<str>,
     listed_at: Instant,
-    content: Result<ParsedChunk, RejectReason>,
+    /// The parsed chunk and its encoded state change.
+    content: Result<(ParsedChunk, Bytes), RejectReason>,
 }
 
 struct MechanismY {
@@ -255,8 +263,12 @@ impl MechanismY {
         let mut detecting: FuturesOrdered<LocalBoxFuture<'static, Result<ChunkOutcome, EpochEnd>>> =
             FuturesOrdered::new();
         let mut ready: VecDeque<ChunkOutcome> = VecDeque::new();
-        let mut committing: Option<LocalBoxFuture<'static, Result<Arc<str>, EpochEnd>>> = None;
+        let mut committing: Option<LocalBoxFuture<'static, Result<Written, EpochEnd>>> = None;
+        let compact_every = p.settings.database.compact_every as u64;
+        // Unknown at start: the first idle moment compacts whatever waits.
+        let mut uncompacted = compact_every;
         let mut next_list_at = Instant::now();
+        let mut new_chunks = p.new_chunks.subscribe();
         let poll_interval = Duration::from_millis(settings.poll_interval_ms);
 
         loop {
@@ -270,20 +282,35 @@ impl MechanismY {
                 };
                 fetching.push_back(fetch(p.clone(), key, listed_at).boxed_local());
             }
-            if committing.is_none() && !ready.is_empty() {
+            let idle = fetching.is_empty() && detecting.is_empty() && ready.is_empty();
+            if committing.is_none()
+                && ((idle && uncompacted >= compact_every) || uncompacted >= 4 * compact_every)
+            {
+                // Fold committed state changes into pair_state: when there
+                // is nothing else to do, or when too many wait.
+                committing = Some(self.compact(4 * compact_every).boxed_local());
+            } else if committing.is_none() && !ready.is_empty() {
                 let take = ready.len().min(settings.max_chunks_per_commit);
                 let chunks: Vec<ChunkOutcome> = ready.drain(..take).collect();
+                let count = chunks.len() as u64;
                 let request = self.tracker.send(Commit {
                     expected_last: committed.clone(),
                     chunks,
                 });
-                committing = Some(async move { Ok(request.await??.last) }.boxed_local());
+                committing = Some(
+                    async move {
+                        Ok(Written::Committed {
+                            last: request.await??.last,
+                            count,
+                        })
+                    }
+                    .boxed_local(),
+                );
             }
-            let busy = !fetching.is_empty()
-                || !detecting.is_empty()
-                || !ready.is_empty()
-                || committing.is_some();
+            let busy = !idle || committing.is_some();
             if stopping && !busy {
+                // Leave the state compacted for whoever reads pair_state.
+                while self.compact(4 * compact_every).await? != Written::Compacted(0) {}
                 return Ok(());
             }
             let want_list = !stopping
@@ -300,7 +327,14 @@ impl MechanismY {
                 }
                 result = async { committing.as_mut().expect("checked").await }, if committing.is_some() => {
                     committing = None;
-                    committed = Some(result?);
+                    match result? {
+                        Written::Committed { last, count } => {
+                            committed = Some(last);
+                            uncompacted += count;
+                        }
+                        Written::Compacted(0) => uncompacted = 0,
+                        Written::Compacted(folded) => uncompacted = uncompacted.saturating_sub(folded),
+                    }
                 }
                 _ = tokio::time::sleep_until(next_list_at.into()), if want_list => {
                     let listed = p
@@ -321,9 +355,25 @@ impl MechanismY {
                         next_list_at = now;
                     }
                 }
+                changed = new_chunks.changed(), if want_list && next_list_at > Instant::now() => {
+                    if changed.is_ok() {
+                        next_list_at = Instant::now();
+                    }
+                }
                 _ = stop.cancelled(), if !stopping => {}
             }
         }
+    }
+
+    /// Asks the tracker to fold up to `max_chunks` committed deltas.
+    fn compact(
+        &self,
+        max_chunks: u64,
+    ) -> impl std::future::Future<Output = Result<Written, EpochEnd>> + 'static {
+        let request = self.tracker.send(Compact {
+            max_chunks: max_chunks as usize,
+        });
+        async move { Ok(Written::Compacted(request.await??)) }
     }
 
     /// Sends a parsed chunk to every detector (in chunk order: the request
@@ -338,8 +388,8 @@ impl MechanismY {
         let p = &self.pipeline;
         p.faults.hit("watcher").map_err(WatchError::from)?;
         let seq = layout::chunk_seq(&fetched.key);
-        let parsed = match fetched.content {
-            Ok(parsed) => parsed,
+        let (parsed, encoded) = match fetched.content {
+            Ok(content) => content,
             Err(reason) => {
                 warn!(chunk = %fetched.key, %reason, "chunk rejected");
                 let outcome = ChunkOutcome {
@@ -352,7 +402,7 @@ impl MechanismY {
                         detections: 0,
                         reason: Some(reason.to_string()),
                     },
-                    delta: None,
+                    encoded_delta: None,
                     detections: Vec::new(),
                     detection_time: String::new(),
                     listed_at: fetched.listed_at,
@@ -395,7 +445,7 @@ impl MechanismY {
                     detections: detections.len() as u64,
                     ..record
                 },
-                delta: Some(delta),
+                encoded_delta: Some(encoded),
                 detections,
                 detection_time,
                 listed_at,
@@ -418,9 +468,19 @@ async fn fetch(
     let content = match body {
         None => Err(RejectReason::Vanished),
         Some(body) => {
-            let parsed = ChunkParser::new().parse(&body, &p.names);
+            // Parsing is the heaviest step: it runs on the blocking pool so
+            // that several chunks parse at once, beside this thread.
+            let (names, data) = (p.names.clone(), body.clone());
+            let parsed = tokio::task::spawn_blocking(move || {
+                ChunkParser::new().parse(&data, &names).map(|chunk| {
+                    let encoded = Bytes::from(crate::db::delta::encode(&chunk.delta, &names));
+                    (chunk, encoded)
+                })
+            })
+            .await
+            .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
             match &parsed {
-                Ok(chunk) if !chunk.bad_rows.is_empty() => {
+                Ok((chunk, _)) if !chunk.bad_rows.is_empty() => {
                     let report = Bytes::from(bad_rows_report(&chunk.bad_rows));
                     let target = layout::bad_rows_key(&key);
                     p.store("write quarantine", || {

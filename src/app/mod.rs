@@ -37,6 +37,10 @@ pub struct RunReport {
     pub commits: u64,
     pub batches_written: u64,
     pub latencies_us: Vec<u64>,
+    /// First chunk written to last commit (every detection durable).
+    pub end_to_end: Option<Duration>,
+    /// First chunk written to last detection file written.
+    pub to_last_file: Option<Duration>,
 }
 
 impl RunReport {
@@ -69,6 +73,14 @@ impl RunReport {
                 .lock()
                 .map(|l| l.clone())
                 .unwrap_or_default(),
+            end_to_end: progress.first_chunk_at.get().and_then(|first| {
+                Progress::read(&progress.last_commit_at)
+                    .map(|last| last.saturating_duration_since(*first))
+            }),
+            to_last_file: progress.first_chunk_at.get().and_then(|first| {
+                Progress::read(&progress.last_file_at)
+                    .map(|last| last.saturating_duration_since(*first))
+            }),
         }
     }
 }
@@ -128,6 +140,7 @@ pub async fn prepare(
     let weights = Arc::new(lookup::weight_table(&*state, &names).await?);
     info!(pairs = weights.len(), "lookup table ready");
     let (doorbell, _) = tokio::sync::watch::channel(0);
+    let (new_chunks, _) = tokio::sync::watch::channel(0);
     Ok(Arc::new(PipelineContext {
         supervision: Supervision::new(settings.supervisor.clone()),
         settings,
@@ -142,6 +155,7 @@ pub async fn prepare(
         faults: FaultPlan::new(faults),
         y_start_time: crate::clock::now_ist(),
         doorbell,
+        new_chunks,
     }))
 }
 

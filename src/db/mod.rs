@@ -10,6 +10,7 @@
 //!
 //! Names are stored as text; ids exist only inside one process.
 
+pub mod delta;
 pub mod postgres;
 pub mod sqlite;
 
@@ -102,15 +103,11 @@ pub struct ChunkRecord {
     pub reason: Option<String>,
 }
 
-/// A state change of one pair: add `count` and `amount`; `gender` only
-/// applies if the pair is new.
+/// One chunk's state change, encoded by [`delta::encode`].
 #[derive(Clone, Copy, Debug)]
-pub struct PairUpdate<'a> {
-    pub merchant: &'a str,
-    pub customer: &'a str,
-    pub count: u64,
-    pub amount: i64,
-    pub gender: Gender,
+pub struct DeltaBlob<'a> {
+    pub chunk: &'a str,
+    pub blob: &'a [u8],
 }
 
 /// A new detection with the seeds' fields.
@@ -127,13 +124,14 @@ pub struct DetectionRecord<'a> {
 }
 
 /// Everything consecutive chunks change, committed in one transaction.
+/// Their state changes go in as one blob per chunk (see [`delta`]).
 #[derive(Clone, Debug)]
 pub struct CommitBatch<'a> {
     /// The last chunk the caller knows to be committed; the commit only
     /// happens if that is still the last one.
     pub expected_last: Option<&'a str>,
     pub chunks: &'a [ChunkRecord],
-    pub pairs: &'a [PairUpdate<'a>],
+    pub deltas: &'a [DeltaBlob<'a>],
     pub detections: &'a [DetectionRecord<'a>],
     pub processed_at: &'a str,
 }
@@ -234,8 +232,31 @@ pub trait StateStore: Send + Sync {
 
     /// The last chunk (by name) that is processed or rejected.
     async fn last_chunk(&self) -> DbResult<Option<String>>;
-    async fn scan_pairs(&self, visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send))
-    -> DbResult<()>;
+    /// The rows of `pair_state` (compacted state only).
+    async fn scan_compacted_pairs(
+        &self,
+        visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
+    ) -> DbResult<()>;
+    /// Encoded deltas of chunks not yet compacted, in chunk order.
+    async fn pending_deltas(&self) -> DbResult<Vec<Vec<u8>>>;
+    /// Folds up to `max_chunks` pending deltas, oldest first, into
+    /// `pair_state` in one transaction. Returns how many it folded.
+    async fn compact(&self, max_chunks: usize) -> DbResult<u64>;
+
+    /// The cumulative state: `pair_state` with pending deltas added.
+    async fn scan_pairs(
+        &self,
+        visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
+    ) -> DbResult<()> {
+        let mut merged = delta::Merged::default();
+        for blob in self.pending_deltas().await? {
+            merged.add(&blob)?;
+        }
+        self.scan_compacted_pairs(&mut |row| merged.overlay_row(row, &mut *visit))
+            .await?;
+        merged.finish(visit);
+        Ok(())
+    }
     async fn scan_emitted(
         &self,
         visit: &mut (dyn for<'r> FnMut(EmittedRow<'r>) + Send),

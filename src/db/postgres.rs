@@ -213,7 +213,8 @@ struct OwnedCommit {
     expected_last: Option<String>,
     final_chunk: String,
     processed_at: String,
-    pairs: Vec<(String, String, i64, i64, &'static str)>,
+    delta_chunks: Vec<String>,
+    delta_blobs: Vec<Vec<u8>>,
     chunks: ChunkColumns,
     detections: DetectionColumns,
 }
@@ -281,19 +282,8 @@ impl OwnedCommit {
             expected_last: batch.expected_last.map(str::to_string),
             final_chunk: final_chunk.to_string(),
             processed_at: batch.processed_at.to_string(),
-            pairs: batch
-                .pairs
-                .iter()
-                .map(|p| {
-                    (
-                        p.merchant.to_string(),
-                        p.customer.to_string(),
-                        to_i64(p.count),
-                        p.amount,
-                        p.gender.code(),
-                    )
-                })
-                .collect(),
+            delta_chunks: batch.deltas.iter().map(|d| d.chunk.to_string()).collect(),
+            delta_blobs: batch.deltas.iter().map(|d| d.blob.to_vec()).collect(),
             chunks,
             detections,
         }
@@ -620,7 +610,7 @@ impl StateStore for PostgresStore {
         .await
     }
 
-    async fn scan_pairs(
+    async fn scan_compacted_pairs(
         &self,
         visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
     ) -> DbResult<()> {
@@ -651,6 +641,73 @@ impl StateStore for PostgresStore {
                 })
             },
         )
+        .await
+    }
+
+    async fn pending_deltas(&self) -> DbResult<Vec<Vec<u8>>> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            let rows = connection
+                .query("SELECT delta FROM chunk_deltas ORDER BY chunk_name", &[])
+                .await?;
+            Ok(rows.iter().map(|row| row.get(0)).collect())
+        })
+        .await
+    }
+
+    async fn compact(&self, max_chunks: usize) -> DbResult<u64> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let mut connection = pool.get().await?;
+            let tx = connection.transaction().await?;
+            // Serialized with commits: a compaction and a commit never
+            // interleave their reads of chunk_deltas.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])
+                .await?;
+            let rows = tx
+                .query(
+                    "SELECT chunk_name, delta FROM chunk_deltas ORDER BY chunk_name LIMIT $1",
+                    &[&(max_chunks as i64)],
+                )
+                .await?;
+            let Some(last) = rows.last().map(|row| row.get::<_, String>(0)) else {
+                return Ok(0);
+            };
+            let mut merged = super::delta::Merged::default();
+            for row in &rows {
+                merged.add(row.get::<_, &[u8]>(1))?;
+            }
+            let sink = tx
+                .copy_in(
+                    "COPY pair_delta (merchant, customer, txn_count, amount_cents, gender) \
+                     FROM STDIN (FORMAT binary)",
+                )
+                .await?;
+            let writer = BinaryCopyInWriter::new(
+                sink,
+                &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT],
+            );
+            pin_mut!(writer);
+            for pair in merged.pairs() {
+                writer
+                    .as_mut()
+                    .write(&[
+                        &pair.merchant,
+                        &pair.customer,
+                        &to_i64(pair.count),
+                        &pair.amount,
+                        &pair.gender.code(),
+                    ])
+                    .await?;
+            }
+            writer.finish().await?;
+            tx.execute(UPSERT_PAIRS, &[]).await?;
+            tx.execute("DELETE FROM chunk_deltas WHERE chunk_name <= $1", &[&last])
+                .await?;
+            tx.commit().await?;
+            Ok(rows.len() as u64)
+        })
         .await
     }
 
@@ -699,26 +756,13 @@ impl StateStore for PostgresStore {
                     CommitOutcome::Conflict { last }
                 });
             }
-            if !commit.pairs.is_empty() {
-                let sink = tx
-                    .copy_in(
-                        "COPY pair_delta (merchant, customer, txn_count, amount_cents, gender) \
-                         FROM STDIN (FORMAT binary)",
-                    )
-                    .await?;
-                let writer = BinaryCopyInWriter::new(
-                    sink,
-                    &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT],
-                );
-                pin_mut!(writer);
-                for (merchant, customer, count, amount, gender) in &commit.pairs {
-                    writer
-                        .as_mut()
-                        .write(&[merchant, customer, count, amount, gender])
-                        .await?;
-                }
-                writer.finish().await?;
-                tx.execute(UPSERT_PAIRS, &[]).await?;
+            if !commit.delta_chunks.is_empty() {
+                tx.execute(
+                    "INSERT INTO chunk_deltas (chunk_name, delta)
+                     SELECT * FROM UNNEST($1::text[], $2::bytea[])",
+                    &[&commit.delta_chunks, &commit.delta_blobs],
+                )
+                .await?;
             }
             let c = &commit.chunks;
             tx.execute(

@@ -62,6 +62,8 @@ ON CONFLICT (merchant, customer) DO UPDATE SET
         ELSE amount_cents + excluded.amount_cents
     END";
 
+const INSERT_DELTA: &str = "INSERT INTO chunk_deltas (chunk_name, delta) VALUES (?1, ?2)";
+
 const INSERT_CHUNK: &str = "\
 INSERT INTO processed_chunks (chunk_name, seq, status, rows, bad_rows, detections, reason, processed_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
@@ -261,7 +263,7 @@ impl StateStore for SqliteStore {
         )
     }
 
-    async fn scan_pairs(
+    async fn scan_compacted_pairs(
         &self,
         visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
     ) -> DbResult<()> {
@@ -280,6 +282,51 @@ impl StateStore for SqliteStore {
             });
         }
         Ok(())
+    }
+
+    async fn pending_deltas(&self) -> DbResult<Vec<Vec<u8>>> {
+        let connection = self.lock();
+        let mut statement =
+            connection.prepare("SELECT delta FROM chunk_deltas ORDER BY chunk_name")?;
+        let blobs = statement
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<Vec<Vec<u8>>, _>>()?;
+        Ok(blobs)
+    }
+
+    async fn compact(&self, max_chunks: usize) -> DbResult<u64> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut merged = super::delta::Merged::default();
+        let mut last: Option<String> = None;
+        let mut folded = 0u64;
+        {
+            let mut statement = tx.prepare(
+                "SELECT chunk_name, delta FROM chunk_deltas ORDER BY chunk_name LIMIT ?1",
+            )?;
+            let mut rows = statement.query([max_chunks as i64])?;
+            while let Some(row) = rows.next()? {
+                last = Some(row.get(0)?);
+                merged.add(row.get_ref(1)?.as_blob()?)?;
+                folded += 1;
+            }
+        }
+        let Some(last) = last else { return Ok(0) };
+        {
+            let mut upsert = tx.prepare_cached(UPSERT_PAIR)?;
+            for pair in merged.pairs() {
+                upsert.execute(params![
+                    pair.merchant,
+                    pair.customer,
+                    to_i64(pair.count),
+                    pair.amount,
+                    pair.gender.code()
+                ])?;
+            }
+        }
+        tx.execute("DELETE FROM chunk_deltas WHERE chunk_name <= ?1", [&last])?;
+        tx.commit()?;
+        Ok(folded)
     }
 
     async fn scan_emitted(
@@ -321,15 +368,9 @@ impl StateStore for SqliteStore {
             });
         }
         {
-            let mut upsert = tx.prepare_cached(UPSERT_PAIR)?;
-            for pair in batch.pairs {
-                upsert.execute(params![
-                    pair.merchant,
-                    pair.customer,
-                    to_i64(pair.count),
-                    pair.amount,
-                    pair.gender.code()
-                ])?;
+            let mut insert_delta = tx.prepare_cached(INSERT_DELTA)?;
+            for delta in batch.deltas {
+                insert_delta.execute(params![delta.chunk, delta.blob])?;
             }
             let mut insert_chunk = tx.prepare_cached(INSERT_CHUNK)?;
             for chunk in batch.chunks {

@@ -214,6 +214,11 @@ impl<'a> RawRecords<'a> {
         }
     }
 
+    /// Byte offset just after the last record read.
+    pub fn offset(&self) -> usize {
+        self.reader.position().byte() as usize
+    }
+
     /// Reads the next record's fields into `fields`; `None` at the end.
     pub fn next_into(&mut self, fields: &mut csv::ByteRecord) -> Option<RawRecord<'a>> {
         // Reading from a slice cannot fail with an I/O error, and invalid

@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 
 use super::fields::{clean, locate_columns};
 use super::records::RawRecords;
-use crate::detect::{ChunkDelta, Gender, PairDelta, ParseAmountError, parse_amount};
+use crate::detect::{Cents, ChunkDelta, Gender, PairDelta, ParseAmountError, parse_amount};
 use crate::names::Names;
 
 /// Columns a transactions file must have; others are ignored.
@@ -145,6 +145,18 @@ fn check_row<'r>(schema: &Schema, fields: &'r csv::ByteRecord) -> Result<Row<'r>
 pub struct ChunkParser {
     fields: csv::ByteRecord,
     slots: FxHashMap<(u32, u32), usize>,
+    bounds: Vec<(usize, usize)>,
+}
+
+/// Whether a chunk body is plain: no double quotes, valid UTF-8, and every
+/// CR part of a CRLF. Then records are exactly its non-empty lines and
+/// fields exactly the text between commas, so the fast path below gives
+/// what the general CSV reader would, several times faster.
+fn is_plain(body: &[u8]) -> bool {
+    memchr::memchr(b'"', body).is_none()
+        && memchr::memchr_iter(b'\r', body).count()
+            == memchr::memmem::find_iter(body, b"\r\n").count()
+        && std::str::from_utf8(body).is_ok()
 }
 
 impl ChunkParser {
@@ -158,11 +170,28 @@ impl ChunkParser {
             return Err(RejectReason::Empty);
         }
         let schema = Schema::from_header(&self.fields)?;
+        let body_start = records.offset().min(data.len());
+        let body = &data[body_start..];
+        if is_plain(body) {
+            let first_line = 1 + memchr::memchr_iter(b'\n', &data[..body_start]).count() as u64;
+            Ok(self.parse_plain(body, first_line, &schema, names))
+        } else {
+            Ok(self.parse_general(records, &schema, names))
+        }
+    }
+
+    /// Any CSV: the `csv` crate's reader, one record at a time.
+    fn parse_general(
+        &mut self,
+        mut records: RawRecords<'_>,
+        schema: &Schema,
+        names: &Names,
+    ) -> ParsedChunk {
         let mut parsed = ParsedChunk::default();
         self.slots.clear();
         while let Some(record) = records.next_into(&mut self.fields) {
             parsed.rows += 1;
-            let row = match check_row(&schema, &self.fields) {
+            let row = match check_row(schema, &self.fields) {
                 Ok(row) => row,
                 Err(reason) => {
                     parsed.bad_rows.push(BadRow {
@@ -184,16 +213,123 @@ impl ChunkParser {
                         merchant,
                         customer,
                         count: 0,
-                        amount: crate::detect::Cents(0),
+                        amount: Cents(0),
                         first_gender: row.gender,
                     });
                     pairs.len() - 1
                 });
             let pair = &mut pairs[slot];
             pair.count += 1;
-            pair.amount = pair.amount.saturating_add(crate::detect::Cents(row.amount));
+            pair.amount = pair.amount.saturating_add(Cents(row.amount));
         }
-        Ok(parsed)
+        parsed
+    }
+
+    /// A plain body (see [`is_plain`]): lines and commas, no per-row
+    /// allocation, pairs folded by the borrowed name bytes, and each
+    /// distinct name interned once per chunk.
+    fn parse_plain(
+        &mut self,
+        body: &[u8],
+        first_line: u64,
+        schema: &Schema,
+        names: &Names,
+    ) -> ParsedChunk {
+        struct Fold<'d> {
+            merchant: &'d [u8],
+            customer: &'d [u8],
+            count: u32,
+            amount: Cents,
+            gender: Gender,
+        }
+        let mut parsed = ParsedChunk::default();
+        let mut slots: FxHashMap<(&[u8], &[u8]), usize> = FxHashMap::default();
+        slots.reserve(4096);
+        let mut folds: Vec<Fold<'_>> = Vec::with_capacity(4096);
+        let mut line_number = first_line;
+        let mut rest = body;
+        while !rest.is_empty() {
+            let (line, next) = match memchr::memchr(b'\n', rest) {
+                Some(end) => (&rest[..end], &rest[end + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            rest = next;
+            let this_line = line_number;
+            line_number += 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            parsed.rows += 1;
+            self.bounds.clear();
+            let mut start = 0;
+            for comma in memchr::memchr_iter(b',', line) {
+                self.bounds.push((start, comma));
+                start = comma + 1;
+            }
+            self.bounds.push((start, line.len()));
+            let field = |index: usize| {
+                let (from, to) = self.bounds[index];
+                clean(&line[from..to])
+            };
+            let checked = if self.bounds.len() != schema.fields {
+                Err(BadRowReason::FieldCount {
+                    expected: schema.fields,
+                    found: self.bounds.len(),
+                })
+            } else if field(schema.customer).is_empty() {
+                Err(BadRowReason::EmptyField("customer"))
+            } else if field(schema.merchant).is_empty() {
+                Err(BadRowReason::EmptyField("merchant"))
+            } else if field(schema.category).is_empty() {
+                Err(BadRowReason::EmptyField("category"))
+            } else {
+                parse_amount(field(schema.amount)).map_err(BadRowReason::Amount)
+            };
+            let amount = match checked {
+                Ok(amount) => amount,
+                Err(reason) => {
+                    parsed.bad_rows.push(BadRow {
+                        line: this_line,
+                        reason,
+                        raw: line.to_vec(),
+                    });
+                    continue;
+                }
+            };
+            let (merchant, customer) = (field(schema.merchant), field(schema.customer));
+            let slot = *slots.entry((merchant, customer)).or_insert_with(|| {
+                folds.push(Fold {
+                    merchant,
+                    customer,
+                    count: 0,
+                    amount: Cents(0),
+                    gender: Gender::from_field(field(schema.gender)),
+                });
+                folds.len() - 1
+            });
+            let fold = &mut folds[slot];
+            fold.count += 1;
+            fold.amount = fold.amount.saturating_add(amount);
+        }
+        // The body is valid UTF-8 and fields end at ASCII bytes.
+        fn text(bytes: &[u8]) -> &str {
+            std::str::from_utf8(bytes).expect("checked by is_plain")
+        }
+        let mut merchants: FxHashMap<&[u8], crate::detect::MerchantId> = FxHashMap::default();
+        parsed.delta.pairs = folds
+            .iter()
+            .map(|fold| PairDelta {
+                merchant: *merchants
+                    .entry(fold.merchant)
+                    .or_insert_with(|| names.merchant(text(fold.merchant))),
+                customer: names.customer(text(fold.customer)),
+                count: fold.count,
+                amount: fold.amount,
+                first_gender: fold.gender,
+            })
+            .collect();
+        parsed
     }
 }
 
@@ -345,6 +481,83 @@ mod tests {
             RejectReason::MissingColumns(vec!["merchant", "category", "amount"])
         );
         assert!(parser.parse(b"\x00\x9f\x92\x96binary", &names).is_err());
+    }
+
+    /// The plain fast path and the general CSV reader agree on every plain
+    /// body: rows, bad rows (line, reason, raw bytes) and folded pairs.
+    mod plain_equals_general {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn field() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(String::new()),
+                Just("'C1'".to_string()),
+                Just(" 'C2' ".to_string()),
+                Just("M1".to_string()),
+                Just("'M2'".to_string()),
+                Just("F".to_string()),
+                Just("'M'".to_string()),
+                Just("E".to_string()),
+                Just("10.00".to_string()),
+                Just("22.995".to_string()),
+                Just("-1".to_string()),
+                Just("1e4".to_string()),
+                Just("  ".to_string()),
+                Just("'".to_string()),
+                Just("é".to_string()),
+            ]
+        }
+
+        fn line() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => prop::collection::vec(field(), 5..=5).prop_map(|f| f.join(",")),
+                1 => prop::collection::vec(field(), 0..8).prop_map(|f| f.join(",")),
+            ]
+        }
+
+        fn resolve(parsed: &ParsedChunk, names: &Names) -> Vec<(String, String, u32, i64, Gender)> {
+            parsed
+                .delta
+                .pairs
+                .iter()
+                .map(|p| {
+                    (
+                        names.name(p.merchant.0).to_string(),
+                        names.name(p.customer.0).to_string(),
+                        p.count,
+                        p.amount.0,
+                        p.first_gender,
+                    )
+                })
+                .collect()
+        }
+
+        proptest! {
+            #[test]
+            fn on_random_plain_bodies(lines in prop::collection::vec(line(), 0..40), crlf in any::<bool>(), tail in any::<bool>()) {
+                let end = if crlf { "\r\n" } else { "\n" };
+                let mut data = format!("customer,merchant,gender,amount,category{end}");
+                data.push_str(&lines.join(end));
+                if tail {
+                    data.push_str(end);
+                }
+                let data = data.as_bytes();
+                let names = Names::new();
+                let mut parser = ChunkParser::new();
+                let mut records = RawRecords::new(data);
+                records.next_into(&mut parser.fields).unwrap();
+                let schema = Schema::from_header(&parser.fields).unwrap();
+                let body_start = records.offset().min(data.len());
+                prop_assert!(is_plain(&data[body_start..]));
+                let first_line = 1 + memchr::memchr_iter(b'\n', &data[..body_start]).count() as u64;
+                let plain = parser.parse_plain(&data[body_start..], first_line, &schema, &names);
+                let general = parser.parse_general(records, &schema, &names);
+                prop_assert_eq!(plain.rows, general.rows);
+                prop_assert_eq!(&plain.bad_rows, &general.bad_rows);
+                prop_assert_eq!(resolve(&plain, &names), resolve(&general, &names));
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,302 @@
+//! A chunk's state change as the state stores keep it: one compact blob
+//! per chunk in `chunk_deltas`, committed with the chunk's
+//! `processed_chunks` row and detections.
+//!
+//! Committing a blob costs the same whatever the number of pairs, where
+//! upserting every touched pair would cost a row each. The blobs are later
+//! folded into `pair_state` by a *compaction* (one transaction that upserts
+//! the merged pairs of many chunks and deletes their blobs), off the
+//! per-chunk path. The cumulative state is always `pair_state` plus the
+//! blobs not yet compacted, so a crash at any point loses nothing and a
+//! compaction repeated after a crash changes nothing.
+//!
+//! Format (postcard): a version byte, the chunk's merchant names, then per
+//! pair the merchant's index, the customer's name, the count, the amount in
+//! hundredths and the gender letter.
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use super::{DbError, DbResult, PairRow};
+use crate::detect::{ChunkDelta, Gender};
+use crate::names::Names;
+
+const VERSION: u8 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Encoded<'a> {
+    version: u8,
+    #[serde(borrow)]
+    merchants: Vec<&'a str>,
+    #[serde(borrow)]
+    pairs: Vec<EncodedPair<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EncodedPair<'a> {
+    merchant: u32,
+    customer: &'a str,
+    count: u32,
+    amount: i64,
+    gender: u8,
+}
+
+fn gender_byte(gender: Gender) -> u8 {
+    gender.code().as_bytes()[0]
+}
+
+/// Encodes a chunk's delta with the names behind its ids.
+pub fn encode(delta: &ChunkDelta, names: &Names) -> Vec<u8> {
+    let mut merchants: Vec<&str> = Vec::new();
+    let mut merchant_index: FxHashMap<u32, u32> = FxHashMap::default();
+    let pairs = delta
+        .pairs
+        .iter()
+        .map(|pair| {
+            let merchant = *merchant_index.entry(pair.merchant.0).or_insert_with(|| {
+                merchants.push(names.name(pair.merchant.0));
+                merchants.len() as u32 - 1
+            });
+            EncodedPair {
+                merchant,
+                customer: names.name(pair.customer.0),
+                count: pair.count,
+                amount: pair.amount.0,
+                gender: gender_byte(pair.first_gender),
+            }
+        })
+        .collect();
+    postcard::to_allocvec(&Encoded {
+        version: VERSION,
+        merchants,
+        pairs,
+    })
+    .expect("encoding to memory cannot fail")
+}
+
+/// Calls `visit` for every pair of an encoded delta, in order.
+pub fn for_each_pair(blob: &[u8], visit: &mut dyn FnMut(PairRow<'_>)) -> DbResult<()> {
+    let encoded: Encoded<'_> = postcard::from_bytes(blob)
+        .map_err(|e| DbError::Failed(format!("undecodable chunk delta: {e}")))?;
+    if encoded.version != VERSION {
+        return Err(DbError::Failed(format!(
+            "unknown chunk delta version {}",
+            encoded.version
+        )));
+    }
+    for pair in &encoded.pairs {
+        let merchant = encoded
+            .merchants
+            .get(pair.merchant as usize)
+            .ok_or_else(|| DbError::Failed("corrupt chunk delta: merchant index".into()))?;
+        visit(PairRow {
+            merchant,
+            customer: pair.customer,
+            count: u64::from(pair.count),
+            amount: pair.amount,
+            gender: Gender::from_code(std::str::from_utf8(&[pair.gender]).unwrap_or("O")),
+        });
+    }
+    Ok(())
+}
+
+/// Pairs folded from consecutive deltas: counts and amounts added, the
+/// gender of each pair's first appearance kept.
+#[derive(Default)]
+pub struct Merged {
+    index: FxHashMap<(String, String), usize>,
+    pairs: Vec<MergedPair>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergedPair {
+    pub merchant: String,
+    pub customer: String,
+    pub count: u64,
+    pub amount: i64,
+    pub gender: Gender,
+}
+
+impl Merged {
+    /// Folds one encoded delta in (deltas must come in chunk order).
+    pub fn add(&mut self, blob: &[u8]) -> DbResult<()> {
+        for_each_pair(blob, &mut |row| {
+            let key = (row.merchant.to_string(), row.customer.to_string());
+            let pairs = &mut self.pairs;
+            let slot = *self.index.entry(key).or_insert_with(|| {
+                pairs.push(MergedPair {
+                    merchant: row.merchant.to_string(),
+                    customer: row.customer.to_string(),
+                    count: 0,
+                    amount: 0,
+                    gender: row.gender,
+                });
+                pairs.len() - 1
+            });
+            let pair = &mut pairs[slot];
+            pair.count += row.count;
+            pair.amount = pair.amount.saturating_add(row.amount);
+        })
+    }
+
+    pub fn pairs(&self) -> &[MergedPair] {
+        &self.pairs
+    }
+
+    /// Visits one compacted row with its pending change (if any) added.
+    pub fn overlay_row(&mut self, row: PairRow<'_>, visit: &mut dyn FnMut(PairRow<'_>)) {
+        let key = (row.merchant.to_string(), row.customer.to_string());
+        match self.index.remove(&key) {
+            Some(slot) => {
+                let pending = &mut self.pairs[slot];
+                visit(PairRow {
+                    count: row.count + pending.count,
+                    amount: row.amount.saturating_add(pending.amount),
+                    ..row
+                });
+                pending.count = 0;
+            }
+            None => visit(row),
+        }
+    }
+
+    /// Visits the pairs that only exist in pending changes.
+    pub fn finish(self, visit: &mut dyn FnMut(PairRow<'_>)) {
+        for pair in self.pairs.iter().filter(|p| p.count > 0) {
+            visit(PairRow {
+                merchant: &pair.merchant,
+                customer: &pair.customer,
+                count: pair.count,
+                amount: pair.amount,
+                gender: pair.gender,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{Cents, PairDelta};
+
+    fn delta(names: &Names, rows: &[(&str, &str, u32, i64, Gender)]) -> ChunkDelta {
+        ChunkDelta {
+            pairs: rows
+                .iter()
+                .map(|&(m, c, count, amount, first_gender)| PairDelta {
+                    merchant: names.merchant(m),
+                    customer: names.customer(c),
+                    count,
+                    amount: Cents(amount),
+                    first_gender,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_merges_in_order() {
+        let names = Names::new();
+        let first = encode(
+            &delta(
+                &names,
+                &[
+                    ("M1", "C1", 2, 300, Gender::Female),
+                    ("M2", "C1", 1, 5, Gender::Other),
+                ],
+            ),
+            &names,
+        );
+        let second = encode(
+            &delta(
+                &names,
+                &[
+                    ("M1", "C1", 1, i64::MAX, Gender::Male),
+                    ("M1", "C2", 4, 10, Gender::Male),
+                ],
+            ),
+            &names,
+        );
+        let mut merged = Merged::default();
+        merged.add(&first).unwrap();
+        merged.add(&second).unwrap();
+        let pairs: Vec<_> = merged
+            .pairs()
+            .iter()
+            .map(|p| {
+                (
+                    p.merchant.as_str(),
+                    p.customer.as_str(),
+                    p.count,
+                    p.amount,
+                    p.gender,
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("M1", "C1", 3, i64::MAX, Gender::Female),
+                ("M2", "C1", 1, 5, Gender::Other),
+                ("M1", "C2", 4, 10, Gender::Male),
+            ]
+        );
+    }
+
+    #[test]
+    fn overlay_adds_pending_changes_to_compacted_rows() {
+        let names = Names::new();
+        let pending = encode(
+            &delta(
+                &names,
+                &[
+                    ("M1", "C1", 1, 5, Gender::Male),
+                    ("M9", "C9", 2, 7, Gender::Female),
+                ],
+            ),
+            &names,
+        );
+        let mut merged = Merged::default();
+        merged.add(&pending).unwrap();
+        let mut seen = Vec::new();
+        let mut visit = |row: PairRow<'_>| {
+            seen.push((
+                row.merchant.to_string(),
+                row.customer.to_string(),
+                row.count,
+                row.amount,
+                row.gender,
+            ))
+        };
+        for (merchant, customer, count, amount, gender) in [
+            ("M1", "C1", 10, 100, Gender::Female),
+            ("M1", "C2", 1, 1, Gender::Other),
+        ] {
+            merged.overlay_row(
+                PairRow {
+                    merchant,
+                    customer,
+                    count,
+                    amount,
+                    gender,
+                },
+                &mut visit,
+            );
+        }
+        merged.finish(&mut visit);
+        assert_eq!(
+            seen,
+            vec![
+                ("M1".into(), "C1".into(), 11, 105, Gender::Female),
+                ("M1".into(), "C2".into(), 1, 1, Gender::Other),
+                ("M9".into(), "C9".into(), 2, 7, Gender::Female),
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(for_each_pair(b"\x07garbage", &mut |_| {}).is_err());
+        assert!(for_each_pair(b"", &mut |_| {}).is_err());
+    }
+}
