@@ -42,6 +42,7 @@ pub struct SourceConfig {
 pub struct ChunkerConfig {
     pub rows_per_chunk: u64,
     pub interval_ms: u64,
+    pub max_in_flight: usize,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -97,6 +98,7 @@ pub struct BatchConfig {
 #[serde(deny_unknown_fields)]
 pub struct WatcherConfig {
     pub poll_interval_ms: u64,
+    pub gap_timeout_ms: u64,
     pub max_in_flight: usize,
     pub max_chunks_per_commit: usize,
 }
@@ -214,6 +216,11 @@ impl Settings {
             self.chunker.rows_per_chunk <= 10_000_000,
             "chunker.rows_per_chunk",
             "must be at most 10000000",
+        )?;
+        check(
+            (1..=64).contains(&self.chunker.max_in_flight),
+            "chunker.max_in_flight",
+            "must be between 1 and 64",
         )?;
         check(self.batch.size >= 1, "batch.size", "must be at least 1")?;
         check(

@@ -131,6 +131,7 @@ fn each_actor_killed_once_restarts_and_outputs_stay_exact() {
         ("tracker:4:panic", "tracker"),
         ("batch-writer:3:panic", "batch-writer"),
         ("chunker:3:error", "chunker"),
+        ("compactor:1:panic", "compactor"),
         ("tracker:2:error", "tracker"),
     ] {
         let (dir, report) = run_with_fault(fault);

@@ -143,7 +143,10 @@ async fn contract(store: Arc<dyn StateStore>) {
         next_seq: 0,
         next_offset: 80,
         rows_emitted: 0,
-        pending_key: Some("stream_chunks/chunk-0000000000-x.csv".into()),
+        pending_keys: vec![
+            "stream_chunks/chunk-0000000000-x.csv".into(),
+            "stream_chunks/chunk-0000000001-y.csv".into(),
+        ],
         last_key: None,
         finished: false,
     };
@@ -153,7 +156,7 @@ async fn contract(store: Arc<dyn StateStore>) {
         Some(&position)
     );
     position.next_seq = 1;
-    position.pending_key = None;
+    position.pending_keys.clear();
     position.finished = true;
     store.save_chunker_position(&position).await.unwrap();
     assert_eq!(store.chunker_position().await.unwrap(), Some(position));

@@ -9,12 +9,16 @@
 //! and no row is skipped or repeated. Reading and cutting run on a blocking
 //! thread so a large master file streams through a fixed buffer.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::LocalBoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
 use tracing::{debug, info};
 
 use super::context::{PipelineContext, contain_async};
@@ -156,7 +160,7 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
             next_seq: 0,
             next_offset: data_offset,
             rows_emitted: 0,
-            pending_key: None,
+            pending_keys: Vec::new(),
             last_key: None,
             finished: false,
         },
@@ -173,73 +177,125 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
         offset = position.next_offset,
         "chunker resumes"
     );
+    let window = p.settings.chunker.max_in_flight;
+    let stop = &p.lifecycle.stop_chunker;
+    // Keys a previous run chose for the next chunks: the same chunks get
+    // the same keys again.
+    let mut reused: VecDeque<String> = std::mem::take(&mut position.pending_keys).into();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut puts: FuturesOrdered<LocalBoxFuture<'static, Result<(), StoreError>>> =
+        FuturesOrdered::new();
+    let mut next_seq = position.next_seq;
+    let mut cut_all = false;
+    let mut dirty = !reused.is_empty();
     let mut next_tick = Instant::now();
     loop {
-        if p.lifecycle.stop_chunker.is_cancelled() {
-            return Ok(());
-        }
-        let cut;
-        (cutter, cut) = cut_next(cutter, rows_per_chunk).await?;
-        if cut.rows == 0 {
-            if !position.finished || position.pending_key.is_some() {
-                position.finished = true;
-                position.pending_key = None;
-                p.db("save chunker position", || {
-                    p.state.save_chunker_position(&position)
-                })
-                .await?;
+        // Cut more chunks and fix their keys while the window has room
+        // (one per tick when paced).
+        let mut fresh: Vec<(String, Bytes)> = Vec::new();
+        while !cut_all
+            && !stop.is_cancelled()
+            && in_flight.len() < window
+            && Instant::now() >= next_tick
+        {
+            let cut;
+            (cutter, cut) = cut_next(cutter, rows_per_chunk).await?;
+            if cut.rows == 0 {
+                cut_all = true;
+                break;
             }
-            p.progress.chunker_finished.store(true, Ordering::Release);
-            info!(
-                chunks = position.next_seq,
-                rows = position.rows_emitted,
-                "master file fully chunked"
-            );
-            return Ok(());
+            let key = reused.pop_front().unwrap_or_else(|| {
+                layout::chunk_key(next_seq, &crate::clock::name_stamp(chrono::Utc::now()))
+            });
+            in_flight.push_back(InFlight {
+                key: key.clone(),
+                rows: cut.rows,
+                end_offset: cut.end_offset,
+            });
+            fresh.push((key, Bytes::from(cut.body)));
+            next_seq += 1;
+            next_tick += interval;
         }
-        p.faults.hit("chunker")?;
-        let key = match position.pending_key.take() {
-            // A previous run chose this key and may have written it.
-            Some(key) => key,
-            None => {
-                let key = layout::chunk_key(
-                    position.next_seq,
-                    &crate::clock::name_stamp(chrono::Utc::now()),
-                );
-                position.pending_key = Some(key.clone());
-                position.finished = false;
-                p.db("save chunker position", || {
-                    p.state.save_chunker_position(&position)
-                })
-                .await?;
-                key
-            }
-        };
-        let body = Bytes::from(cut.body);
-        crate::pause_points::reached("chunk-put");
-        p.store("write chunk", || p.objects.put(&key, body.clone()))
+        // One write records both the chunks done and the keys about to be
+        // written; a key is always durable before its PUT starts.
+        if dirty || !fresh.is_empty() {
+            position.pending_keys = in_flight.iter().map(|c| c.key.clone()).collect();
+            position.finished = false;
+            p.db("save chunker position", || {
+                p.state.save_chunker_position(&position)
+            })
             .await?;
-        crate::pause_points::reached("chunk-saved");
-        position.next_seq += 1;
-        position.next_offset = cut.end_offset;
-        position.rows_emitted += cut.rows;
-        position.pending_key = None;
-        position.last_key = Some(key.clone());
-        p.db("save chunker position", || {
-            p.state.save_chunker_position(&position)
-        })
-        .await?;
-        p.progress.first_chunk_at.get_or_init(Instant::now);
-        p.progress.chunks_written.fetch_add(1, Ordering::Relaxed);
-        p.new_chunks.send_modify(|written| *written += 1);
-        p.progress
-            .rows_chunked
-            .fetch_add(cut.rows, Ordering::Relaxed);
-        debug!(chunk = %key, rows = cut.rows, "chunk written");
-        next_tick += interval;
+            dirty = false;
+        }
+        for (key, body) in fresh {
+            p.faults.hit("chunker")?;
+            crate::pause_points::reached("chunk-put");
+            let pipeline = pipeline.clone();
+            puts.push_back(
+                async move {
+                    pipeline
+                        .store("write chunk", || pipeline.objects.put(&key, body.clone()))
+                        .await?;
+                    pipeline.recent_chunks.put(&key, body);
+                    Ok(())
+                }
+                .boxed_local(),
+            );
+        }
+        if in_flight.is_empty() {
+            if cut_all {
+                return finish(p, &mut position).await;
+            }
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+        }
+        let can_cut = !cut_all && in_flight.len() < window;
         tokio::select! {
-            _ = tokio::time::sleep_until(next_tick.into()) => {}
-            _ = p.lifecycle.stop_chunker.cancelled() => {}
+            Some(put) = puts.next(), if !puts.is_empty() => {
+                put?;
+                // PUTs complete in order here; the position follows them.
+                let done = in_flight.pop_front().expect("one per PUT");
+                crate::pause_points::reached("chunk-saved");
+                position.next_seq += 1;
+                position.next_offset = done.end_offset;
+                position.rows_emitted += done.rows;
+                position.last_key = Some(done.key.clone());
+                dirty = true;
+                p.progress.first_chunk_at.get_or_init(Instant::now);
+                p.progress.chunks_written.fetch_add(1, Ordering::Relaxed);
+                p.progress.rows_chunked.fetch_add(done.rows, Ordering::Relaxed);
+                p.new_chunks.send_modify(|written| *written += 1);
+                debug!(chunk = %done.key, rows = done.rows, "chunk written");
+            }
+            _ = tokio::time::sleep_until(next_tick.into()), if can_cut && !stop.is_cancelled() => {}
+            _ = stop.cancelled(), if !stop.is_cancelled() => {}
         }
     }
+}
+
+/// A chunk whose PUT has started.
+struct InFlight {
+    key: String,
+    rows: u64,
+    end_offset: u64,
+}
+
+/// Records that the master file is fully chunked.
+async fn finish(p: &PipelineContext, position: &mut ChunkerPosition) -> Result<(), ChunkerError> {
+    if !position.finished || !position.pending_keys.is_empty() {
+        position.finished = true;
+        position.pending_keys.clear();
+        p.db("save chunker position", || {
+            p.state.save_chunker_position(position)
+        })
+        .await?;
+    }
+    p.progress.chunker_finished.store(true, Ordering::Release);
+    info!(
+        chunks = position.next_seq,
+        rows = position.rows_emitted,
+        "master file fully chunked"
+    );
+    Ok(())
 }

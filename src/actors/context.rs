@@ -46,6 +46,50 @@ pub struct PipelineContext {
     /// lists at once instead of at its next poll. The listing stays the
     /// truth: chunks written by anyone else are found by polling.
     pub new_chunks: watch::Sender<u64>,
+    /// Chunks committed so far; the compactor watches it.
+    pub committed: watch::Sender<u64>,
+    /// Chunks this process just wrote, so the watcher need not download
+    /// what it has in memory (see [`RecentChunks`]).
+    pub recent_chunks: RecentChunks,
+}
+
+/// The bodies of the last chunks the chunker wrote, bounded in bytes.
+///
+/// Objects are immutable once written, so the bytes the chunker PUT are
+/// exactly what a GET would return: when the watcher lists a chunk this
+/// process wrote moments ago, it takes the body from here and saves a
+/// download. Anything not here (another process's chunks, older ones, or
+/// after a restart) is read from the store as usual.
+pub struct RecentChunks {
+    budget: usize,
+    entries: Mutex<std::collections::VecDeque<(String, bytes::Bytes)>>,
+}
+
+impl RecentChunks {
+    pub fn new(budget: usize) -> RecentChunks {
+        RecentChunks {
+            budget,
+            entries: Mutex::default(),
+        }
+    }
+
+    pub fn put(&self, key: &str, body: bytes::Bytes) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.push_back((key.to_string(), body));
+        let mut size: usize = entries.iter().map(|(_, b)| b.len()).sum();
+        while size > self.budget
+            && let Some((_, dropped)) = entries.pop_front()
+        {
+            size -= dropped.len();
+        }
+    }
+
+    /// Takes a chunk's body out, if it is here.
+    pub fn take(&self, key: &str) -> Option<bytes::Bytes> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let position = entries.iter().position(|(k, _)| k == key)?;
+        entries.remove(position).map(|(_, body)| body)
+    }
 }
 
 /// Signals from the supervisor to the long-running loops.
@@ -57,6 +101,8 @@ pub struct Lifecycle {
     pub stop_watcher: CancellationToken,
     /// The batch writer writes everything, the partial batch too, and stops.
     pub final_flush: CancellationToken,
+    /// The compactor folds every waiting state change and stops.
+    pub final_compact: CancellationToken,
 }
 
 /// Counters the supervisor and the summary read.
@@ -76,6 +122,7 @@ pub struct Progress {
     pub commits: AtomicU64,
     pub batches_written: AtomicU64,
     pub flushed: AtomicBool,
+    pub compacted: AtomicBool,
     /// Chunk object listed to its commit durable, in microseconds.
     pub latencies_us: Mutex<Vec<u64>>,
     /// When this process wrote its first chunk, committed last, and wrote

@@ -26,6 +26,7 @@
 
 pub mod batch_writer;
 pub mod chunker;
+pub mod compactor;
 pub mod context;
 pub mod detector;
 pub mod faults;

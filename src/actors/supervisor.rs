@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 
 use super::batch_writer::BatchWriterActor;
 use super::chunker::ChunkerActor;
+use super::compactor::CompactorActor;
 use super::context::PipelineContext;
 use super::detector::DetectorActor;
 use super::tracker::TrackerActor;
@@ -209,6 +210,7 @@ pub struct Topology {
     pub detectors: Vec<Addr<DetectorActor>>,
     pub tracker: Addr<TrackerActor>,
     pub batch_writer: Addr<BatchWriterActor>,
+    pub compactor: Addr<CompactorActor>,
 }
 
 impl Topology {
@@ -251,6 +253,11 @@ impl Topology {
             BatchWriterActor::new(p)
         });
         let p = pipeline.clone();
+        let compactor = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |ctx| {
+            ctx.set_mailbox_capacity(capacity);
+            CompactorActor::new(p)
+        });
+        let p = pipeline.clone();
         let chunker = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |ctx| {
             ctx.set_mailbox_capacity(capacity);
             ChunkerActor::new(p)
@@ -261,6 +268,7 @@ impl Topology {
             detectors,
             tracker,
             batch_writer,
+            compactor,
         }
     }
 
@@ -276,6 +284,9 @@ impl Topology {
         }
         if !self.batch_writer.connected() {
             return Some("batch-writer".into());
+        }
+        if !self.compactor.connected() {
+            return Some("compactor".into());
         }
         self.detectors
             .iter()
@@ -418,9 +429,10 @@ async fn drain(pipeline: &PipelineContext) -> i32 {
         tokio::time::sleep(POLL).await;
     }
     lifecycle.final_flush.cancel();
-    while !progress.flushed.load(Ordering::Acquire) {
+    lifecycle.final_compact.cancel();
+    while !progress.flushed.load(Ordering::Acquire) || !progress.compacted.load(Ordering::Acquire) {
         if Instant::now() > deadline {
-            error!("shutdown timed out writing detection files");
+            error!("shutdown timed out writing detection files or compacting state");
             return EXIT_SHUTDOWN_TIMEOUT;
         }
         tokio::time::sleep(POLL).await;

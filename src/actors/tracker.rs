@@ -3,7 +3,7 @@
 //! It receives groups of consecutive chunk outcomes from the watcher (the
 //! chunks' encoded state changes, their `processed_chunks` rows and their
 //! new detections) and writes each group in one database transaction.
-//! When the watcher asks, it also compacts committed state changes into
+//! The compactor later folds the committed state changes into
 //! `pair_state` (see `db::delta`). The
 //! transaction only commits on top of the chunk the watcher believes was
 //! committed last; if that is not so, nothing is written and the watcher
@@ -42,13 +42,6 @@ pub struct ChunkOutcome {
 pub struct Commit {
     pub expected_last: Option<Arc<str>>,
     pub chunks: Vec<ChunkOutcome>,
-}
-
-/// Fold up to `max_chunks` committed deltas into `pair_state`.
-#[derive(Message)]
-#[rtype(result = "Result<u64, StageError>")]
-pub struct Compact {
-    pub max_chunks: usize,
 }
 
 #[derive(Debug)]
@@ -108,40 +101,6 @@ impl Handler<Commit> for TrackerActor {
                 Err(StageError::crashed(&act.lifeline.name, failure))
             },
         )))
-    }
-}
-
-impl Handler<Compact> for TrackerActor {
-    type Result = AtomicResponse<Self, Result<u64, StageError>>;
-
-    fn handle(&mut self, msg: Compact, _ctx: &mut Context<Self>) -> Self::Result {
-        let pipeline = self.lifeline.pipeline.clone();
-        let work = async move {
-            let started = Instant::now();
-            let folded = pipeline
-                .db("compact state", || pipeline.state.compact(msg.max_chunks))
-                .await;
-            if let Ok(folded) = &folded {
-                tracing::debug!(
-                    chunks = folded,
-                    took_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "compacted"
-                );
-            }
-            folded
-        };
-        AtomicResponse::new(Box::pin(
-            actix::fut::wrap_future::<_, Self>(contain_async(work)).map(|outcome, act, ctx| {
-                match outcome {
-                    Ok(Ok(folded)) => Ok(folded),
-                    Ok(Err(error)) => Err(StageError::Failed(error.to_string())),
-                    Err(panic) => {
-                        act.lifeline.fail(ctx, panic.clone());
-                        Err(StageError::crashed(&act.lifeline.name, panic))
-                    }
-                }
-            }),
-        ))
     }
 }
 
@@ -242,6 +201,9 @@ async fn commit(
     }
     progress.commits.fetch_add(1, Ordering::Relaxed);
     crate::actors::context::Progress::mark(&progress.last_commit_at);
+    pipeline
+        .committed
+        .send_modify(|chunks| *chunks += msg.chunks.len() as u64);
     tracing::debug!(
         chunks = msg.chunks.len(),
         deltas = deltas.len(),

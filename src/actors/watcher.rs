@@ -36,7 +36,7 @@ use super::StageError;
 use super::context::{PipelineContext, contain_async};
 use super::detector::{Apply, DetectorActor, Reset};
 use super::supervisor::Lifeline;
-use super::tracker::{ChunkOutcome, Commit, Compact, TrackerActor};
+use super::tracker::{ChunkOutcome, Commit, TrackerActor};
 use crate::db::{ChunkRecord, ChunkStatus, DbError};
 use crate::detect::{Cents, DetectionKey, PairState, Snapshot};
 use crate::input::transactions::{BadRow, ChunkParser, ParsedChunk, RejectReason};
@@ -140,11 +140,59 @@ impl From<MailboxError> for EpochEnd {
     }
 }
 
-/// What a tracker request achieved.
-#[derive(Debug, PartialEq, Eq)]
-enum Written {
-    Committed { last: Arc<str>, count: u64 },
-    Compacted(u64),
+/// How soon to list again while a chunk sequence number is missing.
+const GAP_RECHECK: Duration = Duration::from_millis(5);
+
+/// Admits the chunker's objects in sequence order. The chunker has several
+/// PUTs in flight, which may become visible out of order; listing past a
+/// missing sequence number would skip it for good (listing starts after
+/// the last key seen), so the gate holds later keys back until it appears.
+/// A number missing for longer than the timeout (an object deleted by
+/// hand, say) is reported and skipped. Keys of any other shape pass.
+struct SequenceGate {
+    expected: Option<u64>,
+    gap_since: Option<Instant>,
+    timeout: Duration,
+}
+
+impl SequenceGate {
+    fn new(last_committed: Option<&str>, timeout: Duration) -> SequenceGate {
+        let expected = match last_committed {
+            None => Some(0),
+            Some(key) => layout::chunk_seq(key).map(|seq| seq + 1),
+        };
+        SequenceGate {
+            expected,
+            gap_since: None,
+            timeout,
+        }
+    }
+
+    /// The keys that may go on now, and whether any were held back.
+    fn admit(&mut self, keys: Vec<String>, now: Instant) -> (Vec<String>, bool) {
+        let mut admitted = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(seq) = layout::chunk_seq(&key) {
+                if let Some(expected) = self.expected
+                    && seq > expected
+                {
+                    let since = *self.gap_since.get_or_insert(now);
+                    if now.duration_since(since) < self.timeout {
+                        return (admitted, true);
+                    }
+                    tracing::error!(
+                        missing = expected,
+                        found = seq,
+                        "chunk sequence numbers missing; going on without them"
+                    );
+                }
+                self.gap_since = None;
+                self.expected = Some(self.expected.map_or(seq + 1, |e| e.max(seq + 1)));
+            }
+            admitted.push(key);
+        }
+        (admitted, false)
+    }
 }
 
 /// A chunk after fetch and parse.
@@ -263,12 +311,13 @@ impl MechanismY {
         let mut detecting: FuturesOrdered<LocalBoxFuture<'static, Result<ChunkOutcome, EpochEnd>>> =
             FuturesOrdered::new();
         let mut ready: VecDeque<ChunkOutcome> = VecDeque::new();
-        let mut committing: Option<LocalBoxFuture<'static, Result<Written, EpochEnd>>> = None;
-        let compact_every = p.settings.database.compact_every as u64;
-        // Unknown at start: the first idle moment compacts whatever waits.
-        let mut uncompacted = compact_every;
+        let mut committing: Option<LocalBoxFuture<'static, Result<Arc<str>, EpochEnd>>> = None;
         let mut next_list_at = Instant::now();
         let mut new_chunks = p.new_chunks.subscribe();
+        let mut gate = SequenceGate::new(
+            committed.as_deref(),
+            Duration::from_millis(settings.gap_timeout_ms),
+        );
         let poll_interval = Duration::from_millis(settings.poll_interval_ms);
 
         loop {
@@ -282,35 +331,20 @@ impl MechanismY {
                 };
                 fetching.push_back(fetch(p.clone(), key, listed_at).boxed_local());
             }
-            let idle = fetching.is_empty() && detecting.is_empty() && ready.is_empty();
-            if committing.is_none()
-                && ((idle && uncompacted >= compact_every) || uncompacted >= 4 * compact_every)
-            {
-                // Fold committed state changes into pair_state: when there
-                // is nothing else to do, or when too many wait.
-                committing = Some(self.compact(4 * compact_every).boxed_local());
-            } else if committing.is_none() && !ready.is_empty() {
+            if committing.is_none() && !ready.is_empty() {
                 let take = ready.len().min(settings.max_chunks_per_commit);
                 let chunks: Vec<ChunkOutcome> = ready.drain(..take).collect();
-                let count = chunks.len() as u64;
                 let request = self.tracker.send(Commit {
                     expected_last: committed.clone(),
                     chunks,
                 });
-                committing = Some(
-                    async move {
-                        Ok(Written::Committed {
-                            last: request.await??.last,
-                            count,
-                        })
-                    }
-                    .boxed_local(),
-                );
+                committing = Some(async move { Ok(request.await??.last) }.boxed_local());
             }
-            let busy = !idle || committing.is_some();
+            let busy = !fetching.is_empty()
+                || !detecting.is_empty()
+                || !ready.is_empty()
+                || committing.is_some();
             if stopping && !busy {
-                // Leave the state compacted for whoever reads pair_state.
-                while self.compact(4 * compact_every).await? != Written::Compacted(0) {}
                 return Ok(());
             }
             let want_list = !stopping
@@ -327,14 +361,7 @@ impl MechanismY {
                 }
                 result = async { committing.as_mut().expect("checked").await }, if committing.is_some() => {
                     committing = None;
-                    match result? {
-                        Written::Committed { last, count } => {
-                            committed = Some(last);
-                            uncompacted += count;
-                        }
-                        Written::Compacted(0) => uncompacted = 0,
-                        Written::Compacted(folded) => uncompacted = uncompacted.saturating_sub(folded),
-                    }
+                    committed = Some(result?);
                 }
                 _ = tokio::time::sleep_until(next_list_at.into()), if want_list => {
                     let listed = p
@@ -344,15 +371,21 @@ impl MechanismY {
                         .await
                         .map_err(WatchError::from)?;
                     let now = Instant::now();
-                    if listed.is_empty() {
+                    let found = !listed.is_empty();
+                    let (admitted, held) = gate.admit(listed, now);
+                    if !found {
                         if !busy {
                             p.progress.idle_listings.fetch_add(1, Ordering::AcqRel);
                         }
                         next_list_at = now + poll_interval;
+                    } else if admitted.is_empty() {
+                        // A chunk PUT that started earlier is still in
+                        // flight: look again very soon.
+                        next_list_at = now + GAP_RECHECK;
                     } else {
-                        cursor = listed.last().cloned();
-                        queue.extend(listed.into_iter().map(|key| (key, now)));
-                        next_list_at = now;
+                        cursor = admitted.last().cloned();
+                        queue.extend(admitted.into_iter().map(|key| (key, now)));
+                        next_list_at = if held { now + GAP_RECHECK } else { now };
                     }
                 }
                 changed = new_chunks.changed(), if want_list && next_list_at > Instant::now() => {
@@ -363,17 +396,6 @@ impl MechanismY {
                 _ = stop.cancelled(), if !stopping => {}
             }
         }
-    }
-
-    /// Asks the tracker to fold up to `max_chunks` committed deltas.
-    fn compact(
-        &self,
-        max_chunks: u64,
-    ) -> impl std::future::Future<Output = Result<Written, EpochEnd>> + 'static {
-        let request = self.tracker.send(Compact {
-            max_chunks: max_chunks as usize,
-        });
-        async move { Ok(Written::Compacted(request.await??)) }
     }
 
     /// Sends a parsed chunk to every detector (in chunk order: the request
@@ -464,7 +486,10 @@ async fn fetch(
 ) -> Result<Fetched, WatchError> {
     let p = &*pipeline;
     crate::pause_points::reached("chunk-fetch");
-    let body = p.store("read chunk", || p.objects.get(&key)).await?;
+    let body = match p.recent_chunks.take(&key) {
+        Some(body) => Some(body),
+        None => p.store("read chunk", || p.objects.get(&key)).await?,
+    };
     let content = match body {
         None => Err(RejectReason::Vanished),
         Some(body) => {

@@ -21,6 +21,10 @@ use crate::detect::Thresholds;
 use crate::names::Names;
 use crate::store::source::Sources;
 
+/// Memory for chunk bodies kept between the chunker's PUT and the
+/// watcher's read.
+const RECENT_CHUNKS_BYTES: usize = 32 * 1024 * 1024;
+
 /// How a run ended.
 #[derive(Clone, Debug)]
 pub struct RunReport {
@@ -141,6 +145,7 @@ pub async fn prepare(
     info!(pairs = weights.len(), "lookup table ready");
     let (doorbell, _) = tokio::sync::watch::channel(0);
     let (new_chunks, _) = tokio::sync::watch::channel(0);
+    let (committed, _) = tokio::sync::watch::channel(0);
     Ok(Arc::new(PipelineContext {
         supervision: Supervision::new(settings.supervisor.clone()),
         settings,
@@ -156,6 +161,8 @@ pub async fn prepare(
         y_start_time: crate::clock::now_ist(),
         doorbell,
         new_chunks,
+        committed,
+        recent_chunks: crate::actors::context::RecentChunks::new(RECENT_CHUNKS_BYTES),
     }))
 }
 

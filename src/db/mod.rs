@@ -31,12 +31,26 @@ pub struct ChunkerPosition {
     /// Byte offset in the master file of the next data row.
     pub next_offset: u64,
     pub rows_emitted: u64,
-    /// Key chosen for chunk `next_seq`; it may already exist in the store.
-    pub pending_key: Option<String>,
+    /// Keys chosen for chunks `next_seq`, `next_seq + 1`, ... whose PUTs
+    /// may have started; any of them may already exist in the store.
+    pub pending_keys: Vec<String>,
     /// Key of chunk `next_seq - 1`.
     pub last_key: Option<String>,
     /// The chunker reached the end of the master file.
     pub finished: bool,
+}
+
+impl ChunkerPosition {
+    /// The `pending_key` column: the pending keys, one per line.
+    pub fn pending_column(&self) -> Option<String> {
+        (!self.pending_keys.is_empty()).then(|| self.pending_keys.join("\n"))
+    }
+
+    pub fn pending_from_column(column: Option<String>) -> Vec<String> {
+        column
+            .map(|keys| keys.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// What the lookup table was loaded from.
@@ -243,20 +257,10 @@ pub trait StateStore: Send + Sync {
     /// `pair_state` in one transaction. Returns how many it folded.
     async fn compact(&self, max_chunks: usize) -> DbResult<u64>;
 
-    /// The cumulative state: `pair_state` with pending deltas added.
-    async fn scan_pairs(
-        &self,
-        visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
-    ) -> DbResult<()> {
-        let mut merged = delta::Merged::default();
-        for blob in self.pending_deltas().await? {
-            merged.add(&blob)?;
-        }
-        self.scan_compacted_pairs(&mut |row| merged.overlay_row(row, &mut *visit))
-            .await?;
-        merged.finish(visit);
-        Ok(())
-    }
+    /// The cumulative state: `pair_state` with pending deltas added, read
+    /// in one consistent snapshot (a compaction may run meanwhile).
+    async fn scan_pairs(&self, visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send))
+    -> DbResult<()>;
     async fn scan_emitted(
         &self,
         visit: &mut (dyn for<'r> FnMut(EmittedRow<'r>) + Send),

@@ -38,9 +38,10 @@ mod embedded {
 
 type Manager = PostgresConnectionManager<MakeTlsConnector>;
 
-/// Advisory lock keys: one for commits, one for batch assignment.
+/// Advisory lock keys: commits, batch assignment, compaction.
 const COMMIT_LOCK: i64 = 0x7478_7069_7065_0001;
 const BATCH_LOCK: i64 = 0x7478_7069_7065_0002;
+const COMPACT_LOCK: i64 = 0x7478_7069_7065_0003;
 
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -557,7 +558,7 @@ impl StateStore for PostgresStore {
                 next_seq: to_u64(row.get(2)),
                 next_offset: to_u64(row.get(3)),
                 rows_emitted: to_u64(row.get(4)),
-                pending_key: row.get(5),
+                pending_keys: ChunkerPosition::pending_from_column(row.get(5)),
                 last_key: row.get(6),
                 finished: row.get(7),
             }))
@@ -586,7 +587,7 @@ impl StateStore for PostgresStore {
                         &to_i64(p.next_seq),
                         &to_i64(p.next_offset),
                         &to_i64(p.rows_emitted),
-                        &p.pending_key,
+                        &p.pending_column(),
                         &p.last_key,
                         &p.finished,
                         &crate::clock::now_ist(),
@@ -608,6 +609,99 @@ impl StateStore for PostgresStore {
             Ok(row.get(0))
         })
         .await
+    }
+
+    async fn scan_pairs(
+        &self,
+        visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
+    ) -> DbResult<()> {
+        // Pending deltas and pair_state from one snapshot (a compaction may
+        // commit meanwhile), streamed in batches.
+        enum Part {
+            Deltas(Vec<Vec<u8>>),
+            Pairs(Vec<(String, String, i64, i64, Gender)>),
+        }
+        let (sender, mut receiver) = mpsc::channel::<DbResult<Part>>(4);
+        let pool = self.pool.clone();
+        let producer = io_runtime::handle().spawn(async move {
+            let result = async {
+                let mut connection = pool.get().await?;
+                let tx = connection
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let deltas = tx
+                    .query("SELECT delta FROM chunk_deltas ORDER BY chunk_name", &[])
+                    .await?
+                    .iter()
+                    .map(|row| row.get::<_, Vec<u8>>(0))
+                    .collect();
+                if sender.send(Ok(Part::Deltas(deltas))).await.is_err() {
+                    return Ok(());
+                }
+                let rows = tx
+                    .query_raw(
+                        "SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_state",
+                        std::iter::empty::<i64>(),
+                    )
+                    .await?;
+                pin_mut!(rows);
+                let mut batch = Vec::with_capacity(SCAN_BATCH);
+                while let Some(row) = rows.try_next().await? {
+                    batch.push((
+                        row.get::<_, String>(0),
+                        row.get::<_, String>(1),
+                        row.get::<_, i64>(2),
+                        row.get::<_, i64>(3),
+                        Gender::from_code(row.get::<_, &str>(4)),
+                    ));
+                    if batch.len() == SCAN_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
+                        if sender.send(Ok(Part::Pairs(full))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = sender.send(Ok(Part::Pairs(batch))).await;
+                }
+                tx.commit().await?;
+                Ok::<(), DbError>(())
+            }
+            .await;
+            if let Err(error) = result {
+                let _ = sender.send(Err(error)).await;
+            }
+        });
+        let mut merged = super::delta::Merged::default();
+        while let Some(part) = receiver.recv().await {
+            match part.map_err(|e| self.explain(e))? {
+                Part::Deltas(blobs) => {
+                    for blob in blobs {
+                        merged.add(&blob)?;
+                    }
+                }
+                Part::Pairs(pairs) => {
+                    for (merchant, customer, count, amount, gender) in &pairs {
+                        merged.overlay_row(
+                            PairRow {
+                                merchant,
+                                customer,
+                                count: to_u64(*count),
+                                amount: *amount,
+                                gender: *gender,
+                            },
+                            &mut *visit,
+                        );
+                    }
+                }
+            }
+        }
+        let _ = producer.await;
+        merged.finish(visit);
+        Ok(())
     }
 
     async fn scan_compacted_pairs(
@@ -661,9 +755,9 @@ impl StateStore for PostgresStore {
         self.run(async move {
             let mut connection = pool.get().await?;
             let tx = connection.transaction().await?;
-            // Serialized with commits: a compaction and a commit never
-            // interleave their reads of chunk_deltas.
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])
+            // One compaction at a time. Commits go on meanwhile: they only
+            // add deltas of later chunks, which this one does not read.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMPACT_LOCK])
                 .await?;
             let rows = tx
                 .query(
@@ -743,12 +837,23 @@ impl StateStore for PostgresStore {
         self.run(async move {
             let mut connection = pool.get().await?;
             let tx = connection.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])
+            // Lock and read in one round trip (simple protocol, constant SQL).
+            let replies = tx
+                .simple_query(&format!(
+                    "SELECT pg_advisory_xact_lock({COMMIT_LOCK}); \
+                     SELECT max(chunk_name) FROM processed_chunks"
+                ))
                 .await?;
-            let last: Option<String> = tx
-                .query_one("SELECT max(chunk_name) FROM processed_chunks", &[])
-                .await?
-                .get(0);
+            let last: Option<String> = replies
+                .iter()
+                .filter_map(|reply| match reply {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => {
+                        Some(row.get(0).map(str::to_string))
+                    }
+                    _ => None,
+                })
+                .nth(1)
+                .flatten();
             if last != commit.expected_last {
                 return Ok(if last.as_deref() == Some(commit.final_chunk.as_str()) {
                     CommitOutcome::AlreadyCommitted
@@ -756,31 +861,36 @@ impl StateStore for PostgresStore {
                     CommitOutcome::Conflict { last }
                 });
             }
-            if !commit.delta_chunks.is_empty() {
-                tx.execute(
-                    "INSERT INTO chunk_deltas (chunk_name, delta)
-                     SELECT * FROM UNNEST($1::text[], $2::bytea[])",
-                    &[&commit.delta_chunks, &commit.delta_blobs],
-                )
-                .await?;
-            }
+            // The three inserts go out together (tokio-postgres pipelines
+            // concurrent queries on one connection).
+            let deltas = async {
+                if !commit.delta_chunks.is_empty() {
+                    tx.execute(
+                        "INSERT INTO chunk_deltas (chunk_name, delta)
+                         SELECT * FROM UNNEST($1::text[], $2::bytea[])",
+                        &[&commit.delta_chunks, &commit.delta_blobs],
+                    )
+                    .await?;
+                }
+                Ok::<(), tokio_postgres::Error>(())
+            };
             let c = &commit.chunks;
-            tx.execute(
-                INSERT_CHUNKS,
-                &[
-                    &c.name,
-                    &c.seq,
-                    &c.status,
-                    &c.rows,
-                    &c.bad_rows,
-                    &c.detections,
-                    &c.reason,
-                    &commit.processed_at,
-                ],
-            )
-            .await?;
+            let chunk_params: [&(dyn ToSql + Sync); 8] = [
+                &c.name,
+                &c.seq,
+                &c.status,
+                &c.rows,
+                &c.bad_rows,
+                &c.detections,
+                &c.reason,
+                &commit.processed_at,
+            ];
+            let chunks = tx.execute(INSERT_CHUNKS, &chunk_params);
             let d = &commit.detections;
-            if !d.customer.is_empty() {
+            let detections = async {
+                if d.customer.is_empty() {
+                    return Ok::<(), tokio_postgres::Error>(());
+                }
                 let params: [&(dyn ToSql + Sync); 15] = [
                     &d.customer,
                     &d.merchant,
@@ -799,7 +909,9 @@ impl StateStore for PostgresStore {
                     &commit.processed_at,
                 ];
                 tx.execute(INSERT_DETECTIONS, &params).await?;
-            }
+                Ok(())
+            };
+            futures::try_join!(deltas, chunks, detections)?;
             crate::pause_points::reached("commit");
             tx.commit().await?;
             Ok(CommitOutcome::Committed)

@@ -219,7 +219,7 @@ impl StateStore for SqliteStore {
                         next_seq: to_u64(row.get(2)?),
                         next_offset: to_u64(row.get(3)?),
                         rows_emitted: to_u64(row.get(4)?),
-                        pending_key: row.get(5)?,
+                        pending_keys: ChunkerPosition::pending_from_column(row.get(5)?),
                         last_key: row.get(6)?,
                         finished: row.get(7)?,
                     })
@@ -245,7 +245,7 @@ impl StateStore for SqliteStore {
                 to_i64(position.next_seq),
                 to_i64(position.next_offset),
                 to_i64(position.rows_emitted),
-                position.pending_key,
+                position.pending_column(),
                 position.last_key,
                 position.finished,
                 crate::clock::now_ist()
@@ -281,6 +281,41 @@ impl StateStore for SqliteStore {
                 gender: Gender::from_code(row.get_ref(4)?.as_str()?),
             });
         }
+        Ok(())
+    }
+
+    async fn scan_pairs(
+        &self,
+        visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
+    ) -> DbResult<()> {
+        // One lock for both reads: nothing can compact in between.
+        let connection = self.lock();
+        let mut merged = super::delta::Merged::default();
+        {
+            let mut statement =
+                connection.prepare("SELECT delta FROM chunk_deltas ORDER BY chunk_name")?;
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                merged.add(row.get_ref(0)?.as_blob()?)?;
+            }
+        }
+        let mut statement = connection.prepare(
+            "SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_state",
+        )?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            merged.overlay_row(
+                PairRow {
+                    merchant: row.get_ref(0)?.as_str()?,
+                    customer: row.get_ref(1)?.as_str()?,
+                    count: to_u64(row.get(2)?),
+                    amount: row.get(3)?,
+                    gender: Gender::from_code(row.get_ref(4)?.as_str()?),
+                },
+                &mut *visit,
+            );
+        }
+        merged.finish(visit);
         Ok(())
     }
 

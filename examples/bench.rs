@@ -1,0 +1,323 @@
+//! Throughput benchmark: the whole pipeline in catch-up mode on real and
+//! generated data, on both backends, plus paced-mode latency.
+//!
+//! ```text
+//! cargo run --release --example bench                    # every workload
+//! cargo run --release --example bench -- banksim-embedded paced-embedded
+//! cargo run --release --example bench -- --repeat 3 banksim-s3pg
+//! ```
+//!
+//! Workloads: `banksim-embedded`, `banksim-s3pg`, `gen10m-embedded`,
+//! `gen10m-s3pg`, `paced-embedded`, `paced-s3pg`. The S3 ones talk to a
+//! real S3-protocol server (s3s-fs, SigV4) this process starts on
+//! 127.0.0.1; PostgreSQL is the machine's server (a fresh database per
+//! run). Each run is a child process (this binary in its `__run` mode), so
+//! its peak RSS and CPU time are the pipeline's own. Reported per run:
+//! transactions/s and chunks/s end to end (first chunk written to last
+//! commit durable), per-chunk latency p50/p99 (chunk listed to its commit
+//! durable), peak RSS and CPU time. Data lives in `target/bench-data/`.
+//! `BENCH_PERF=FILE` records a `perf` profile of the pipeline process.
+
+#[path = "../tests/support/s3_server.rs"]
+mod s3_server;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use aws_sdk_s3::config::Credentials;
+use bytes::Bytes;
+use txpipe::app::report::JsonReport;
+use txpipe::store::ObjectStore;
+
+const WORKLOADS: [&str; 6] = [
+    "banksim-embedded",
+    "banksim-s3pg",
+    "gen10m-embedded",
+    "gen10m-s3pg",
+    "paced-embedded",
+    "paced-s3pg",
+];
+
+fn data_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The real BankSim files, decompressed once.
+fn banksim() -> (PathBuf, PathBuf) {
+    let shared = std::env::var_os("TXPIPE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    let out = |name: &str, target: &str| {
+        let path = data_dir().join(target);
+        if !path.is_file() {
+            let source = shared.join(name);
+            let file = std::fs::File::open(&source)
+                .unwrap_or_else(|e| panic!("{}: {e} (set TXPIPE_SHARED_DATA)", source.display()));
+            std::fs::write(&path, zstd::decode_all(file).unwrap()).unwrap();
+        }
+        path
+    };
+    (
+        out("banksim-transactions.csv.zst", "banksim-transactions.csv"),
+        out("banksim-network.csv.zst", "banksim-network.csv"),
+    )
+}
+
+/// 10,000,000 generated rows, 100,000 customers, 1,000 merchants.
+fn generated() -> (PathBuf, PathBuf) {
+    let dir = data_dir().join("gen-10m");
+    if !dir.join("done").is_file() {
+        eprintln!(
+            "generating 10,000,000 rows into {} (once) ...",
+            dir.display()
+        );
+        let options = txpipe::generate::GenerateOptions {
+            rows: 10_000_000,
+            customers: 100_000,
+            merchants: 1_000,
+            seed: 10,
+        };
+        txpipe::generate::generate(&options, &dir).unwrap();
+        std::fs::write(dir.join("done"), b"").unwrap();
+    }
+    (
+        dir.join(txpipe::generate::TRANSACTIONS_FILE),
+        dir.join(txpipe::generate::IMPORTANCE_FILE),
+    )
+}
+
+struct Database {
+    name: String,
+}
+
+const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([&format!("{SERVER}/postgres"), "-qAtc", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Database {
+    fn create() -> Database {
+        let name = format!(
+            "txpipe_bench_{}_{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        );
+        psql(&format!("CREATE DATABASE {name}"));
+        Database { name }
+    }
+
+    fn url(&self) -> String {
+        format!("{SERVER}/{}", self.name)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+fn upload(server: &s3_server::S3TestServer, files: &[(&Path, &str)]) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut settings = txpipe::config::Settings::load_with_env(None, []).unwrap();
+        settings.storage.endpoint = server.endpoint();
+        settings.storage.path_style = true;
+        let credentials = Credentials::new(
+            server.access_key(),
+            server.secret_key(),
+            None,
+            None,
+            "bench",
+        );
+        let client = txpipe::store::s3::client_with(&settings.storage, Some(credentials)).await;
+        let store = txpipe::store::s3::S3Store::new(client, server.bucket(), "");
+        for (path, key) in files {
+            store
+                .put(key, Bytes::from(std::fs::read(path).unwrap()))
+                .await
+                .unwrap();
+        }
+    });
+}
+
+/// Runs one workload in a child process and returns its report.
+fn run(workload: &str) -> JsonReport {
+    let scratch = tempfile::tempdir_in(data_dir()).unwrap();
+    let (tx, net) = if workload.starts_with("gen10m") {
+        generated()
+    } else {
+        banksim()
+    };
+    let paced = workload.starts_with("paced");
+    let interval = if paced { 1000 } else { 0 };
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut _server = None;
+    let mut _database = None;
+    let config = if workload.ends_with("s3pg") {
+        let server = s3_server::S3TestServer::start("txpipe-bench");
+        upload(
+            &server,
+            &[
+                (&tx, "input/transactions.csv"),
+                (&net, "input/customer_importance.csv"),
+            ],
+        );
+        let database = Database::create();
+        env.extend(server.env());
+        let config = format!(
+            r#"
+[source]
+transactions = "s3://txpipe-bench/input/transactions.csv"
+customer_importance = "s3://txpipe-bench/input/customer_importance.csv"
+[chunker]
+interval_ms = {interval}
+[storage]
+kind = "s3"
+bucket = "txpipe-bench"
+prefix = "run"
+endpoint = "{endpoint}"
+path_style = true
+[database]
+url = "{url}"
+[log]
+level = "warn"
+"#,
+            endpoint = server.endpoint(),
+            url = database.url(),
+        );
+        _server = Some(server);
+        _database = Some(database);
+        config
+    } else {
+        format!(
+            r#"
+[source]
+transactions = "{tx}"
+customer_importance = "{net}"
+[chunker]
+interval_ms = {interval}
+[storage]
+root = "{bucket}"
+[database]
+url = "sqlite://{db}"
+[log]
+level = "warn"
+"#,
+            tx = tx.display(),
+            net = net.display(),
+            bucket = scratch.path().join("bucket").display(),
+            db = scratch.path().join("state.sqlite").display(),
+        )
+    };
+    let config_path = scratch.path().join("bench.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let report_path = scratch.path().join("report.json");
+    // BENCH_PERF=FILE records a perf profile of the pipeline process only.
+    let mut command = match std::env::var_os("BENCH_PERF") {
+        Some(output) => {
+            let mut perf = Command::new("perf");
+            perf.args(["record", "-g", "-o"])
+                .arg(output)
+                .arg("--")
+                .arg(std::env::current_exe().unwrap());
+            perf
+        }
+        None => Command::new(std::env::current_exe().unwrap()),
+    };
+    let status = command
+        .arg("__run")
+        .arg(&config_path)
+        .arg(&report_path)
+        .envs(env)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{workload} failed");
+    serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap()
+}
+
+/// The child: one pipeline run to completion, figures written as JSON.
+fn child(config: &Path, report: &Path) {
+    let settings = txpipe::config::Settings::load(Some(config)).unwrap();
+    txpipe::app::init_logging(&settings);
+    let outcome = txpipe::app::run(
+        settings,
+        txpipe::actors::supervisor::RunMode::UntilDone,
+        Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(outcome.exit_code, 0, "{:?}", outcome.error);
+    std::fs::write(
+        report,
+        serde_json::to_vec_pretty(&JsonReport::new(&outcome)).unwrap(),
+    )
+    .unwrap();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("__run") {
+        child(Path::new(&args[1]), Path::new(&args[2]));
+        return;
+    }
+    let mut repeat = 1;
+    let mut chosen = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--repeat" => {
+                repeat = iter
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--repeat N")
+            }
+            name if WORKLOADS.contains(&name) => chosen.push(name.to_string()),
+            other => panic!(
+                "unknown argument {other}; workloads: {}",
+                WORKLOADS.join(", ")
+            ),
+        }
+    }
+    if chosen.is_empty() {
+        chosen = WORKLOADS.iter().map(|w| w.to_string()).collect();
+    }
+    println!(
+        "| workload | rows | transactions/s | chunks/s | end to end | latency p50 | latency p99 | peak RSS | CPU |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for workload in &chosen {
+        let mut reports: Vec<JsonReport> = (0..repeat).map(|_| run(workload)).collect();
+        // The median run by throughput.
+        reports.sort_by(|a, b| {
+            a.transactions_per_second
+                .total_cmp(&b.transactions_per_second)
+        });
+        let r = &reports[reports.len() / 2];
+        println!(
+            "| {workload} | {} | {:.0} | {:.1} | {:.2} s | {:.1} ms | {:.1} ms | {:.0} MB | {:.2} s |",
+            r.rows,
+            r.transactions_per_second,
+            r.chunks_per_second,
+            r.end_to_end_seconds,
+            r.latency_p50_ms,
+            r.latency_p99_ms,
+            r.peak_rss_mb,
+            r.cpu_seconds
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! CompactorActor: folds committed state changes into `pair_state`.
+//!
+//! Commits store each chunk's state change as one blob (`chunk_deltas`),
+//! which keeps the per-chunk transaction small. This actor merges the
+//! waiting blobs and upserts the result into `pair_state` in one
+//! transaction, then deletes them: once `database.compact_every` chunks
+//! wait and no commit came for a moment (paced mode, between chunks), or
+//! once four times as many wait whatever happens, and always at shutdown.
+//! It never changes the cumulative state, only where it is kept, so it can
+//! fail or be repeated at any point. On PostgreSQL it runs beside the
+//! commits; on SQLite the single writer serializes them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tracing::debug;
+
+use super::context::{PipelineContext, contain_async};
+use super::supervisor::Lifeline;
+use crate::db::DbError;
+
+/// How long without commits counts as idle.
+const IDLE_AFTER: Duration = Duration::from_millis(250);
+
+pub struct CompactorActor {
+    lifeline: Lifeline,
+}
+
+impl CompactorActor {
+    pub fn new(pipeline: Arc<PipelineContext>) -> CompactorActor {
+        CompactorActor {
+            lifeline: Lifeline::new("compactor", pipeline),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CompactError {
+    #[error("{0}")]
+    Db(#[from] DbError),
+    #[error("{0}")]
+    Injected(#[from] super::faults::InjectedFault),
+}
+
+impl Actor for CompactorActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.lifeline.wait_backoff(ctx);
+        let pipeline = self.lifeline.pipeline.clone();
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(contain_async(run(pipeline))).map(
+                |outcome, act, ctx| match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => act.lifeline.fail(ctx, error.to_string()),
+                    Err(panic) => act.lifeline.fail(ctx, panic),
+                },
+            ),
+        );
+    }
+}
+
+impl Supervised for CompactorActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.lifeline.restarting();
+    }
+}
+
+async fn compact(p: &PipelineContext, max_chunks: u64) -> Result<u64, CompactError> {
+    p.faults.hit("compactor")?;
+    let started = Instant::now();
+    // Runs on the I/O runtime, so this actor's thread stays free.
+    let state = p.state.clone();
+    let folded = p
+        .db("compact state", || {
+            let state = state.clone();
+            crate::io_runtime::run(async move { state.compact(max_chunks as usize).await })
+        })
+        .await?;
+    debug!(
+        chunks = folded,
+        took_ms = started.elapsed().as_secs_f64() * 1e3,
+        "compacted"
+    );
+    Ok(folded)
+}
+
+async fn run(pipeline: Arc<PipelineContext>) -> Result<(), CompactError> {
+    let p = &*pipeline;
+    let every = p.settings.database.compact_every as u64;
+    let mut commits = p.committed.subscribe();
+    let mut seen = *commits.borrow_and_update();
+    // Unknown after a start: the first idle moment compacts what waits.
+    let mut waiting = every;
+    let mut last_commit = Instant::now();
+    loop {
+        if p.lifecycle.final_compact.is_cancelled() {
+            while compact(p, 4 * every).await? > 0 {}
+            p.progress.compacted.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let idle = last_commit.elapsed() >= IDLE_AFTER;
+        if waiting >= 4 * every || (idle && waiting >= every) {
+            let folded = compact(p, 4 * every).await?;
+            waiting = if folded == 0 {
+                0
+            } else {
+                waiting.saturating_sub(folded)
+            };
+            continue;
+        }
+        tokio::select! {
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let now = *commits.borrow_and_update();
+                waiting += now - seen;
+                seen = now;
+                last_commit = Instant::now();
+            }
+            _ = tokio::time::sleep(IDLE_AFTER) => {}
+            _ = p.lifecycle.final_compact.cancelled() => {}
+        }
+    }
+}
