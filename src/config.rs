@@ -74,6 +74,7 @@ pub struct DatabaseConfig {
     pub pool_size: u32,
     pub max_attempts: u32,
     pub compact_every: usize,
+    pub compact_max_pending: usize,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -83,6 +84,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("pool_size", &self.pool_size)
             .field("max_attempts", &self.max_attempts)
             .field("compact_every", &self.compact_every)
+            .field("compact_max_pending", &self.compact_max_pending)
             .finish()
     }
 }
@@ -276,6 +278,11 @@ impl Settings {
             self.database.compact_every >= 1,
             "database.compact_every",
             "must be at least 1",
+        )?;
+        check(
+            self.database.compact_max_pending >= self.database.compact_every,
+            "database.compact_max_pending",
+            "must be at least database.compact_every",
         )?;
         check(
             self.watcher.max_in_flight >= 1,

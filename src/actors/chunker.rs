@@ -263,6 +263,9 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
                 position.last_key = Some(done.key.clone());
                 dirty = true;
                 p.progress.first_chunk_at.get_or_init(Instant::now);
+                p.progress
+                    .first_chunk_cpu
+                    .get_or_init(|| crate::app::report::cpu_seconds().unwrap_or(0.0));
                 p.progress.chunks_written.fetch_add(1, Ordering::Relaxed);
                 p.progress.rows_chunked.fetch_add(done.rows, Ordering::Relaxed);
                 p.new_chunks.send_modify(|written| *written += 1);

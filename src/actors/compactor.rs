@@ -3,9 +3,10 @@
 //! Commits store each chunk's state change as one blob (`chunk_deltas`),
 //! which keeps the per-chunk transaction small. This actor merges the
 //! waiting blobs and upserts the result into `pair_state` in one
-//! transaction, then deletes them: once `database.compact_every` chunks
-//! wait and no commit came for a moment (paced mode, between chunks), or
-//! once four times as many wait whatever happens, and always at shutdown.
+//! transaction, then deletes them: `database.compact_every` at a time once
+//! that many wait and the pipeline is idle (paced mode, between chunks),
+//! in larger slices once `database.compact_max_pending` wait whatever
+//! happens, and all of them at shutdown.
 //! It never changes the cumulative state, only where it is kept, so it can
 //! fail or be repeated at any point. On PostgreSQL it runs beside the
 //! commits; on SQLite the single writer serializes them.
@@ -17,9 +18,13 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tracing::debug;
 
-use super::context::{PipelineContext, contain_async};
+use super::context::{PipelineContext, Progress, contain_async};
 use super::supervisor::Lifeline;
 use crate::db::DbError;
+
+/// Deltas folded per transaction when forced: bounds the memory of a fold
+/// (and how long it holds SQLite's single writer).
+const FORCED_SLICE: u64 = 256;
 
 /// How long without commits counts as idle.
 const IDLE_AFTER: Duration = Duration::from_millis(250);
@@ -90,6 +95,7 @@ async fn compact(p: &PipelineContext, max_chunks: u64) -> Result<u64, CompactErr
 async fn run(pipeline: Arc<PipelineContext>) -> Result<(), CompactError> {
     let p = &*pipeline;
     let every = p.settings.database.compact_every as u64;
+    let most = p.settings.database.compact_max_pending as u64;
     let mut commits = p.committed.subscribe();
     let mut seen = *commits.borrow_and_update();
     // Unknown after a start: the first idle moment compacts what waits.
@@ -97,13 +103,24 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), CompactError> {
     let mut last_commit = Instant::now();
     loop {
         if p.lifecycle.final_compact.is_cancelled() {
-            while compact(p, 4 * every).await? > 0 {}
+            while compact(p, most).await? > 0 {}
             p.progress.compacted.store(true, Ordering::Release);
             return Ok(());
         }
-        let idle = last_commit.elapsed() >= IDLE_AFTER;
-        if waiting >= 4 * every || (idle && waiting >= every) {
-            let folded = compact(p, 4 * every).await?;
+        // Idle: no commit for a moment, and no chunk this process wrote is
+        // still on its way (in catch-up mode the watcher is busy even when
+        // a commit is late).
+        let progress = &p.progress;
+        let caught_up = Progress::get(&progress.chunks_written)
+            <= Progress::get(&progress.chunks_committed) + Progress::get(&progress.chunks_rejected);
+        let idle = caught_up && last_commit.elapsed() >= IDLE_AFTER;
+        if waiting >= most || (idle && waiting >= every) {
+            let slice = if waiting >= most {
+                FORCED_SLICE.min(most)
+            } else {
+                every
+            };
+            let folded = compact(p, slice).await?;
             waiting = if folded == 0 {
                 0
             } else {

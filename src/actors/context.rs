@@ -128,6 +128,9 @@ pub struct Progress {
     /// When this process wrote its first chunk, committed last, and wrote
     /// its last detection file (for end-to-end throughput).
     pub first_chunk_at: OnceLock<Instant>,
+    /// Process CPU seconds at the first chunk and at the last commit.
+    pub first_chunk_cpu: OnceLock<f64>,
+    pub last_commit_cpu: Mutex<Option<f64>>,
     pub last_commit_at: Mutex<Option<Instant>>,
     pub last_file_at: Mutex<Option<Instant>>,
 }

@@ -201,6 +201,10 @@ async fn commit(
     }
     progress.commits.fetch_add(1, Ordering::Relaxed);
     crate::actors::context::Progress::mark(&progress.last_commit_at);
+    *progress
+        .last_commit_cpu
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = crate::app::report::cpu_seconds();
     pipeline
         .committed
         .send_modify(|chunks| *chunks += msg.chunks.len() as u64);

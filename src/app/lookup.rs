@@ -6,6 +6,7 @@
 //! been processed, because it would change what earlier chunks meant.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tracing::info;
@@ -48,11 +49,14 @@ impl<R> Fingerprinting<R> {
     }
 }
 
+/// Loads the lookup file into the database unless it is there already, and
+/// returns the weight table.
 pub async fn ensure_loaded(
     settings: &Settings,
     sources: &Sources,
     state: &dyn StateStore,
-) -> anyhow::Result<()> {
+    names: &Arc<Names>,
+) -> anyhow::Result<WeightTable> {
     let location = settings.source.customer_importance.clone();
     let existing = state.lookup_source().await?;
     if let Some(existing) = &existing {
@@ -65,7 +69,7 @@ pub async fn ensure_loaded(
         .await??;
         if fingerprint == existing.fingerprint {
             info!(pairs = existing.pairs, "lookup table already loaded");
-            return Ok(());
+            return weight_table(state, names).await;
         }
         if state.last_chunk().await?.is_some() {
             anyhow::bail!(
@@ -77,10 +81,10 @@ pub async fn ensure_loaded(
         }
     }
     let (importance, fingerprint) = tokio::task::spawn_blocking({
-        let (location, sources) = (location.clone(), sources.clone());
+        let (location, sources, names) = (location.clone(), sources.clone(), names.clone());
         move || -> anyhow::Result<_> {
             let mut reader = Fingerprinting::new(sources.open_at(&location, 0)?);
-            let importance = read_importance(&mut reader)
+            let importance = read_importance(&mut reader, &names)
                 .with_context(|| format!("CustomerImportance file {location}"))?;
             std::io::copy(&mut reader, &mut std::io::sink())?;
             Ok((importance, reader.fingerprint()))
@@ -91,8 +95,8 @@ pub async fn ensure_loaded(
         .entries
         .iter()
         .map(|entry| WeightRow {
-            merchant: &entry.merchant,
-            customer: &entry.customer,
+            merchant: names.name(entry.merchant.0),
+            customer: names.name(entry.customer.0),
             weight_sum: entry.weight_sum.0,
             rows: entry.rows,
         })
@@ -111,20 +115,26 @@ pub async fn ensure_loaded(
         pairs = loaded.pairs,
         "lookup table loaded"
     );
-    Ok(())
+    drop(rows);
+    Ok(WeightTable::from_entries(
+        importance
+            .entries
+            .into_iter()
+            .map(|e| (e.merchant, e.customer, e.weight_sum, e.rows)),
+    ))
 }
 
 pub async fn weight_table(state: &dyn StateStore, names: &Names) -> anyhow::Result<WeightTable> {
-    let mut table = WeightTable::new();
+    let mut entries = Vec::new();
     state
         .scan_weights(&mut |row| {
-            table.add(
+            entries.push((
                 names.merchant(row.merchant),
                 names.customer(row.customer),
                 Cents(row.weight_sum),
                 row.rows,
-            )
+            ))
         })
         .await?;
-    Ok(table)
+    Ok(WeightTable::from_entries(entries))
 }

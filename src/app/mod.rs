@@ -23,7 +23,7 @@ use crate::store::source::Sources;
 
 /// Memory for chunk bodies kept between the chunker's PUT and the
 /// watcher's read.
-const RECENT_CHUNKS_BYTES: usize = 32 * 1024 * 1024;
+const RECENT_CHUNKS_BYTES: usize = 16 * 1024 * 1024;
 
 /// How a run ended.
 #[derive(Clone, Debug)]
@@ -45,6 +45,9 @@ pub struct RunReport {
     pub end_to_end: Option<Duration>,
     /// First chunk written to last detection file written.
     pub to_last_file: Option<Duration>,
+    /// CPU seconds the process used between the first chunk and the last
+    /// commit.
+    pub window_cpu_seconds: Option<f64>,
 }
 
 impl RunReport {
@@ -80,6 +83,13 @@ impl RunReport {
             end_to_end: progress.first_chunk_at.get().and_then(|first| {
                 Progress::read(&progress.last_commit_at)
                     .map(|last| last.saturating_duration_since(*first))
+            }),
+            window_cpu_seconds: progress.first_chunk_cpu.get().and_then(|first| {
+                progress
+                    .last_commit_cpu
+                    .lock()
+                    .ok()
+                    .and_then(|last| last.map(|last| last - first))
             }),
             to_last_file: progress.first_chunk_at.get().and_then(|first| {
                 Progress::read(&progress.last_file_at)
@@ -140,8 +150,7 @@ pub async fn prepare(
         .map_err(anyhow::Error::msg)?;
     }
     let names = Arc::new(Names::new());
-    lookup::ensure_loaded(&settings, &sources, &*state).await?;
-    let weights = Arc::new(lookup::weight_table(&*state, &names).await?);
+    let weights = Arc::new(lookup::ensure_loaded(&settings, &sources, &*state, &names).await?);
     info!(pairs = weights.len(), "lookup table ready");
     let (doorbell, _) = tokio::sync::watch::channel(0);
     let (new_chunks, _) = tokio::sync::watch::channel(0);

@@ -59,6 +59,8 @@ pub struct JsonReport {
     pub latency_p99_ms: f64,
     pub peak_rss_mb: f64,
     pub cpu_seconds: f64,
+    /// CPU seconds between the first chunk and the last commit.
+    pub window_cpu_seconds: f64,
     pub wall_seconds: f64,
 }
 
@@ -87,6 +89,7 @@ impl JsonReport {
             latency_p99_ms: percentile_ms(&report.latencies_us, 99.0).unwrap_or(0.0),
             peak_rss_mb: peak_rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0),
             cpu_seconds: cpu_seconds().unwrap_or(0.0),
+            window_cpu_seconds: report.window_cpu_seconds.unwrap_or(0.0),
             wall_seconds: report.elapsed.as_secs_f64(),
         }
     }

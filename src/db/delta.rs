@@ -101,32 +101,36 @@ pub fn for_each_pair(blob: &[u8], visit: &mut dyn FnMut(PairRow<'_>)) -> DbResul
 }
 
 /// Pairs folded from consecutive deltas: counts and amounts added, the
-/// gender of each pair's first appearance kept.
+/// gender of each pair's first appearance kept. Names are interned once
+/// (in a table of its own), so folding allocates per distinct name, not
+/// per row.
 #[derive(Default)]
 pub struct Merged {
-    index: FxHashMap<(String, String), usize>,
+    names: Names,
+    index: FxHashMap<(u32, u32), usize>,
     pairs: Vec<MergedPair>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MergedPair {
-    pub merchant: String,
-    pub customer: String,
-    pub count: u64,
-    pub amount: i64,
-    pub gender: Gender,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MergedPair {
+    merchant: u32,
+    customer: u32,
+    count: u64,
+    amount: i64,
+    gender: Gender,
 }
 
 impl Merged {
     /// Folds one encoded delta in (deltas must come in chunk order).
     pub fn add(&mut self, blob: &[u8]) -> DbResult<()> {
+        let (names, index, pairs) = (&self.names, &mut self.index, &mut self.pairs);
         for_each_pair(blob, &mut |row| {
-            let key = (row.merchant.to_string(), row.customer.to_string());
-            let pairs = &mut self.pairs;
-            let slot = *self.index.entry(key).or_insert_with(|| {
+            let merchant = names.merchant(row.merchant).0;
+            let customer = names.customer(row.customer).0;
+            let slot = *index.entry((merchant, customer)).or_insert_with(|| {
                 pairs.push(MergedPair {
-                    merchant: row.merchant.to_string(),
-                    customer: row.customer.to_string(),
+                    merchant,
+                    customer,
                     count: 0,
                     amount: 0,
                     gender: row.gender,
@@ -139,14 +143,53 @@ impl Merged {
         })
     }
 
-    pub fn pairs(&self) -> &[MergedPair] {
-        &self.pairs
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    fn row(&self, pair: &MergedPair) -> PairRow<'_> {
+        PairRow {
+            merchant: self.names.name(pair.merchant),
+            customer: self.names.name(pair.customer),
+            count: pair.count,
+            amount: pair.amount,
+            gender: pair.gender,
+        }
+    }
+
+    /// The merged pairs in first-appearance order.
+    pub fn iter(&self) -> impl Iterator<Item = PairRow<'_>> {
+        self.pairs.iter().map(|pair| self.row(pair))
+    }
+
+    /// The merged pairs in key order (merchant, then customer): upserts in
+    /// this order touch each B-tree page once.
+    pub fn sorted(&self) -> impl Iterator<Item = PairRow<'_>> {
+        let mut order: Vec<u32> = (0..self.pairs.len() as u32).collect();
+        let key = |index: &u32| {
+            let pair = &self.pairs[*index as usize];
+            (
+                self.names.name(pair.merchant),
+                self.names.name(pair.customer),
+            )
+        };
+        order.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
+        order
+            .into_iter()
+            .map(|index| self.row(&self.pairs[index as usize]))
     }
 
     /// Visits one compacted row with its pending change (if any) added.
     pub fn overlay_row(&mut self, row: PairRow<'_>, visit: &mut dyn FnMut(PairRow<'_>)) {
-        let key = (row.merchant.to_string(), row.customer.to_string());
-        match self.index.remove(&key) {
+        let key = self
+            .names
+            .lookup(row.merchant)
+            .zip(self.names.lookup(row.customer));
+        match key.and_then(|key| self.index.remove(&key)) {
             Some(slot) => {
                 let pending = &mut self.pairs[slot];
                 visit(PairRow {
@@ -163,13 +206,7 @@ impl Merged {
     /// Visits the pairs that only exist in pending changes.
     pub fn finish(self, visit: &mut dyn FnMut(PairRow<'_>)) {
         for pair in self.pairs.iter().filter(|p| p.count > 0) {
-            visit(PairRow {
-                merchant: &pair.merchant,
-                customer: &pair.customer,
-                count: pair.count,
-                amount: pair.amount,
-                gender: pair.gender,
-            });
+            visit(self.row(pair));
         }
     }
 }
@@ -220,25 +257,35 @@ mod tests {
         let mut merged = Merged::default();
         merged.add(&first).unwrap();
         merged.add(&second).unwrap();
-        let pairs: Vec<_> = merged
-            .pairs()
-            .iter()
-            .map(|p| {
-                (
-                    p.merchant.as_str(),
-                    p.customer.as_str(),
-                    p.count,
-                    p.amount,
-                    p.gender,
-                )
-            })
-            .collect();
+        let row = |p: PairRow<'_>| {
+            (
+                p.merchant.to_string(),
+                p.customer.to_string(),
+                p.count,
+                p.amount,
+                p.gender,
+            )
+        };
+        let pairs: Vec<_> = merged.iter().map(row).collect();
+        let expected = vec![
+            (
+                "M1".to_string(),
+                "C1".to_string(),
+                3,
+                i64::MAX,
+                Gender::Female,
+            ),
+            ("M2".to_string(), "C1".to_string(), 1, 5, Gender::Other),
+            ("M1".to_string(), "C2".to_string(), 4, 10, Gender::Male),
+        ];
+        assert_eq!(pairs, expected);
+        let sorted: Vec<_> = merged.sorted().map(row).collect();
         assert_eq!(
-            pairs,
+            sorted,
             vec![
-                ("M1", "C1", 3, i64::MAX, Gender::Female),
-                ("M2", "C1", 1, 5, Gender::Other),
-                ("M1", "C2", 4, 10, Gender::Male),
+                expected[0].clone(),
+                expected[2].clone(),
+                expected[1].clone()
             ]
         );
     }

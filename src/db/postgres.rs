@@ -783,7 +783,7 @@ impl StateStore for PostgresStore {
                 &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT],
             );
             pin_mut!(writer);
-            for pair in merged.pairs() {
+            for pair in merged.iter() {
                 writer
                     .as_mut()
                     .write(&[

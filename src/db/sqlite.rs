@@ -89,6 +89,9 @@ impl SqliteStore {
         connection.busy_timeout(Duration::from_secs(10))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
+        // 32 MB of page cache: compactions upsert into a table of millions
+        // of pairs.
+        connection.pragma_update(None, "cache_size", -32_768)?;
         connection.set_prepared_statement_cache_capacity(64);
         Ok(SqliteStore {
             connection: Mutex::new(connection),
@@ -349,7 +352,7 @@ impl StateStore for SqliteStore {
         let Some(last) = last else { return Ok(0) };
         {
             let mut upsert = tx.prepare_cached(UPSERT_PAIR)?;
-            for pair in merged.pairs() {
+            for pair in merged.sorted() {
                 upsert.execute(params![
                     pair.merchant,
                     pair.customer,

@@ -46,6 +46,27 @@ impl CountTree {
         count
     }
 
+    /// The smallest value `v` such that at least `k` values are `<= v`
+    /// (`k >= 1`); `None` if the multiset holds fewer than `k` values.
+    pub fn lower_bound(&self, k: u64) -> Option<u64> {
+        if k == 0 || k > self.total {
+            return None;
+        }
+        // Binary lifting: the largest index whose prefix sum stays below k.
+        let mut index = 0usize;
+        let mut remaining = k;
+        let mut step = (self.tree.len() - 1).next_power_of_two();
+        while step > 0 {
+            let next = index + step;
+            if next < self.tree.len() && self.tree[next] < remaining {
+                index = next;
+                remaining -= self.tree[next];
+            }
+            step >>= 1;
+        }
+        Some(index as u64 + 1)
+    }
+
     fn add(&mut self, value: u64, delta: i64) {
         assert!(value > 0, "counts start at 1");
         let value = usize::try_from(value).expect("count fits in memory");
@@ -106,6 +127,12 @@ mod tests {
                 for probe in [1, a, b, 150, 301, 10_000] {
                     let naive = values.iter().filter(|&&v| v < probe).count() as u64;
                     prop_assert_eq!(tree.count_below(probe), naive);
+                }
+                let mut sorted = values.clone();
+                sorted.sort_unstable();
+                for k in [1u64, 2, a % 50, values.len() as u64, values.len() as u64 + 1] {
+                    let naive = (k >= 1 && k as usize <= sorted.len()).then(|| sorted[k as usize - 1]);
+                    prop_assert_eq!(tree.lower_bound(k), naive, "k = {}", k);
                 }
             }
             prop_assert_eq!(tree.len(), values.len() as u64);

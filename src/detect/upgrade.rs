@@ -4,12 +4,16 @@
 //!
 //! Ranks are SQL `PERCENT_RANK()` ascending, compared exactly:
 //! `10 * less_n >= 9 * (|P| - 1)` and `10 * less_w <= |W| - 1`. Instead of
-//! re-sorting every customer after every chunk, a big merchant keeps its
-//! weighted customers ordered by weight (only the bottom decile can match,
-//! so the scan stops there) and a Fenwick tree over transaction counts
-//! (so `less_n` of a candidate costs `O(log n)`).
+//! re-ranking every customer after every chunk, a big merchant keeps
+//!
+//! - a Fenwick tree over the transaction counts of its customers, which
+//!   gives the smallest count that is in the top decile in `O(log n)`, and
+//! - every customer with a weight at the merchant, sorted by weight once
+//!   (weights never change), each with its count and whether it was
+//!   emitted, so that the scan of the bottom decile (the only customers
+//!   that can match) reads one array in order and stops at the decile's
+//!   end, and a count update is one hash lookup.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -42,8 +46,84 @@ struct Population {
 struct Ranking {
     /// Multiset of `n(d, m)` over `P(m)`.
     counts: CountTree,
-    /// `W(m)` ordered by weight.
-    weighted: BTreeSet<(Weight, CustomerId)>,
+    /// Every customer with a weight at the merchant, ordered by weight once
+    /// and for all (weights never change); `W(m)` is those with a count.
+    by_weight: Vec<Slot>,
+    /// Where each weighted customer sits in `by_weight`.
+    slot_of: FxHashMap<CustomerId, u32>,
+    /// `|W(m)|`.
+    present: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    weight: Weight,
+    customer: CustomerId,
+    /// First slot with the same weight (ties share a rank).
+    group_start: u32,
+    /// `n(c, m)`; 0 while the customer is not in `P(m)`.
+    count: u64,
+    emitted: bool,
+}
+
+impl Ranking {
+    fn build(
+        merchant: MerchantId,
+        counts: &FxHashMap<CustomerId, u64>,
+        weights: &WeightTable,
+        emitted: &FxHashSet<(MerchantId, CustomerId)>,
+    ) -> Ranking {
+        let mut tree = CountTree::new();
+        for &count in counts.values() {
+            tree.insert(count);
+        }
+        let mut by_weight: Vec<Slot> = weights
+            .customers_of(merchant)
+            .map(|(customer, weight)| Slot {
+                weight,
+                customer,
+                group_start: 0,
+                count: counts.get(&customer).copied().unwrap_or(0),
+                emitted: emitted.contains(&(merchant, customer)),
+            })
+            .collect();
+        by_weight
+            .sort_unstable_by(|a, b| a.weight.cmp(&b.weight).then(a.customer.cmp(&b.customer)));
+        let mut slot_of = FxHashMap::default();
+        slot_of.reserve(by_weight.len());
+        for index in 0..by_weight.len() {
+            by_weight[index].group_start =
+                if index > 0 && by_weight[index - 1].weight == by_weight[index].weight {
+                    by_weight[index - 1].group_start
+                } else {
+                    index as u32
+                };
+            slot_of.insert(by_weight[index].customer, index as u32);
+        }
+        let present = by_weight.iter().filter(|slot| slot.count > 0).count() as u64;
+        Ranking {
+            counts: tree,
+            by_weight,
+            slot_of,
+            present,
+        }
+    }
+
+    /// A customer's count changed from `before` (0: new) to `after`.
+    fn update(&mut self, customer: CustomerId, before: u64, after: u64) {
+        if before == 0 {
+            self.counts.insert(after);
+        } else {
+            self.counts.replace(before, after);
+        }
+        if let Some(&index) = self.slot_of.get(&customer) {
+            let slot = &mut self.by_weight[index as usize];
+            if slot.count == 0 {
+                self.present += 1;
+            }
+            slot.count = after;
+        }
+    }
 }
 
 impl UpgradeDetector {
@@ -63,73 +143,68 @@ impl UpgradeDetector {
         if population.transactions <= self.thresholds.upgrade_min_merchant_txns {
             return;
         }
-        let ranking = population
-            .ranking
-            .get_or_insert_with(|| Ranking::build(merchant, &population.counts, &self.weights));
+        let ranking = population.ranking.get_or_insert_with(|| {
+            Ranking::build(merchant, &population.counts, &self.weights, &self.emitted)
+        });
         let customers = population.counts.len() as u64;
-        let weighted = ranking.weighted.len() as u64;
+        let weighted = ranking.present;
         // With a single customer, pr_n is 0 by definition: nobody matches.
         if customers < 2 || weighted == 0 {
             return;
         }
+        // pr_n(c) >= 0.9  <=>  less_n(c) >= ceil(9 (|P| - 1) / 10), which
+        // holds exactly for counts from `top` on.
+        let needed = (9 * (customers - 1)).div_ceil(10);
+        let top = if needed == 0 {
+            1
+        } else {
+            match ranking.counts.lower_bound(needed) {
+                Some(value) => value + 1,
+                None => return,
+            }
+        };
+        // Walk W(m) from the lightest: less_w is the number of present
+        // customers before a customer's weight group.
+        let mut present_before = 0u64;
         let mut less_w = 0u64;
-        let mut group_weight: Option<Weight> = None;
-        for (position, &(weight, customer)) in ranking.weighted.iter().enumerate() {
-            if group_weight != Some(weight) {
-                group_weight = Some(weight);
-                less_w = position as u64;
+        for index in 0..ranking.by_weight.len() {
+            let slot = ranking.by_weight[index];
+            if slot.group_start as usize == index {
+                less_w = present_before;
                 if 10 * less_w > weighted - 1 {
                     break;
                 }
             }
-            if self.emitted.contains(&(merchant, customer)) {
+            if slot.count == 0 {
                 continue;
             }
-            let count = population.counts[&customer];
-            let less_n = ranking.counts.count_below(count);
-            if 10 * less_n >= 9 * (customers - 1) {
-                out.push(Detection {
-                    key: DetectionKey {
-                        pattern: Pattern::Upgrade,
-                        merchant,
-                        customer: Some(customer),
-                    },
-                    evidence: Evidence {
-                        txn_count: Some(count),
-                        weight: Some(weight),
-                        txn_rank: Some(Ratio {
-                            numerator: less_n,
-                            denominator: customers - 1,
-                        }),
-                        weight_rank: Some(Ratio {
-                            numerator: less_w,
-                            denominator: weighted - 1,
-                        }),
-                        ..Evidence::default()
-                    },
-                });
+            present_before += 1;
+            if slot.emitted || slot.count < top {
+                continue;
             }
+            ranking.by_weight[index].emitted = true;
+            self.emitted.insert((merchant, slot.customer));
+            out.push(Detection {
+                key: DetectionKey {
+                    pattern: Pattern::Upgrade,
+                    merchant,
+                    customer: Some(slot.customer),
+                },
+                evidence: Evidence {
+                    txn_count: Some(slot.count),
+                    weight: Some(slot.weight),
+                    txn_rank: Some(Ratio {
+                        numerator: ranking.counts.count_below(slot.count),
+                        denominator: customers - 1,
+                    }),
+                    weight_rank: Some(Ratio {
+                        numerator: less_w,
+                        denominator: weighted - 1,
+                    }),
+                    ..Evidence::default()
+                },
+            });
         }
-    }
-}
-
-impl Ranking {
-    fn build(
-        merchant: MerchantId,
-        counts: &FxHashMap<CustomerId, u64>,
-        weights: &WeightTable,
-    ) -> Ranking {
-        let mut ranking = Ranking {
-            counts: CountTree::new(),
-            weighted: BTreeSet::new(),
-        };
-        for (&customer, &count) in counts {
-            ranking.counts.insert(count);
-            if let Some(weight) = weights.get(merchant, customer) {
-                ranking.weighted.insert((weight, customer));
-            }
-        }
-        ranking
     }
 }
 
@@ -170,14 +245,7 @@ impl PatternEngine for UpgradeDetector {
             *count += u64::from(pair.count);
             let after = *count;
             if let Some(ranking) = population.ranking.as_mut() {
-                if before == 0 {
-                    ranking.counts.insert(after);
-                    if let Some(weight) = self.weights.get(pair.merchant, pair.customer) {
-                        ranking.weighted.insert((weight, pair.customer));
-                    }
-                } else {
-                    ranking.counts.replace(before, after);
-                }
+                ranking.update(pair.customer, before, after);
             }
             self.touched.push(pair.merchant);
         }
@@ -185,13 +253,7 @@ impl PatternEngine for UpgradeDetector {
         self.touched.dedup();
         let touched = std::mem::take(&mut self.touched);
         for &merchant in &touched {
-            let start = out.len();
             self.evaluate(merchant, out);
-            for detection in &out[start..] {
-                if let Some(customer) = detection.key.customer {
-                    self.emitted.insert((merchant, customer));
-                }
-            }
         }
         self.touched = touched;
     }

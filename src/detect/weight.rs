@@ -51,10 +51,13 @@ impl Ord for Weight {
     }
 }
 
-/// The lookup table `w(c, m)`, loaded once before detection starts.
+/// The lookup table `w(c, m)`, loaded once before detection starts,
+/// grouped by merchant (PatId1 ranks a merchant's customers together) and
+/// kept as sorted arrays: a few bytes per pair, for millions of pairs.
 #[derive(Clone, Debug, Default)]
 pub struct WeightTable {
-    weights: FxHashMap<(MerchantId, CustomerId), Weight>,
+    by_merchant: FxHashMap<MerchantId, Vec<(CustomerId, Weight)>>,
+    len: usize,
 }
 
 impl WeightTable {
@@ -62,27 +65,61 @@ impl WeightTable {
         WeightTable::default()
     }
 
-    /// Adds one CustomerImportance row (or an already aggregated group).
-    pub fn add(&mut self, merchant: MerchantId, customer: CustomerId, sum: Cents, rows: u64) {
-        let entry = self.weights.entry((merchant, customer)).or_insert(Weight {
-            sum: Cents(0),
-            rows: 0,
-        });
-        entry.sum = entry.sum.saturating_add(sum);
-        entry.rows += rows;
+    /// Builds the table from `(merchant, customer, weight sum, rows)`;
+    /// entries of the same pair are added together.
+    pub fn from_entries(
+        entries: impl IntoIterator<Item = (MerchantId, CustomerId, Cents, u64)>,
+    ) -> WeightTable {
+        let mut by_merchant: FxHashMap<MerchantId, Vec<(CustomerId, Weight)>> =
+            FxHashMap::default();
+        for (merchant, customer, sum, rows) in entries {
+            by_merchant
+                .entry(merchant)
+                .or_default()
+                .push((customer, Weight { sum, rows }));
+        }
+        let mut len = 0;
+        for customers in by_merchant.values_mut() {
+            customers.sort_unstable_by_key(|&(customer, _)| customer);
+            customers.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    earlier.1.sum = earlier.1.sum.saturating_add(later.1.sum);
+                    earlier.1.rows += later.1.rows;
+                }
+                same
+            });
+            customers.shrink_to_fit();
+            len += customers.len();
+        }
+        WeightTable { by_merchant, len }
     }
 
-    #[inline]
     pub fn get(&self, merchant: MerchantId, customer: CustomerId) -> Option<Weight> {
-        self.weights.get(&(merchant, customer)).copied()
+        let customers = self.by_merchant.get(&merchant)?;
+        let index = customers
+            .binary_search_by_key(&customer, |&(c, _)| c)
+            .ok()?;
+        Some(customers[index].1)
+    }
+
+    /// Every customer with a weight at `merchant`.
+    pub fn customers_of(
+        &self,
+        merchant: MerchantId,
+    ) -> impl Iterator<Item = (CustomerId, Weight)> + '_ {
+        self.by_merchant
+            .get(&merchant)
+            .into_iter()
+            .flat_map(|customers| customers.iter().copied())
     }
 
     pub fn len(&self) -> usize {
-        self.weights.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.weights.is_empty()
+        self.len == 0
     }
 }
 
@@ -102,9 +139,12 @@ mod tests {
 
     #[test]
     fn averages_over_all_rows() {
-        let mut table = WeightTable::new();
-        table.add(MerchantId(1), CustomerId(2), Cents(1000), 1);
-        table.add(MerchantId(1), CustomerId(2), Cents(2001), 1);
+        let table = WeightTable::from_entries([
+            (MerchantId(1), CustomerId(2), Cents(1000), 1),
+            (MerchantId(1), CustomerId(3), Cents(5), 1),
+            (MerchantId(1), CustomerId(2), Cents(2001), 1),
+        ]);
+        assert_eq!(table.len(), 2);
         let w = table.get(MerchantId(1), CustomerId(2)).unwrap();
         assert_eq!(w, Weight::new(Cents(3001), 2));
         assert!(table.get(MerchantId(2), CustomerId(1)).is_none());

@@ -8,18 +8,16 @@ use std::io::Read;
 use rustc_hash::FxHashMap;
 
 use super::fields::{clean, locate_columns};
-use crate::detect::{Cents, parse_amount};
+use crate::detect::{Cents, CustomerId, MerchantId, parse_amount};
+use crate::names::Names;
 
 const REQUIRED_COLUMNS: [&str; 3] = ["source", "target", "weight"];
 
-/// Per customer of one merchant: (sum of weights, rows).
-type CustomerTotals = FxHashMap<Box<str>, (i64, u64)>;
-
 /// One aggregated lookup entry: `w = weight_sum / rows`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ImportanceRow {
-    pub customer: String,
-    pub merchant: String,
+    pub merchant: MerchantId,
+    pub customer: CustomerId,
     pub weight_sum: Cents,
     pub rows: u64,
 }
@@ -29,7 +27,7 @@ pub struct Importance {
     /// Data rows read, good and bad.
     pub rows: u64,
     pub bad_rows: u64,
-    /// Aggregated entries, sorted by merchant then customer.
+    /// Aggregated entries, in order of first appearance.
     pub entries: Vec<ImportanceRow>,
 }
 
@@ -45,8 +43,9 @@ pub enum ImportanceError {
     Overflow { customer: String, merchant: String },
 }
 
-/// Reads and aggregates a CustomerImportance file.
-pub fn read_importance<R: Read>(source: R) -> Result<Importance, ImportanceError> {
+/// Reads and aggregates a CustomerImportance file; names become ids of
+/// `names`, so a file of millions of rows costs a few bytes per pair.
+pub fn read_importance<R: Read>(source: R, names: &Names) -> Result<Importance, ImportanceError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -58,7 +57,7 @@ pub fn read_importance<R: Read>(source: R) -> Result<Importance, ImportanceError
     let header_fields = record.len();
     let [source_col, target_col, weight_col] =
         locate_columns(&record, REQUIRED_COLUMNS).map_err(ImportanceError::MissingColumns)?;
-    let mut totals: FxHashMap<Box<str>, CustomerTotals> = FxHashMap::default();
+    let mut slots: FxHashMap<(u32, u32), usize> = FxHashMap::default();
     let mut summary = Importance::default();
     while reader.read_byte_record(&mut record)? {
         summary.rows += 1;
@@ -81,41 +80,27 @@ pub fn read_importance<R: Read>(source: R) -> Result<Importance, ImportanceError
             continue;
         };
         // Valid UTF-8 was checked for the whole record above.
-        let customer = std::str::from_utf8(customer).expect("checked");
-        let merchant = std::str::from_utf8(merchant).expect("checked");
-        let per_merchant = match totals.get_mut(merchant) {
-            Some(map) => map,
-            None => totals.entry(merchant.into()).or_default(),
-        };
-        let entry = match per_merchant.get_mut(customer) {
-            Some(entry) => entry,
-            None => per_merchant.entry(customer.into()).or_insert((0, 0)),
-        };
-        entry.0 = entry
-            .0
-            .checked_add(weight.0)
-            .ok_or_else(|| ImportanceError::Overflow {
-                customer: customer.to_string(),
-                merchant: merchant.to_string(),
-            })?;
-        entry.1 += 1;
+        let customer = names.customer(std::str::from_utf8(customer).expect("checked"));
+        let merchant = names.merchant(std::str::from_utf8(merchant).expect("checked"));
+        let entries = &mut summary.entries;
+        let slot = *slots.entry((merchant.0, customer.0)).or_insert_with(|| {
+            entries.push(ImportanceRow {
+                merchant,
+                customer,
+                weight_sum: Cents(0),
+                rows: 0,
+            });
+            entries.len() - 1
+        });
+        let entry = &mut entries[slot];
+        entry.weight_sum = Cents(entry.weight_sum.0.checked_add(weight.0).ok_or_else(|| {
+            ImportanceError::Overflow {
+                customer: names.name(customer.0).to_string(),
+                merchant: names.name(merchant.0).to_string(),
+            }
+        })?);
+        entry.rows += 1;
     }
-    summary.entries = totals
-        .into_iter()
-        .flat_map(|(merchant, customers)| {
-            customers
-                .into_iter()
-                .map(move |(customer, (sum, rows))| ImportanceRow {
-                    customer: customer.into(),
-                    merchant: merchant.to_string(),
-                    weight_sum: Cents(sum),
-                    rows,
-                })
-        })
-        .collect();
-    summary
-        .entries
-        .sort_unstable_by(|a, b| (&a.merchant, &a.customer).cmp(&(&b.merchant, &b.customer)));
     Ok(summary)
 }
 
@@ -132,37 +117,35 @@ mod tests {
                     'C2','',1,'es_food',0\r\n\
                     'C3','M1',-1,'es_food',0\r\n\
                     'C3','M1',1,'es_food'\r\n";
-        let summary = read_importance(data.as_bytes()).unwrap();
+        let names = Names::new();
+        let summary = read_importance(data.as_bytes(), &names).unwrap();
         assert_eq!(summary.rows, 6);
         assert_eq!(summary.bad_rows, 3);
-        assert_eq!(
-            summary.entries,
-            vec![
-                ImportanceRow {
-                    customer: "C1".into(),
-                    merchant: "M1".into(),
-                    weight_sum: Cents(1455),
-                    rows: 2
-                },
-                ImportanceRow {
-                    customer: "C2".into(),
-                    merchant: "M1".into(),
-                    weight_sum: Cents(100),
-                    rows: 1
-                },
-            ]
-        );
+        let entries: Vec<(&str, &str, i64, u64)> = summary
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    names.name(e.merchant.0),
+                    names.name(e.customer.0),
+                    e.weight_sum.0,
+                    e.rows,
+                )
+            })
+            .collect();
+        assert_eq!(entries, vec![("M1", "C1", 1455, 2), ("M1", "C2", 100, 1)]);
     }
 
     #[test]
     fn a_wrong_header_is_an_error() {
-        let err = read_importance(&b"customer,merchant,amount\n"[..]).unwrap_err();
+        let names = Names::new();
+        let err = read_importance(&b"customer,merchant,amount\n"[..], &names).unwrap_err();
         assert_eq!(
             err.to_string(),
             "CustomerImportance header lacks column(s) source, target, weight"
         );
         assert!(matches!(
-            read_importance(&b""[..]),
+            read_importance(&b""[..], &names),
             Err(ImportanceError::Empty)
         ));
     }

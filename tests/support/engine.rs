@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use txpipe::detect::{Cents, Pattern, PatternEngine, Shard, Thresholds, WeightTable, engine_for};
+use txpipe::detect::{Pattern, PatternEngine, Shard, Thresholds, WeightTable, engine_for};
 use txpipe::input::importance::read_importance;
 use txpipe::input::transactions::ChunkParser;
 use txpipe::names::Names;
@@ -37,15 +37,12 @@ pub fn run(
     shards: u32,
 ) -> Vec<Emission> {
     let names = Names::new();
-    let mut table = WeightTable::new();
-    for entry in read_importance(network.as_bytes()).unwrap().entries {
-        table.add(
-            names.merchant(&entry.merchant),
-            names.customer(&entry.customer),
-            Cents(entry.weight_sum.0),
-            entry.rows,
-        );
-    }
+    let entries = read_importance(network.as_bytes(), &names).unwrap().entries;
+    let table = WeightTable::from_entries(
+        entries
+            .into_iter()
+            .map(|e| (e.merchant, e.customer, e.weight_sum, e.rows)),
+    );
     let table = Arc::new(table);
     let mut engines: Vec<Box<dyn PatternEngine>> = Vec::new();
     for pattern in Pattern::ALL {
