@@ -75,6 +75,7 @@ pub struct DatabaseConfig {
     pub max_attempts: u32,
     pub compact_every: usize,
     pub compact_max_pending: usize,
+    pub shutdown_compact_ms: u64,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -85,6 +86,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("max_attempts", &self.max_attempts)
             .field("compact_every", &self.compact_every)
             .field("compact_max_pending", &self.compact_max_pending)
+            .field("shutdown_compact_ms", &self.shutdown_compact_ms)
             .finish()
     }
 }
@@ -283,6 +285,11 @@ impl Settings {
             self.database.compact_max_pending >= self.database.compact_every,
             "database.compact_max_pending",
             "must be at least database.compact_every",
+        )?;
+        check(
+            self.database.shutdown_compact_ms < self.supervisor.shutdown_timeout_ms,
+            "database.shutdown_compact_ms",
+            "must be less than supervisor.shutdown_timeout_ms",
         )?;
         check(
             self.watcher.max_in_flight >= 1,

@@ -176,3 +176,30 @@ fn a_crash_loop_stops_the_process_with_a_clear_error() {
 fn settings_for_rerun(dir: &Path) -> txpipe::config::Settings {
     settings(dir)
 }
+
+#[test]
+fn state_left_uncompacted_at_shutdown_is_folded_by_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = settings(dir.path());
+    // No fold during the run, none at shutdown: every chunk's state change
+    // stays a pending delta.
+    first.database.compact_every = 10_000;
+    first.database.compact_max_pending = 10_000;
+    first.database.shutdown_compact_ms = 0;
+    let report = app::run(first, RunMode::UntilDone, Vec::new()).unwrap();
+    assert_eq!(report.exit_code, 0, "{:?}", report.error);
+    let db = rusqlite::Connection::open(dir.path().join("state.sqlite")).unwrap();
+    let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    let chunks = count("SELECT COUNT(*) FROM processed_chunks");
+    assert_eq!(count("SELECT COUNT(*) FROM chunk_deltas"), chunks);
+    assert_eq!(count("SELECT COUNT(*) FROM pair_state"), 0);
+    drop(db);
+    let report = app::run(settings(dir.path()), RunMode::UntilDone, Vec::new()).unwrap();
+    assert_eq!(report.exit_code, 0, "{:?}", report.error);
+    assert_same_as_uninterrupted(dir.path());
+    let db = rusqlite::Connection::open(dir.path().join("state.sqlite")).unwrap();
+    let left: i64 = db
+        .query_row("SELECT COUNT(*) FROM chunk_deltas", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "the next start folds what was left");
+}

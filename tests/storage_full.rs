@@ -29,6 +29,10 @@ impl Tmpfs {
         match status {
             Ok(out) if out.status.success() => Some(Tmpfs { dir }),
             other => {
+                assert!(
+                    !support::ci(),
+                    "CI=true but a tmpfs cannot be mounted: {other:?}"
+                );
                 eprintln!("cannot mount a tmpfs ({other:?}); skipping");
                 None
             }

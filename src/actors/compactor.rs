@@ -6,7 +6,8 @@
 //! transaction, then deletes them: `database.compact_every` at a time once
 //! that many wait and the pipeline is idle (paced mode, between chunks),
 //! in larger slices once `database.compact_max_pending` wait whatever
-//! happens, and all of them at shutdown.
+//! happens, and at shutdown as many as fit in
+//! `database.shutdown_compact_ms` (the rest waits for the next start).
 //! It never changes the cumulative state, only where it is kept, so it can
 //! fail or be repeated at any point. On PostgreSQL it runs beside the
 //! commits; on SQLite the single writer serializes them.
@@ -16,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::context::{PipelineContext, Progress, contain_async};
 use super::supervisor::Lifeline;
@@ -103,7 +104,25 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), CompactError> {
     let mut last_commit = Instant::now();
     loop {
         if p.lifecycle.final_compact.is_cancelled() {
-            while compact(p, most).await? > 0 {}
+            // Leaving deltas behind is always safe (the next start reads
+            // them and compacts them), so the final fold only takes what
+            // fits in its share of the shutdown bound, in small slices so
+            // that no single transaction overruns it.
+            let budget = Duration::from_millis(p.settings.database.shutdown_compact_ms);
+            let stop_at = Instant::now() + budget;
+            let mut left_behind = true;
+            while Instant::now() < stop_at {
+                if compact(p, every).await? == 0 {
+                    left_behind = false;
+                    break;
+                }
+            }
+            if left_behind {
+                info!(
+                    budget_ms = budget.as_millis() as u64,
+                    "state compaction not finished at shutdown; the next start continues it"
+                );
+            }
             p.progress.compacted.store(true, Ordering::Release);
             return Ok(());
         }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::{DbError, DbResult, PairRow};
 use crate::detect::{ChunkDelta, Gender};
 use crate::names::Names;
+use lasso::{Key, Rodeo, Spur};
 
 const VERSION: u8 = 1;
 
@@ -102,11 +103,12 @@ pub fn for_each_pair(blob: &[u8], visit: &mut dyn FnMut(PairRow<'_>)) -> DbResul
 
 /// Pairs folded from consecutive deltas: counts and amounts added, the
 /// gender of each pair's first appearance kept. Names are interned once
-/// (in a table of its own), so folding allocates per distinct name, not
+/// in a table of its own (single-threaded, so turning an id back into a
+/// name is an array index), so folding allocates per distinct name, not
 /// per row.
 #[derive(Default)]
 pub struct Merged {
-    names: Names,
+    names: Rodeo,
     index: FxHashMap<(u32, u32), usize>,
     pairs: Vec<MergedPair>,
 }
@@ -123,10 +125,10 @@ struct MergedPair {
 impl Merged {
     /// Folds one encoded delta in (deltas must come in chunk order).
     pub fn add(&mut self, blob: &[u8]) -> DbResult<()> {
-        let (names, index, pairs) = (&self.names, &mut self.index, &mut self.pairs);
+        let (names, index, pairs) = (&mut self.names, &mut self.index, &mut self.pairs);
         for_each_pair(blob, &mut |row| {
-            let merchant = names.merchant(row.merchant).0;
-            let customer = names.customer(row.customer).0;
+            let merchant = names.get_or_intern(row.merchant).into_usize() as u32;
+            let customer = names.get_or_intern(row.customer).into_usize() as u32;
             let slot = *index.entry((merchant, customer)).or_insert_with(|| {
                 pairs.push(MergedPair {
                     merchant,
@@ -151,10 +153,15 @@ impl Merged {
         self.pairs.is_empty()
     }
 
+    fn name(&self, id: u32) -> &str {
+        let key = Spur::try_from_usize(id as usize).expect("id from this table");
+        self.names.resolve(&key)
+    }
+
     fn row(&self, pair: &MergedPair) -> PairRow<'_> {
         PairRow {
-            merchant: self.names.name(pair.merchant),
-            customer: self.names.name(pair.customer),
+            merchant: self.name(pair.merchant),
+            customer: self.name(pair.customer),
             count: pair.count,
             amount: pair.amount,
             gender: pair.gender,
@@ -169,26 +176,15 @@ impl Merged {
     /// The merged pairs in key order (merchant, then customer): upserts in
     /// this order touch each B-tree page once.
     pub fn sorted(&self) -> impl Iterator<Item = PairRow<'_>> {
-        let mut order: Vec<u32> = (0..self.pairs.len() as u32).collect();
-        let key = |index: &u32| {
-            let pair = &self.pairs[*index as usize];
-            (
-                self.names.name(pair.merchant),
-                self.names.name(pair.customer),
-            )
-        };
-        order.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
-        order
-            .into_iter()
-            .map(|index| self.row(&self.pairs[index as usize]))
+        let mut rows: Vec<PairRow<'_>> = self.iter().collect();
+        rows.sort_unstable_by(|a, b| (a.merchant, a.customer).cmp(&(b.merchant, b.customer)));
+        rows.into_iter()
     }
 
     /// Visits one compacted row with its pending change (if any) added.
     pub fn overlay_row(&mut self, row: PairRow<'_>, visit: &mut dyn FnMut(PairRow<'_>)) {
-        let key = self
-            .names
-            .lookup(row.merchant)
-            .zip(self.names.lookup(row.customer));
+        let id = |name: &str| self.names.get(name).map(|key| key.into_usize() as u32);
+        let key = id(row.merchant).zip(id(row.customer));
         match key.and_then(|key| self.index.remove(&key)) {
             Some(slot) => {
                 let pending = &mut self.pairs[slot];
