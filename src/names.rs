@@ -48,11 +48,6 @@ impl Names {
         self.table.get_or_intern(name).into_usize() as u32
     }
 
-    /// The id of a name already in the table.
-    pub fn lookup(&self, name: &str) -> Option<u32> {
-        self.table.get(name).map(|key| key.into_usize() as u32)
-    }
-
     /// The name behind an id handed out by this table.
     pub fn name(&self, id: u32) -> &str {
         let key = Spur::try_from_usize(id as usize).expect("id from this table");

@@ -145,14 +145,6 @@ impl Merged {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.pairs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
-    }
-
     fn name(&self, id: u32) -> &str {
         let key = Spur::try_from_usize(id as usize).expect("id from this table");
         self.names.resolve(&key)

@@ -61,10 +61,6 @@ pub struct WeightTable {
 }
 
 impl WeightTable {
-    pub fn new() -> WeightTable {
-        WeightTable::default()
-    }
-
     /// Builds the table from `(merchant, customer, weight sum, rows)`;
     /// entries of the same pair are added together.
     pub fn from_entries(
