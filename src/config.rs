@@ -444,6 +444,11 @@ mod tests {
         assert!(err.to_string().contains("database.url"), "{err}");
         let err = load(None, &[("TXPIPE__STORAGE__KIND", "s3")]).unwrap_err();
         assert!(err.to_string().contains("storage.bucket"), "{err}");
+        let err = load(None, &[("TXPIPE__DATABASE__SHUTDOWN_COMPACT_MS", "30000")]).unwrap_err();
+        assert!(
+            err.to_string().contains("database.shutdown_compact_ms"),
+            "{err}"
+        );
     }
 
     #[test]
