@@ -37,11 +37,22 @@ pub struct UpgradeDetector {
 struct Population {
     /// `N(m)`.
     transactions: u64,
-    /// `n(c, m)` for every customer of `P(m)`.
-    counts: FxHashMap<CustomerId, u64>,
+    /// `n(c, m)` for every customer of `P(m)`, with the customer's place in
+    /// the ranking, so that a count update costs one hash lookup.
+    counts: FxHashMap<CustomerId, Tally>,
     /// Built once the merchant passes the size threshold.
     ranking: Option<Ranking>,
 }
+
+#[derive(Clone, Copy)]
+struct Tally {
+    count: u64,
+    /// Index into `Ranking::by_weight`; `NO_SLOT` while the merchant has no
+    /// ranking or the customer has no weight at it.
+    slot: u32,
+}
+
+const NO_SLOT: u32 = u32::MAX;
 
 struct Ranking {
     /// Multiset of `n(d, m)` over `P(m)`.
@@ -49,7 +60,8 @@ struct Ranking {
     /// Every customer with a weight at the merchant, ordered by weight once
     /// and for all (weights never change); `W(m)` is those with a count.
     by_weight: Vec<Slot>,
-    /// Where each weighted customer sits in `by_weight`.
+    /// Where each weighted customer sits in `by_weight` (read when a
+    /// customer first appears at the merchant, then kept in its `Tally`).
     slot_of: FxHashMap<CustomerId, u32>,
     /// `|W(m)|`.
     present: u64,
@@ -69,13 +81,13 @@ struct Slot {
 impl Ranking {
     fn build(
         merchant: MerchantId,
-        counts: &FxHashMap<CustomerId, u64>,
+        counts: &mut FxHashMap<CustomerId, Tally>,
         weights: &WeightTable,
         emitted: &FxHashSet<(MerchantId, CustomerId)>,
     ) -> Ranking {
         let mut tree = CountTree::new();
-        for &count in counts.values() {
-            tree.insert(count);
+        for tally in counts.values() {
+            tree.insert(tally.count);
         }
         let mut by_weight: Vec<Slot> = weights
             .customers_of(merchant)
@@ -83,7 +95,7 @@ impl Ranking {
                 weight,
                 customer,
                 group_start: 0,
-                count: counts.get(&customer).copied().unwrap_or(0),
+                count: counts.get(&customer).map_or(0, |tally| tally.count),
                 emitted: emitted.contains(&(merchant, customer)),
             })
             .collect();
@@ -100,6 +112,9 @@ impl Ranking {
                 };
             slot_of.insert(by_weight[index].customer, index as u32);
         }
+        for (customer, tally) in counts.iter_mut() {
+            tally.slot = slot_of.get(customer).copied().unwrap_or(NO_SLOT);
+        }
         let present = by_weight.iter().filter(|slot| slot.count > 0).count() as u64;
         Ranking {
             counts: tree,
@@ -110,18 +125,19 @@ impl Ranking {
     }
 
     /// A customer's count changed from `before` (0: new) to `after`.
-    fn update(&mut self, customer: CustomerId, before: u64, after: u64) {
+    fn update(&mut self, customer: CustomerId, tally: &mut Tally, before: u64) {
         if before == 0 {
-            self.counts.insert(after);
+            self.counts.insert(tally.count);
+            tally.slot = self.slot_of.get(&customer).copied().unwrap_or(NO_SLOT);
         } else {
-            self.counts.replace(before, after);
+            self.counts.replace(before, tally.count);
         }
-        if let Some(&index) = self.slot_of.get(&customer) {
-            let slot = &mut self.by_weight[index as usize];
+        if tally.slot != NO_SLOT {
+            let slot = &mut self.by_weight[tally.slot as usize];
             if slot.count == 0 {
                 self.present += 1;
             }
-            slot.count = after;
+            slot.count = tally.count;
         }
     }
 }
@@ -144,7 +160,12 @@ impl UpgradeDetector {
             return;
         }
         let ranking = population.ranking.get_or_insert_with(|| {
-            Ranking::build(merchant, &population.counts, &self.weights, &self.emitted)
+            Ranking::build(
+                merchant,
+                &mut population.counts,
+                &self.weights,
+                &self.emitted,
+            )
         });
         let customers = population.counts.len() as u64;
         let weighted = ranking.present;
@@ -223,7 +244,13 @@ impl PatternEngine for UpgradeDetector {
         {
             let population = self.merchants.entry(pair.merchant).or_default();
             population.transactions += pair.count;
-            population.counts.insert(pair.customer, pair.count);
+            population.counts.insert(
+                pair.customer,
+                Tally {
+                    count: pair.count,
+                    slot: NO_SLOT,
+                },
+            );
         }
         for key in &snapshot.emitted {
             if key.pattern == Pattern::Upgrade
@@ -240,12 +267,14 @@ impl PatternEngine for UpgradeDetector {
         for pair in delta.pairs.iter().filter(|p| self.shard.owns(p.merchant)) {
             let population = self.merchants.entry(pair.merchant).or_default();
             population.transactions += u64::from(pair.count);
-            let count = population.counts.entry(pair.customer).or_insert(0);
-            let before = *count;
-            *count += u64::from(pair.count);
-            let after = *count;
+            let tally = population.counts.entry(pair.customer).or_insert(Tally {
+                count: 0,
+                slot: NO_SLOT,
+            });
+            let before = tally.count;
+            tally.count += u64::from(pair.count);
             if let Some(ranking) = population.ranking.as_mut() {
-                ranking.update(pair.customer, before, after);
+                ranking.update(pair.customer, tally, before);
             }
             self.touched.push(pair.merchant);
         }
