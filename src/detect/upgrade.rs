@@ -124,7 +124,8 @@ impl Ranking {
         }
     }
 
-    /// A customer's count changed from `before` (0: new) to `after`.
+    /// A customer's count changed from `before` (0: new) to `tally.count`;
+    /// a newcomer's place in `by_weight` is looked up once, into its tally.
     fn update(&mut self, customer: CustomerId, tally: &mut Tally, before: u64) {
         if before == 0 {
             self.counts.insert(tally.count);
