@@ -91,14 +91,6 @@ impl WeightTable {
         WeightTable { by_merchant, len }
     }
 
-    pub fn get(&self, merchant: MerchantId, customer: CustomerId) -> Option<Weight> {
-        let customers = self.by_merchant.get(&merchant)?;
-        let index = customers
-            .binary_search_by_key(&customer, |&(c, _)| c)
-            .ok()?;
-        Some(customers[index].1)
-    }
-
     /// Every customer with a weight at `merchant`.
     pub fn customers_of(
         &self,
@@ -141,8 +133,14 @@ mod tests {
             (MerchantId(1), CustomerId(2), Cents(2001), 1),
         ]);
         assert_eq!(table.len(), 2);
-        let w = table.get(MerchantId(1), CustomerId(2)).unwrap();
-        assert_eq!(w, Weight::new(Cents(3001), 2));
-        assert!(table.get(MerchantId(2), CustomerId(1)).is_none());
+        let customers: Vec<_> = table.customers_of(MerchantId(1)).collect();
+        assert_eq!(
+            customers,
+            vec![
+                (CustomerId(2), Weight::new(Cents(3001), 2)),
+                (CustomerId(3), Weight::new(Cents(5), 1)),
+            ]
+        );
+        assert_eq!(table.customers_of(MerchantId(2)).count(), 0);
     }
 }
