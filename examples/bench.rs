@@ -193,6 +193,9 @@ bucket = "txpipe-bench"
 prefix = "run"
 endpoint = "{endpoint}"
 path_style = true
+# The test server speaks plain HTTP, where "auto" would sign every upload's
+# SHA-256; a deployment talks TLS to S3, where "auto" does not.
+sign_payload = "never"
 [database]
 url = "{url}"
 [log]
@@ -302,6 +305,13 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for workload in &chosen {
         let mut reports: Vec<JsonReport> = (0..repeat).map(|_| run(workload)).collect();
+        if repeat > 1 {
+            let rates: Vec<String> = reports
+                .iter()
+                .map(|r| format!("{:.0}", r.transactions_per_second))
+                .collect();
+            eprintln!("{workload}: transactions/s per run: {}", rates.join(", "));
+        }
         // The median run by throughput.
         reports.sort_by(|a, b| {
             a.transactions_per_second

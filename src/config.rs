@@ -52,6 +52,34 @@ pub enum StorageKind {
     S3,
 }
 
+/// Whether S3 uploads sign a SHA-256 of their body (SigV4 payload signing).
+///
+/// Every upload carries a CRC32 checksum header, which is signed and which
+/// the store verifies, so the body is protected either way; signing the
+/// payload adds a second hash of every byte on both ends.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadSigning {
+    /// Sign over plain `http://` endpoints, not over TLS (which already
+    /// protects the bytes in transit), as the AWS SDKs for Java and Python do.
+    Auto,
+    Always,
+    Never,
+}
+
+impl PayloadSigning {
+    /// Whether uploads to `endpoint` ("" = AWS, always TLS) sign the payload.
+    pub fn signs(self, endpoint: &str) -> bool {
+        match self {
+            PayloadSigning::Always => true,
+            PayloadSigning::Never => false,
+            PayloadSigning::Auto => endpoint
+                .get(..7)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
@@ -63,6 +91,7 @@ pub struct StorageConfig {
     pub region: String,
     pub endpoint: String,
     pub path_style: bool,
+    pub sign_payload: PayloadSigning,
     pub request_timeout_ms: u64,
     pub max_attempts: u32,
 }
@@ -384,6 +413,19 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payload_signing_auto_signs_only_over_plain_http() {
+        assert!(PayloadSigning::Auto.signs("http://127.0.0.1:9000"));
+        assert!(PayloadSigning::Auto.signs("HTTP://minio.internal"));
+        assert!(!PayloadSigning::Auto.signs("https://minio.internal:9000"));
+        assert!(!PayloadSigning::Auto.signs(""), "AWS itself: always TLS");
+        assert!(PayloadSigning::Always.signs("https://s3.amazonaws.com"));
+        assert!(!PayloadSigning::Never.signs("http://127.0.0.1:9000"));
+        let settings = load(None, &[("TXPIPE__STORAGE__SIGN_PAYLOAD", "never")]).unwrap();
+        assert_eq!(settings.storage.sign_payload, PayloadSigning::Never);
+        assert!(load(None, &[("TXPIPE__STORAGE__SIGN_PAYLOAD", "sometimes")]).is_err());
+    }
 
     fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
         let dir = tempfile::tempdir().unwrap();

@@ -31,6 +31,8 @@ pub struct S3Store {
     bucket: String,
     /// Key prefix inside the bucket: empty or ending in `/`.
     prefix: String,
+    /// See [`crate::config::PayloadSigning`].
+    sign_payload: bool,
 }
 
 /// Builds an S3 client from the storage settings and the default
@@ -132,14 +134,24 @@ where
 impl S3Store {
     pub async fn connect(storage: &StorageConfig) -> S3Store {
         S3Store::new(client(storage).await, &storage.bucket, &storage.prefix)
+            .sign_payload(storage.sign_payload.signs(&storage.endpoint))
     }
 
+    /// A store whose uploads sign their payload; see [`S3Store::sign_payload`].
     pub fn new(client: Client, bucket: &str, prefix: &str) -> S3Store {
         S3Store {
             client,
             bucket: bucket.to_string(),
             prefix: normalize_prefix(prefix),
+            sign_payload: true,
         }
+    }
+
+    /// Whether uploads sign a SHA-256 of their body; without it they are
+    /// still covered by their signed CRC32 checksum header.
+    pub fn sign_payload(mut self, sign: bool) -> S3Store {
+        self.sign_payload = sign;
+        self
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -157,7 +169,7 @@ impl ObjectStore for S3Store {
         let store = self.clone();
         let key = key.to_string();
         io_runtime::run(async move {
-            store
+            let request = store
                 .client
                 .put_object()
                 .bucket(&store.bucket)
@@ -167,11 +179,13 @@ impl ObjectStore for S3Store {
                 } else {
                     "application/octet-stream"
                 })
-                .body(ByteStream::from(body))
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| classify("PUT", &key, e))
+                .body(ByteStream::from(body));
+            let sent = if store.sign_payload {
+                request.send().await
+            } else {
+                request.customize().disable_payload_signing().send().await
+            };
+            sent.map(|_| ()).map_err(|e| classify("PUT", &key, e))
         })
         .await
     }
