@@ -497,8 +497,8 @@ async fn fetch(
             // that several chunks parse at once, beside this thread.
             let (names, data) = (p.names.clone(), body.clone());
             let parsed = tokio::task::spawn_blocking(move || {
-                ChunkParser::new().parse(&data, &names).map(|chunk| {
-                    let encoded = Bytes::from(crate::db::delta::encode(&chunk.delta, &names));
+                ChunkParser::new().parse(&data, &names).map(|mut chunk| {
+                    let encoded = Bytes::from(std::mem::take(&mut chunk.encoded_delta));
                     (chunk, encoded)
                 })
             })

@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{DbError, DbResult, PairRow};
-use crate::detect::{ChunkDelta, Gender};
+use crate::detect::{Cents, ChunkDelta, Gender};
 use crate::names::Names;
 use lasso::{Key, Rodeo, Spur};
 
@@ -48,31 +48,70 @@ fn gender_byte(gender: Gender) -> u8 {
 
 /// Encodes a chunk's delta with the names behind its ids.
 pub fn encode(delta: &ChunkDelta, names: &Names) -> Vec<u8> {
-    let mut merchants: Vec<&str> = Vec::new();
+    let mut encoder = Encoder::with_capacity(delta.pairs.len());
     let mut merchant_index: FxHashMap<u32, u32> = FxHashMap::default();
-    let pairs = delta
-        .pairs
-        .iter()
-        .map(|pair| {
-            let merchant = *merchant_index.entry(pair.merchant.0).or_insert_with(|| {
-                merchants.push(names.name(pair.merchant.0));
-                merchants.len() as u32 - 1
-            });
-            EncodedPair {
-                merchant,
-                customer: names.name(pair.customer.0),
-                count: pair.count,
-                amount: pair.amount.0,
-                gender: gender_byte(pair.first_gender),
-            }
+    for pair in &delta.pairs {
+        let merchant = *merchant_index
+            .entry(pair.merchant.0)
+            .or_insert_with(|| encoder.merchant(names.name(pair.merchant.0)));
+        encoder.pair(
+            merchant,
+            names.name(pair.customer.0),
+            pair.count,
+            pair.amount,
+            pair.first_gender,
+        );
+    }
+    encoder.finish()
+}
+
+/// Builds an encoded delta from names the caller already holds (the
+/// parser has them in the chunk's bytes), so nothing is looked up.
+pub struct Encoder<'a> {
+    merchants: Vec<&'a str>,
+    pairs: Vec<EncodedPair<'a>>,
+}
+
+impl<'a> Encoder<'a> {
+    pub fn with_capacity(pairs: usize) -> Encoder<'a> {
+        Encoder {
+            merchants: Vec::new(),
+            pairs: Vec::with_capacity(pairs),
+        }
+    }
+
+    /// Adds a merchant name and returns its index for [`Encoder::pair`];
+    /// the caller adds each merchant once.
+    pub fn merchant(&mut self, name: &'a str) -> u32 {
+        self.merchants.push(name);
+        self.merchants.len() as u32 - 1
+    }
+
+    pub fn pair(
+        &mut self,
+        merchant: u32,
+        customer: &'a str,
+        count: u32,
+        amount: Cents,
+        gender: Gender,
+    ) {
+        self.pairs.push(EncodedPair {
+            merchant,
+            customer,
+            count,
+            amount: amount.0,
+            gender: gender_byte(gender),
+        });
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        postcard::to_allocvec(&Encoded {
+            version: VERSION,
+            merchants: self.merchants,
+            pairs: self.pairs,
         })
-        .collect();
-    postcard::to_allocvec(&Encoded {
-        version: VERSION,
-        merchants,
-        pairs,
-    })
-    .expect("encoding to memory cannot fail")
+        .expect("encoding to memory cannot fail")
+    }
 }
 
 /// Calls `visit` for every pair of an encoded delta, in order.

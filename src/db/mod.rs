@@ -117,7 +117,7 @@ pub struct ChunkRecord {
     pub reason: Option<String>,
 }
 
-/// One chunk's state change, encoded by [`delta::encode`].
+/// One chunk's state change, encoded by [`delta::encode`] or [`delta::Encoder`].
 #[derive(Clone, Copy, Debug)]
 pub struct DeltaBlob<'a> {
     pub chunk: &'a str,

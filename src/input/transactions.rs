@@ -67,6 +67,9 @@ pub enum RejectReason {
 #[derive(Clone, Debug, Default)]
 pub struct ParsedChunk {
     pub delta: ChunkDelta,
+    /// The same delta with names instead of ids, as the state stores keep
+    /// it (`db::delta`): produced here, where the names are at hand.
+    pub encoded_delta: Vec<u8>,
     /// Data rows, good and bad.
     pub rows: u64,
     pub bad_rows: Vec<BadRow>,
@@ -176,7 +179,9 @@ impl ChunkParser {
             let first_line = 1 + memchr::memchr_iter(b'\n', &data[..body_start]).count() as u64;
             Ok(self.parse_plain(body, first_line, &schema, names))
         } else {
-            Ok(self.parse_general(records, &schema, names))
+            let mut parsed = self.parse_general(records, &schema, names);
+            parsed.encoded_delta = crate::db::delta::encode(&parsed.delta, names);
+            Ok(parsed)
         }
     }
 
@@ -316,19 +321,28 @@ impl ChunkParser {
         fn text(bytes: &[u8]) -> &str {
             std::str::from_utf8(bytes).expect("checked by is_plain")
         }
-        let mut merchants: FxHashMap<&[u8], crate::detect::MerchantId> = FxHashMap::default();
+        let mut encoder = crate::db::delta::Encoder::with_capacity(folds.len());
+        let mut merchants: FxHashMap<&[u8], (crate::detect::MerchantId, u32)> =
+            FxHashMap::default();
         parsed.delta.pairs = folds
             .iter()
-            .map(|fold| PairDelta {
-                merchant: *merchants
-                    .entry(fold.merchant)
-                    .or_insert_with(|| names.merchant(text(fold.merchant))),
-                customer: names.customer(text(fold.customer)),
-                count: fold.count,
-                amount: fold.amount,
-                first_gender: fold.gender,
+            .map(|fold| {
+                let (merchant, index) = *merchants.entry(fold.merchant).or_insert_with(|| {
+                    let name = text(fold.merchant);
+                    (names.merchant(name), encoder.merchant(name))
+                });
+                let customer = text(fold.customer);
+                encoder.pair(index, customer, fold.count, fold.amount, fold.gender);
+                PairDelta {
+                    merchant,
+                    customer: names.customer(customer),
+                    count: fold.count,
+                    amount: fold.amount,
+                    first_gender: fold.gender,
+                }
             })
             .collect();
+        parsed.encoded_delta = encoder.finish();
         parsed
     }
 }
@@ -556,6 +570,10 @@ mod tests {
                 prop_assert_eq!(plain.rows, general.rows);
                 prop_assert_eq!(&plain.bad_rows, &general.bad_rows);
                 prop_assert_eq!(resolve(&plain, &names), resolve(&general, &names));
+                prop_assert_eq!(
+                    &plain.encoded_delta,
+                    &crate::db::delta::encode(&general.delta, &names)
+                );
             }
         }
     }
