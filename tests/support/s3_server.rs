@@ -524,48 +524,39 @@ impl LargeReads {
             .and_then(|range| range.split('-').next())
             .map_or(Ok(0), str::parse::<u64>)
             .map_err(|_| s3s::s3_error!(InternalError, "unexpected Content-Range"))?;
-        output.body = Some(s3s::dto::StreamingBlob::wrap(read_in_frames(
-            path, start, length,
-        )));
+        // Opened before answering, so a vanished file is an error response
+        // rather than a body that breaks off.
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            use std::io::{Seek, SeekFrom};
+            let mut file = std::fs::File::open(&path)?;
+            file.seek(SeekFrom::Start(start))?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| s3s::s3_error!(e, InternalError))?
+        .map_err(|e| s3s::s3_error!(e, InternalError))?;
+        output.body = Some(s3s::dto::StreamingBlob::wrap(read_in_frames(file, length)));
         Ok(response)
     }
 }
 
-/// `length` bytes of `path` from `start`, in frames of up to [`GET_FRAME`].
+/// The next `length` bytes of `file`, in frames of up to [`GET_FRAME`].
 fn read_in_frames(
-    path: PathBuf,
-    start: u64,
+    file: std::fs::File,
     length: u64,
 ) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Sync + 'static {
-    futures::stream::try_unfold(
-        (None::<std::fs::File>, start, length),
-        move |(file, offset, left)| {
-            let path = path.clone();
-            async move {
-                if left == 0 {
-                    return Ok(None);
-                }
-                tokio::task::spawn_blocking(move || {
-                    use std::io::{Read, Seek, SeekFrom};
-                    let mut file = match file {
-                        Some(file) => file,
-                        None => {
-                            let mut file = std::fs::File::open(&path)?;
-                            file.seek(SeekFrom::Start(offset))?;
-                            file
-                        }
-                    };
-                    let mut frame = vec![0; left.min(GET_FRAME as u64) as usize];
-                    file.read_exact(&mut frame)?;
-                    let read = frame.len() as u64;
-                    Ok(Some((
-                        bytes::Bytes::from(frame),
-                        (Some(file), offset + read, left - read),
-                    )))
-                })
-                .await
-                .map_err(std::io::Error::other)?
-            }
-        },
-    )
+    futures::stream::try_unfold((file, length), |(mut file, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut frame = vec![0; left.min(GET_FRAME as u64) as usize];
+            file.read_exact(&mut frame)?;
+            let read = frame.len() as u64;
+            Ok(Some((bytes::Bytes::from(frame), (file, left - read))))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    })
 }
