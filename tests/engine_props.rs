@@ -7,7 +7,7 @@ mod support;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use support::engine::{network, oracle, row, run};
+use support::engine::{network, oracle, row, run, run_with_restart};
 use txpipe::detect::Thresholds;
 
 const GENDERS: [&str; 5] = ["F", "M", "E", "U", ""];
@@ -71,6 +71,20 @@ proptest! {
             case.weights.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
         let net = network(&weights);
         let engine = run(&case.rows, &net, case.chunk_rows, case.thresholds, case.shards);
+        let reference = oracle(&case.rows, &net, case.chunk_rows, case.thresholds);
+        prop_assert_eq!(engine, reference);
+    }
+
+    /// Rebuilding every engine and the pair table from committed state
+    /// after any chunk (a new epoch) changes nothing.
+    #[test]
+    fn restoring_from_a_snapshot_mid_stream_changes_nothing(case in case(), restart in 0..40usize) {
+        let weights: Vec<(&str, &str, &str)> =
+            case.weights.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
+        let net = network(&weights);
+        let engine = run_with_restart(
+            &case.rows, &net, case.chunk_rows, case.thresholds, case.shards, Some(restart),
+        );
         let reference = oracle(&case.rows, &net, case.chunk_rows, case.thresholds);
         prop_assert_eq!(engine, reference);
     }

@@ -19,7 +19,7 @@ use super::faults::FaultPlan;
 use super::supervisor::Supervision;
 use crate::config::Settings;
 use crate::db::{DbError, StateStore};
-use crate::detect::{Thresholds, WeightTable};
+use crate::detect::{PairTotals, Thresholds, WeightTable};
 use crate::names::Names;
 use crate::store::source::Sources;
 use crate::store::{ObjectStore, StoreError};
@@ -32,6 +32,11 @@ pub struct PipelineContext {
     pub state: Arc<dyn StateStore>,
     pub names: Arc<Names>,
     pub weights: Arc<WeightTable>,
+    /// The pair table, seeded with the weight table's pairs during
+    /// start-up (seconds for millions of pairs), so that the watcher need
+    /// not seed it while chunks wait. The first watcher takes it; a
+    /// restarted watcher seeds its own.
+    pub pair_totals: Mutex<Option<PairTotals>>,
     pub thresholds: Thresholds,
     pub progress: Progress,
     pub lifecycle: Lifecycle,
@@ -223,6 +228,15 @@ where
 }
 
 impl PipelineContext {
+    /// The seeded pair table if nobody took it yet, else a new one.
+    pub fn take_pair_totals(&self) -> PairTotals {
+        self.pair_totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_else(|| PairTotals::new(&self.weights))
+    }
+
     /// [`retry_db`] with the configured attempts.
     pub async fn db<T, F, Fut>(&self, what: &str, call: F) -> Result<T, DbError>
     where

@@ -1,8 +1,8 @@
 //! DetectorActor: one pattern over one shard of the merchants.
 //!
-//! The watcher sends it every chunk's delta ([`Apply`]); it folds the delta
-//! into its in-memory state and answers with the detections that hold for
-//! the first time. That state is only a cache of committed state: the
+//! The watcher folds every chunk into the pair table and sends the result
+//! ([`Apply`]); the detector updates its in-memory state and answers with
+//! the detections that hold for the first time. That state is only a cache of committed state: the
 //! watcher opens every epoch with [`Reset`], carrying a snapshot of the
 //! database, and an `Apply` from any other epoch, or one that does not
 //! follow the chunk applied last, is refused. A panic while applying is
@@ -16,7 +16,7 @@ use actix::prelude::*;
 use super::StageError;
 use super::context::{PipelineContext, contain};
 use super::supervisor::Lifeline;
-use crate::detect::{ChunkDelta, Detection, Pattern, PatternEngine, Shard, Snapshot, engine_for};
+use crate::detect::{ChunkUpdate, Detection, Pattern, PatternEngine, Shard, Snapshot, engine_for};
 
 /// Replace all state with a committed snapshot and start epoch `epoch`.
 #[derive(Message)]
@@ -35,7 +35,7 @@ pub struct Apply {
     pub epoch: u64,
     pub chunk: Arc<str>,
     pub previous: Option<Arc<str>>,
-    pub delta: Arc<ChunkDelta>,
+    pub update: Arc<ChunkUpdate>,
 }
 
 pub struct DetectorActor {
@@ -131,7 +131,7 @@ impl Handler<Apply> for DetectorActor {
         let outcome = contain(|| {
             faults.hit(name)?;
             let mut detections = Vec::new();
-            engine.apply(&msg.delta, &mut detections);
+            engine.apply(&msg.update, &mut detections);
             Ok::<_, super::faults::InjectedFault>(detections)
         });
         match outcome {

@@ -5,21 +5,24 @@
 //! chunk through four stages, several chunks in flight at once:
 //!
 //! ```text
-//! fetch + parse ──► detectors (one Apply per DetectorActor) ──► ready ──► tracker (Commit)
-//!   GET, quarantine       pattern state, new detections            groups of chunks
+//! fetch + parse ──► pair table ──► detectors (one Apply per DetectorActor) ──► ready ──► tracker (Commit)
+//!   GET, quarantine   totals after      pattern state, new detections            groups of chunks
+//!                     the chunk
 //! ```
 //!
-//! Order is kept at every stage: chunks are applied and committed in key
-//! order. When commits fall behind, ready chunks commit together.
+//! Order is kept at every stage: chunks are folded into the pair table,
+//! applied and committed in key order. When commits fall behind, ready chunks commit together.
 //!
 //! Every *epoch* starts from committed state: the watcher loads a snapshot
-//! from the database and resets every detector with it. If anything
+//! from the database, rebuilds its pair table ([`PairTotals`]) from it and
+//! resets every detector with it. If anything
 //! downstream fails (a detector crash, a stale commit, a database that keeps
 //! failing), the epoch ends, uncommitted work is dropped, and a new epoch
 //! starts from what the database holds, so nothing is applied twice and
 //! nothing is lost. The watcher's own failures (it cannot list or read the
 //! store) restart the watcher itself.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +41,7 @@ use super::detector::{Apply, DetectorActor, Reset};
 use super::supervisor::Lifeline;
 use super::tracker::{ChunkOutcome, Commit, TrackerActor};
 use crate::db::{ChunkRecord, ChunkStatus, DbError};
-use crate::detect::{Cents, DetectionKey, PairState, Snapshot};
+use crate::detect::{Cents, DetectionKey, PairState, PairTotals, Snapshot};
 use crate::input::transactions::{BadRow, ChunkParser, ParsedChunk, RejectReason};
 use crate::layout;
 use crate::store::StoreError;
@@ -78,6 +81,7 @@ impl Actor for WatcherActor {
             pipeline: self.lifeline.pipeline.clone(),
             detectors: self.detectors.clone(),
             tracker: self.tracker.clone(),
+            totals: RefCell::new(self.lifeline.pipeline.take_pair_totals()),
         };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(contain_async(y.run())).map(|outcome, act, ctx| {
@@ -207,6 +211,8 @@ struct MechanismY {
     pipeline: Arc<PipelineContext>,
     detectors: Vec<Addr<DetectorActor>>,
     tracker: Addr<TrackerActor>,
+    /// Cumulative totals of every pair, as of the last dispatched chunk.
+    totals: RefCell<PairTotals>,
 }
 
 impl MechanismY {
@@ -278,6 +284,7 @@ impl MechanismY {
             emitted = snapshot.emitted.len(),
             "epoch snapshot"
         );
+        self.totals.borrow_mut().restore(&snapshot);
         let snapshot = Arc::new(snapshot);
         let last: Option<Arc<str>> = last.map(Arc::from);
         let resets = self.detectors.iter().map(|detector| {
@@ -398,9 +405,9 @@ impl MechanismY {
         }
     }
 
-    /// Sends a parsed chunk to every detector (in chunk order: the request
-    /// is queued before this returns) and returns the future of its
-    /// outcome.
+    /// Folds a parsed chunk into the pair table and sends the result to
+    /// every detector (in chunk order: the request is queued before this
+    /// returns); returns the future of the chunk's outcome.
     fn dispatch(
         &self,
         fetched: Fetched,
@@ -432,7 +439,7 @@ impl MechanismY {
                 return Ok(async move { Ok(outcome) }.boxed_local());
             }
         };
-        let delta = Arc::new(parsed.delta);
+        let update = Arc::new(self.totals.borrow_mut().fold(&parsed.delta));
         let requests: Vec<_> = self
             .detectors
             .iter()
@@ -441,7 +448,7 @@ impl MechanismY {
                     epoch,
                     chunk: fetched.key.clone(),
                     previous: applied.clone(),
-                    delta: delta.clone(),
+                    update: update.clone(),
                 })
             })
             .collect();

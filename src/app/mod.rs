@@ -17,7 +17,7 @@ use crate::actors::context::{Lifecycle, PipelineContext, Progress};
 use crate::actors::faults::{FaultPlan, FaultRule};
 use crate::actors::supervisor::{RunMode, Supervision, SupervisorActor};
 use crate::config::{LogFormat, Settings};
-use crate::detect::Thresholds;
+use crate::detect::{PairTotals, Thresholds};
 use crate::names::Names;
 use crate::store::source::Sources;
 
@@ -152,6 +152,7 @@ pub async fn prepare(
     let names = Arc::new(Names::new());
     let weights = Arc::new(lookup::ensure_loaded(&settings, &sources, &*state, &names).await?);
     info!(pairs = weights.len(), "lookup table ready");
+    let pair_totals = PairTotals::new(&weights);
     let (doorbell, _) = tokio::sync::watch::channel(0);
     let (new_chunks, _) = tokio::sync::watch::channel(0);
     let (committed, _) = tokio::sync::watch::channel(0);
@@ -163,6 +164,7 @@ pub async fn prepare(
         state,
         names,
         weights,
+        pair_totals: std::sync::Mutex::new(Some(pair_totals)),
         thresholds: Thresholds::SPEC,
         progress: Progress::default(),
         lifecycle: Lifecycle::default(),

@@ -1,26 +1,20 @@
 //! PatId2 (`CHILD`): a customer with at least 80 transactions at a merchant
 //! whose average amount is strictly below 23.00, i.e. `s < 2300 * n` in
 //! hundredths. Only pairs the chunk touched can change, so only they are
-//! checked.
+//! checked, on the totals the [`ChunkUpdate`] carries: the detector itself
+//! only remembers what it has emitted.
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 
 use super::{
-    Cents, ChunkDelta, CustomerId, Detection, DetectionKey, Evidence, MerchantId, Pattern,
+    ChunkUpdate, CustomerId, Detection, DetectionKey, Evidence, MerchantId, PairUpdate, Pattern,
     PatternEngine, Shard, Snapshot, Thresholds,
 };
 
 pub struct ChildDetector {
     shard: Shard,
     thresholds: Thresholds,
-    totals: FxHashMap<(MerchantId, CustomerId), Totals>,
     emitted: FxHashSet<(MerchantId, CustomerId)>,
-}
-
-#[derive(Clone, Copy, Default)]
-struct Totals {
-    count: u64,
-    amount: Cents,
 }
 
 impl ChildDetector {
@@ -28,15 +22,14 @@ impl ChildDetector {
         ChildDetector {
             shard,
             thresholds,
-            totals: FxHashMap::default(),
             emitted: FxHashSet::default(),
         }
     }
 
-    fn holds(&self, totals: Totals) -> bool {
-        totals.count >= self.thresholds.child_min_txns
-            && i128::from(totals.amount.0)
-                < i128::from(self.thresholds.child_max_avg_cents) * i128::from(totals.count)
+    fn holds(&self, pair: &PairUpdate) -> bool {
+        pair.count >= self.thresholds.child_min_txns
+            && i128::from(pair.amount.0)
+                < i128::from(self.thresholds.child_max_avg_cents) * i128::from(pair.count)
     }
 }
 
@@ -46,21 +39,7 @@ impl PatternEngine for ChildDetector {
     }
 
     fn restore(&mut self, snapshot: &Snapshot) {
-        self.totals.clear();
         self.emitted.clear();
-        for pair in snapshot
-            .pairs
-            .iter()
-            .filter(|p| self.shard.owns(p.merchant))
-        {
-            self.totals.insert(
-                (pair.merchant, pair.customer),
-                Totals {
-                    count: pair.count,
-                    amount: pair.amount,
-                },
-            );
-        }
         for key in &snapshot.emitted {
             if key.pattern == Pattern::Child
                 && self.shard.owns(key.merchant)
@@ -71,14 +50,9 @@ impl PatternEngine for ChildDetector {
         }
     }
 
-    fn apply(&mut self, delta: &ChunkDelta, out: &mut Vec<Detection>) {
-        for pair in delta.pairs.iter().filter(|p| self.shard.owns(p.merchant)) {
-            let key = (pair.merchant, pair.customer);
-            let totals = self.totals.entry(key).or_default();
-            totals.count += u64::from(pair.count);
-            totals.amount = totals.amount.saturating_add(pair.amount);
-            let totals = *totals;
-            if self.holds(totals) && self.emitted.insert(key) {
+    fn apply(&mut self, update: &ChunkUpdate, out: &mut Vec<Detection>) {
+        for pair in update.pairs.iter().filter(|p| self.shard.owns(p.merchant)) {
+            if self.holds(pair) && self.emitted.insert((pair.merchant, pair.customer)) {
                 out.push(Detection {
                     key: DetectionKey {
                         pattern: Pattern::Child,
@@ -86,8 +60,8 @@ impl PatternEngine for ChildDetector {
                         customer: Some(pair.customer),
                     },
                     evidence: Evidence {
-                        txn_count: Some(totals.count),
-                        amount_sum: Some(totals.amount),
+                        txn_count: Some(pair.count),
+                        amount_sum: Some(pair.amount),
                         ..Evidence::default()
                     },
                 });

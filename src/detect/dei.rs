@@ -1,13 +1,14 @@
 //! PatId3 (`DEI-NEEDED`): a merchant with more than 100 female customers and
 //! fewer female than male customers. A customer's gender at a merchant is
 //! the one on their first good row there, so it is fixed when the customer
-//! first appears and later rows never move the counts.
+//! first appears and later rows never move the counts: only the pairs the
+//! [`ChunkUpdate`] marks as new count, and no per-customer set is needed.
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
-    ChunkDelta, CustomerId, Detection, DetectionKey, Evidence, Gender, MerchantId, Pattern,
-    PatternEngine, Shard, Snapshot, Thresholds,
+    ChunkUpdate, Detection, DetectionKey, Evidence, Gender, MerchantId, Pattern, PatternEngine,
+    Shard, Snapshot, Thresholds,
 };
 
 pub struct DeiDetector {
@@ -18,21 +19,20 @@ pub struct DeiDetector {
     touched: Vec<MerchantId>,
 }
 
+/// `F(m)` and `M(m)`.
 #[derive(Default)]
 struct Population {
-    customers: FxHashSet<CustomerId>,
     female: u64,
     male: u64,
 }
 
 impl Population {
-    fn join(&mut self, customer: CustomerId, gender: Gender) {
-        if self.customers.insert(customer) {
-            match gender {
-                Gender::Female => self.female += 1,
-                Gender::Male => self.male += 1,
-                Gender::Other => {}
-            }
+    /// A customer joins `P(m)` with the gender of their first row there.
+    fn join(&mut self, gender: Gender) {
+        match gender {
+            Gender::Female => self.female += 1,
+            Gender::Male => self.male += 1,
+            Gender::Other => {}
         }
     }
 }
@@ -65,7 +65,7 @@ impl PatternEngine for DeiDetector {
             self.merchants
                 .entry(pair.merchant)
                 .or_default()
-                .join(pair.customer, pair.gender);
+                .join(pair.gender);
         }
         for key in &snapshot.emitted {
             if key.pattern == Pattern::DeiNeeded && self.shard.owns(key.merchant) {
@@ -74,13 +74,17 @@ impl PatternEngine for DeiDetector {
         }
     }
 
-    fn apply(&mut self, delta: &ChunkDelta, out: &mut Vec<Detection>) {
+    fn apply(&mut self, update: &ChunkUpdate, out: &mut Vec<Detection>) {
         self.touched.clear();
-        for pair in delta.pairs.iter().filter(|p| self.shard.owns(p.merchant)) {
+        for pair in update
+            .pairs
+            .iter()
+            .filter(|p| p.is_new() && self.shard.owns(p.merchant))
+        {
             self.merchants
                 .entry(pair.merchant)
                 .or_default()
-                .join(pair.customer, pair.first_gender);
+                .join(pair.gender);
             self.touched.push(pair.merchant);
         }
         self.touched.sort_unstable();

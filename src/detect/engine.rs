@@ -1,11 +1,13 @@
-//! The interface every pattern implements, and [`AllPatterns`], which runs
-//! the three of them over one shard (what the tests and the oracle use).
+//! The interface every pattern implements, and [`AllPatterns`], which folds
+//! chunks into the pair table and runs the three patterns over them in one
+//! place (what the tests and the oracle use; the pipeline spreads the same
+//! steps over the watcher and the detector actors).
 
 use std::sync::Arc;
 
 use super::{
-    ChildDetector, ChunkDelta, DeiDetector, Detection, Pattern, Shard, Snapshot, Thresholds,
-    UpgradeDetector, WeightTable,
+    ChildDetector, ChunkDelta, ChunkUpdate, DeiDetector, Detection, PairTotals, Pattern, Shard,
+    Snapshot, Thresholds, UpgradeDetector, WeightTable,
 };
 
 /// One pattern's incremental evaluation over the merchants of one shard.
@@ -15,9 +17,9 @@ pub trait PatternEngine: Send {
     /// Replaces all in-memory state with committed state.
     fn restore(&mut self, snapshot: &Snapshot);
 
-    /// Folds one chunk into the state and appends the detections that hold
-    /// for the first time.
-    fn apply(&mut self, delta: &ChunkDelta, out: &mut Vec<Detection>);
+    /// Takes one chunk, already folded into the pair table, and appends the
+    /// detections that hold for the first time.
+    fn apply(&mut self, update: &ChunkUpdate, out: &mut Vec<Detection>);
 }
 
 /// Builds the engine for `pattern` on `shard`.
@@ -34,14 +36,16 @@ pub fn engine_for(
     }
 }
 
-/// The three patterns together.
+/// The pair table and the three patterns together.
 pub struct AllPatterns {
+    totals: PairTotals,
     engines: Vec<Box<dyn PatternEngine>>,
 }
 
 impl AllPatterns {
     pub fn new(thresholds: Thresholds, weights: Arc<WeightTable>) -> AllPatterns {
         AllPatterns {
+            totals: PairTotals::new(&weights),
             engines: Pattern::ALL
                 .into_iter()
                 .map(|p| engine_for(p, Shard::ALL, thresholds, weights.clone()))
@@ -50,6 +54,7 @@ impl AllPatterns {
     }
 
     pub fn restore(&mut self, snapshot: &Snapshot) {
+        self.totals.restore(snapshot);
         for engine in &mut self.engines {
             engine.restore(snapshot);
         }
@@ -57,9 +62,10 @@ impl AllPatterns {
 
     /// Applies a chunk and returns its new detections.
     pub fn apply(&mut self, delta: &ChunkDelta) -> Vec<Detection> {
+        let update = self.totals.fold(delta);
         let mut out = Vec::new();
         for engine in &mut self.engines {
-            engine.apply(delta, &mut out);
+            engine.apply(&update, &mut out);
         }
         out
     }

@@ -2,10 +2,15 @@
 //!
 //! Data flows through it like this: the input layer turns a chunk of CSV rows
 //! into a [`ChunkDelta`] (per merchant/customer pair: how many good rows, the
-//! sum of their amounts, the gender on the pair's first row). Each pattern
-//! detector folds the delta into its own cumulative state and then evaluates
-//! its pattern for the merchants the chunk touched, returning the detections
-//! that hold for the first time. A merchant the chunk did not touch has the
+//! sum of their amounts, the gender on the pair's first row). [`PairTotals`]
+//! keeps the one cumulative table of all pairs and folds each delta into it,
+//! in chunk order, producing a [`ChunkUpdate`]: every pair the chunk touched
+//! with its totals *after* the chunk, whether it is new, and its weight
+//! slot. Each pattern detector reads the update, so none of them keeps a
+//! per-pair table of its own (the pair table is the one large structure,
+//! looked up once per pair), updates its per-merchant figures and evaluates
+//! its pattern for the merchants the chunk changed, returning the detections
+//! that hold for the first time. A merchant the chunk did not change has the
 //! same state as after the previous chunk, so anything it could match has
 //! already been emitted.
 //!
@@ -22,6 +27,7 @@ mod child;
 mod dei;
 mod engine;
 mod fenwick;
+mod totals;
 mod upgrade;
 mod weight;
 
@@ -29,6 +35,7 @@ pub use amount::{Cents, ParseAmountError, parse_amount};
 pub use child::ChildDetector;
 pub use dei::DeiDetector;
 pub use engine::{AllPatterns, PatternEngine, engine_for};
+pub use totals::PairTotals;
 pub use upgrade::UpgradeDetector;
 pub use weight::{Weight, WeightTable};
 
@@ -190,6 +197,49 @@ impl ChunkDelta {
     pub fn rows(&self) -> u64 {
         self.pairs.iter().map(|p| u64::from(p.count)).sum()
     }
+}
+
+/// One pair the chunk touched, with the pair's cumulative state after the
+/// chunk: what the detectors read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PairUpdate {
+    pub merchant: MerchantId,
+    pub customer: CustomerId,
+    /// Good rows of the pair in this chunk (at least 1).
+    pub added: u32,
+    /// `n(c, m)` after the chunk.
+    pub count: u64,
+    /// `s(c, m)` after the chunk, in hundredths (saturating).
+    pub amount: Cents,
+    /// Gender on the pair's first good row ever.
+    pub gender: Gender,
+    /// The customer's slot at the merchant in the [`WeightTable`], or
+    /// [`NO_WEIGHT`] when `w(c, m)` is undefined.
+    pub weight_slot: u32,
+}
+
+/// The `weight_slot` of a pair without a weight.
+pub const NO_WEIGHT: u32 = u32::MAX;
+
+impl PairUpdate {
+    /// The pair's count before the chunk.
+    #[inline]
+    pub fn before(&self) -> u64 {
+        self.count - u64::from(self.added)
+    }
+
+    /// Whether the customer joined `P(m)` with this chunk.
+    #[inline]
+    pub fn is_new(&self) -> bool {
+        self.before() == 0
+    }
+}
+
+/// A [`ChunkDelta`] folded into the cumulative pair table, same pairs in
+/// the same order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkUpdate {
+    pub pairs: Vec<PairUpdate>,
 }
 
 /// The cumulative state of one pair, as committed in the state store.

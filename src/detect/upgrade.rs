@@ -4,24 +4,29 @@
 //!
 //! Ranks are SQL `PERCENT_RANK()` ascending, compared exactly:
 //! `10 * less_n >= 9 * (|P| - 1)` and `10 * less_w <= |W| - 1`. Instead of
-//! re-ranking every customer after every chunk, a big merchant keeps
+//! re-ranking every customer after every chunk, every merchant keeps
 //!
 //! - a Fenwick tree over the transaction counts of its customers, which
 //!   gives the smallest count that is in the top decile in `O(log n)`, and
-//! - every customer with a weight at the merchant, sorted by weight once
-//!   (weights never change), each with its count and whether it was
-//!   emitted, so that the scan of the bottom decile (the only customers
-//!   that can match) reads one array in order and stops at the decile's
-//!   end, and a count update is one hash lookup.
+//! - one slot per customer with a weight at the merchant, in the weight
+//!   table's rank order (weights never change), each with its count and
+//!   whether it was emitted, so that the scan of the bottom decile (the only
+//!   customers that can match) reads one array in order and stops at the
+//!   decile's end.
+//!
+//! The [`ChunkUpdate`] brings each pair's count before and after the chunk
+//! and its slot, so a pair costs a tree update and one array write; the
+//! pattern is evaluated only for merchants past the size threshold that
+//! the chunk touched.
 
 use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use super::fenwick::CountTree;
 use super::{
-    ChunkDelta, CustomerId, Detection, DetectionKey, Evidence, MerchantId, Pattern, PatternEngine,
-    Ratio, Shard, Snapshot, Thresholds, Weight, WeightTable,
+    ChunkUpdate, Detection, DetectionKey, Evidence, MerchantId, NO_WEIGHT, Pattern, PatternEngine,
+    Ratio, Shard, Snapshot, Thresholds, WeightTable,
 };
 
 pub struct UpgradeDetector {
@@ -29,118 +34,90 @@ pub struct UpgradeDetector {
     thresholds: Thresholds,
     weights: Arc<WeightTable>,
     merchants: FxHashMap<MerchantId, Population>,
-    emitted: FxHashSet<(MerchantId, CustomerId)>,
     touched: Vec<MerchantId>,
 }
 
-#[derive(Default)]
 struct Population {
     /// `N(m)`.
     transactions: u64,
-    /// `n(c, m)` for every customer of `P(m)`, with the customer's place in
-    /// the ranking, so that a count update costs one hash lookup.
-    counts: FxHashMap<CustomerId, Tally>,
-    /// Built once the merchant passes the size threshold.
-    ranking: Option<Ranking>,
-}
-
-#[derive(Clone, Copy)]
-struct Tally {
-    count: u64,
-    /// Index into `Ranking::by_weight`; `NO_SLOT` while the merchant has no
-    /// ranking or the customer has no weight at it.
-    slot: u32,
-}
-
-const NO_SLOT: u32 = u32::MAX;
-
-struct Ranking {
+    /// `|P(m)|`.
+    customers: u64,
     /// Multiset of `n(d, m)` over `P(m)`.
     counts: CountTree,
-    /// Every customer with a weight at the merchant, ordered by weight once
-    /// and for all (weights never change); `W(m)` is those with a count.
-    by_weight: Vec<Slot>,
-    /// Where each weighted customer sits in `by_weight` (read when a
-    /// customer first appears at the merchant, then kept in its `Tally`).
-    slot_of: FxHashMap<CustomerId, u32>,
-    /// `|W(m)|`.
+    /// One per customer with a weight at the merchant, in rank order.
+    slots: Vec<Slot>,
+    /// `|W(m)|`: slots with a count.
     present: u64,
 }
 
 #[derive(Clone, Copy)]
 struct Slot {
-    weight: Weight,
-    customer: CustomerId,
-    /// First slot with the same weight (ties share a rank).
-    group_start: u32,
     /// `n(c, m)`; 0 while the customer is not in `P(m)`.
     count: u64,
+    /// First slot with the same weight (ties share a rank).
+    group_start: u32,
     emitted: bool,
 }
 
-impl Ranking {
-    fn build(
-        merchant: MerchantId,
-        counts: &mut FxHashMap<CustomerId, Tally>,
-        weights: &WeightTable,
-        emitted: &FxHashSet<(MerchantId, CustomerId)>,
-    ) -> Ranking {
-        let mut tree = CountTree::new();
-        for tally in counts.values() {
-            tree.insert(tally.count);
+impl Population {
+    fn new(merchant: MerchantId, weights: &WeightTable) -> Population {
+        let ranked = weights.ranked(merchant);
+        let mut slots: Vec<Slot> = Vec::with_capacity(ranked.len());
+        for index in 0..ranked.len() {
+            let group_start = if index > 0 && ranked[index - 1].1 == ranked[index].1 {
+                slots[index - 1].group_start
+            } else {
+                index as u32
+            };
+            slots.push(Slot {
+                count: 0,
+                group_start,
+                emitted: false,
+            });
         }
-        let mut by_weight: Vec<Slot> = weights
-            .customers_of(merchant)
-            .map(|(customer, weight)| Slot {
-                weight,
-                customer,
-                group_start: 0,
-                count: counts.get(&customer).map_or(0, |tally| tally.count),
-                emitted: emitted.contains(&(merchant, customer)),
-            })
-            .collect();
-        by_weight
-            .sort_unstable_by(|a, b| a.weight.cmp(&b.weight).then(a.customer.cmp(&b.customer)));
-        let mut slot_of = FxHashMap::default();
-        slot_of.reserve(by_weight.len());
-        for index in 0..by_weight.len() {
-            by_weight[index].group_start =
-                if index > 0 && by_weight[index - 1].weight == by_weight[index].weight {
-                    by_weight[index - 1].group_start
-                } else {
-                    index as u32
-                };
-            slot_of.insert(by_weight[index].customer, index as u32);
-        }
-        for (customer, tally) in counts.iter_mut() {
-            tally.slot = slot_of.get(customer).copied().unwrap_or(NO_SLOT);
-        }
-        let present = by_weight.iter().filter(|slot| slot.count > 0).count() as u64;
-        Ranking {
-            counts: tree,
-            by_weight,
-            slot_of,
-            present,
+        Population {
+            transactions: 0,
+            customers: 0,
+            counts: CountTree::new(),
+            slots,
+            present: 0,
         }
     }
 
-    /// A customer's count changed from `before` (0: new) to `tally.count`;
-    /// a newcomer's place in `by_weight` is looked up once, into its tally.
-    fn update(&mut self, customer: CustomerId, tally: &mut Tally, before: u64) {
+    /// A customer's count went from `before` (0: new) to `after`.
+    #[inline]
+    fn update(&mut self, before: u64, after: u64, weight_slot: u32) {
         if before == 0 {
-            self.counts.insert(tally.count);
-            tally.slot = self.slot_of.get(&customer).copied().unwrap_or(NO_SLOT);
+            self.customers += 1;
+            self.counts.insert(after);
         } else {
-            self.counts.replace(before, tally.count);
+            self.counts.replace(before, after);
         }
-        if tally.slot != NO_SLOT {
-            let slot = &mut self.by_weight[tally.slot as usize];
+        if weight_slot != NO_WEIGHT {
+            let slot = &mut self.slots[weight_slot as usize];
             if slot.count == 0 {
                 self.present += 1;
             }
-            slot.count = tally.count;
+            slot.count = after;
         }
     }
+}
+
+/// How many pairs ahead [`UpgradeDetector::apply`] prefetches: enough to
+/// cover a memory access with the work of the pairs in between.
+const PREFETCH_AHEAD: usize = 16;
+
+#[inline]
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch never faults and the pointer comes from a
+        // reference.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 impl UpgradeDetector {
@@ -150,9 +127,15 @@ impl UpgradeDetector {
             thresholds,
             weights,
             merchants: FxHashMap::default(),
-            emitted: FxHashSet::default(),
             touched: Vec::new(),
         }
+    }
+
+    fn population(&mut self, merchant: MerchantId) -> &mut Population {
+        let weights = &self.weights;
+        self.merchants
+            .entry(merchant)
+            .or_insert_with(|| Population::new(merchant, weights))
     }
 
     fn evaluate(&mut self, merchant: MerchantId, out: &mut Vec<Detection>) {
@@ -160,16 +143,8 @@ impl UpgradeDetector {
         if population.transactions <= self.thresholds.upgrade_min_merchant_txns {
             return;
         }
-        let ranking = population.ranking.get_or_insert_with(|| {
-            Ranking::build(
-                merchant,
-                &mut population.counts,
-                &self.weights,
-                &self.emitted,
-            )
-        });
-        let customers = population.counts.len() as u64;
-        let weighted = ranking.present;
+        let customers = population.customers;
+        let weighted = population.present;
         // With a single customer, pr_n is 0 by definition: nobody matches.
         if customers < 2 || weighted == 0 {
             return;
@@ -180,17 +155,18 @@ impl UpgradeDetector {
         let top = if needed == 0 {
             1
         } else {
-            match ranking.counts.lower_bound(needed) {
+            match population.counts.lower_bound(needed) {
                 Some(value) => value + 1,
                 None => return,
             }
         };
+        let ranked = self.weights.ranked(merchant);
         // Walk W(m) from the lightest: less_w is the number of present
         // customers before a customer's weight group.
         let mut present_before = 0u64;
         let mut less_w = 0u64;
-        for index in 0..ranking.by_weight.len() {
-            let slot = ranking.by_weight[index];
+        for (index, &(customer, weight)) in ranked.iter().enumerate() {
+            let slot = population.slots[index];
             if slot.group_start as usize == index {
                 less_w = present_before;
                 if 10 * less_w > weighted - 1 {
@@ -204,19 +180,18 @@ impl UpgradeDetector {
             if slot.emitted || slot.count < top {
                 continue;
             }
-            ranking.by_weight[index].emitted = true;
-            self.emitted.insert((merchant, slot.customer));
+            population.slots[index].emitted = true;
             out.push(Detection {
                 key: DetectionKey {
                     pattern: Pattern::Upgrade,
                     merchant,
-                    customer: Some(slot.customer),
+                    customer: Some(customer),
                 },
                 evidence: Evidence {
                     txn_count: Some(slot.count),
-                    weight: Some(slot.weight),
+                    weight: Some(weight),
                     txn_rank: Some(Ratio {
-                        numerator: ranking.counts.count_below(slot.count),
+                        numerator: population.counts.count_below(slot.count),
                         denominator: customers - 1,
                     }),
                     weight_rank: Some(Ratio {
@@ -237,46 +212,50 @@ impl PatternEngine for UpgradeDetector {
 
     fn restore(&mut self, snapshot: &Snapshot) {
         self.merchants.clear();
-        self.emitted.clear();
-        for pair in snapshot
-            .pairs
-            .iter()
-            .filter(|p| self.shard.owns(p.merchant))
-        {
-            let population = self.merchants.entry(pair.merchant).or_default();
+        for pair in &snapshot.pairs {
+            if !self.shard.owns(pair.merchant) || pair.count == 0 {
+                continue;
+            }
+            let slot = self
+                .weights
+                .slot(pair.merchant, pair.customer)
+                .unwrap_or(NO_WEIGHT);
+            let population = self.population(pair.merchant);
             population.transactions += pair.count;
-            population.counts.insert(
-                pair.customer,
-                Tally {
-                    count: pair.count,
-                    slot: NO_SLOT,
-                },
-            );
+            population.update(0, pair.count, slot);
         }
         for key in &snapshot.emitted {
             if key.pattern == Pattern::Upgrade
                 && self.shard.owns(key.merchant)
                 && let Some(customer) = key.customer
+                && let Some(slot) = self.weights.slot(key.merchant, customer)
             {
-                self.emitted.insert((key.merchant, customer));
+                self.population(key.merchant).slots[slot as usize].emitted = true;
             }
         }
     }
 
-    fn apply(&mut self, delta: &ChunkDelta, out: &mut Vec<Detection>) {
+    fn apply(&mut self, update: &ChunkUpdate, out: &mut Vec<Detection>) {
         self.touched.clear();
-        for pair in delta.pairs.iter().filter(|p| self.shard.owns(p.merchant)) {
-            let population = self.merchants.entry(pair.merchant).or_default();
-            population.transactions += u64::from(pair.count);
-            let tally = population.counts.entry(pair.customer).or_insert(Tally {
-                count: 0,
-                slot: NO_SLOT,
-            });
-            let before = tally.count;
-            tally.count += u64::from(pair.count);
-            if let Some(ranking) = population.ranking.as_mut() {
-                ranking.update(pair.customer, tally, before);
+        let shard = self.shard;
+        for (index, pair) in update.pairs.iter().enumerate() {
+            // A big merchant's slots do not fit in cache: ask for the slot
+            // of a pair a little ahead, so that its miss overlaps the work
+            // on this one instead of stalling it.
+            if let Some(ahead) = update.pairs.get(index + PREFETCH_AHEAD)
+                && ahead.weight_slot != NO_WEIGHT
+                && shard.owns(ahead.merchant)
+                && let Some(population) = self.merchants.get(&ahead.merchant)
+                && let Some(slot) = population.slots.get(ahead.weight_slot as usize)
+            {
+                prefetch(slot);
             }
+            if !shard.owns(pair.merchant) {
+                continue;
+            }
+            let population = self.population(pair.merchant);
+            population.transactions += u64::from(pair.added);
+            population.update(pair.before(), pair.count, pair.weight_slot);
             self.touched.push(pair.merchant);
         }
         self.touched.sort_unstable();

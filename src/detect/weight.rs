@@ -54,10 +54,23 @@ impl Ord for Weight {
 /// The lookup table `w(c, m)`, loaded once before detection starts,
 /// grouped by merchant (PatId1 ranks a merchant's customers together) and
 /// kept as sorted arrays: a few bytes per pair, for millions of pairs.
+///
+/// Each merchant's customers are kept in *rank order* (by weight, ties by
+/// customer id): a customer's index in that order is its **slot**, fixed
+/// for the life of the table because weights never change. PatId1 keeps its
+/// per-customer figures in arrays indexed by slot.
 #[derive(Clone, Debug, Default)]
 pub struct WeightTable {
-    by_merchant: FxHashMap<MerchantId, Vec<(CustomerId, Weight)>>,
+    by_merchant: FxHashMap<MerchantId, MerchantWeights>,
     len: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+struct MerchantWeights {
+    /// Rank order: ascending weight, then customer id.
+    ranked: Vec<(CustomerId, Weight)>,
+    /// `(customer, slot)` sorted by customer, to find a customer's slot.
+    slots: Vec<(CustomerId, u32)>,
 }
 
 impl WeightTable {
@@ -66,40 +79,66 @@ impl WeightTable {
     pub fn from_entries(
         entries: impl IntoIterator<Item = (MerchantId, CustomerId, Cents, u64)>,
     ) -> WeightTable {
-        let mut by_merchant: FxHashMap<MerchantId, Vec<(CustomerId, Weight)>> =
+        let mut by_customer: FxHashMap<MerchantId, Vec<(CustomerId, Weight)>> =
             FxHashMap::default();
         for (merchant, customer, sum, rows) in entries {
-            by_merchant
+            by_customer
                 .entry(merchant)
                 .or_default()
                 .push((customer, Weight { sum, rows }));
         }
         let mut len = 0;
-        for customers in by_merchant.values_mut() {
-            customers.sort_unstable_by_key(|&(customer, _)| customer);
-            customers.dedup_by(|later, earlier| {
-                let same = later.0 == earlier.0;
-                if same {
-                    earlier.1.sum = earlier.1.sum.saturating_add(later.1.sum);
-                    earlier.1.rows += later.1.rows;
-                }
-                same
-            });
-            customers.shrink_to_fit();
-            len += customers.len();
-        }
+        let by_merchant = by_customer
+            .into_iter()
+            .map(|(merchant, mut customers)| {
+                customers.sort_unstable_by_key(|&(customer, _)| customer);
+                customers.dedup_by(|later, earlier| {
+                    let same = later.0 == earlier.0;
+                    if same {
+                        earlier.1.sum = earlier.1.sum.saturating_add(later.1.sum);
+                        earlier.1.rows += later.1.rows;
+                    }
+                    same
+                });
+                len += customers.len();
+                let mut ranked = customers;
+                ranked.sort_unstable_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+                ranked.shrink_to_fit();
+                let mut slots: Vec<(CustomerId, u32)> = ranked
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, &(customer, _))| (customer, slot as u32))
+                    .collect();
+                slots.sort_unstable_by_key(|&(customer, _)| customer);
+                (merchant, MerchantWeights { ranked, slots })
+            })
+            .collect();
         WeightTable { by_merchant, len }
     }
 
-    /// Every customer with a weight at `merchant`.
-    pub fn customers_of(
-        &self,
-        merchant: MerchantId,
-    ) -> impl Iterator<Item = (CustomerId, Weight)> + '_ {
+    /// Every customer with a weight at `merchant`, in rank order: the
+    /// index of an entry is its slot.
+    pub fn ranked(&self, merchant: MerchantId) -> &[(CustomerId, Weight)] {
         self.by_merchant
             .get(&merchant)
-            .into_iter()
-            .flat_map(|customers| customers.iter().copied())
+            .map_or(&[], |weights| weights.ranked.as_slice())
+    }
+
+    /// Every merchant with its customers in rank order.
+    pub fn merchants(&self) -> impl Iterator<Item = (MerchantId, &[(CustomerId, Weight)])> + '_ {
+        self.by_merchant
+            .iter()
+            .map(|(&merchant, weights)| (merchant, weights.ranked.as_slice()))
+    }
+
+    /// The customer's slot at `merchant`; `None` when `w(c, m)` is
+    /// undefined.
+    pub fn slot(&self, merchant: MerchantId, customer: CustomerId) -> Option<u32> {
+        let slots = &self.by_merchant.get(&merchant)?.slots;
+        slots
+            .binary_search_by_key(&customer, |&(c, _)| c)
+            .ok()
+            .map(|index| slots[index].1)
     }
 
     pub fn len(&self) -> usize {
@@ -133,14 +172,17 @@ mod tests {
             (MerchantId(1), CustomerId(2), Cents(2001), 1),
         ]);
         assert_eq!(table.len(), 2);
-        let customers: Vec<_> = table.customers_of(MerchantId(1)).collect();
         assert_eq!(
-            customers,
-            vec![
-                (CustomerId(2), Weight::new(Cents(3001), 2)),
+            table.ranked(MerchantId(1)),
+            [
                 (CustomerId(3), Weight::new(Cents(5), 1)),
+                (CustomerId(2), Weight::new(Cents(3001), 2)),
             ]
         );
-        assert_eq!(table.customers_of(MerchantId(2)).count(), 0);
+        assert_eq!(table.slot(MerchantId(1), CustomerId(2)), Some(1));
+        assert_eq!(table.slot(MerchantId(1), CustomerId(3)), Some(0));
+        assert_eq!(table.slot(MerchantId(1), CustomerId(4)), None);
+        assert!(table.ranked(MerchantId(2)).is_empty());
+        assert_eq!(table.slot(MerchantId(2), CustomerId(2)), None);
     }
 }

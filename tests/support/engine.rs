@@ -2,9 +2,13 @@
 //! held in memory: chunks go through the real chunk parser and then through
 //! the three pattern engines, sharded as asked.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use txpipe::detect::{Pattern, PatternEngine, Shard, Thresholds, WeightTable, engine_for};
+use txpipe::detect::{
+    Cents, CustomerId, DetectionKey, MerchantId, PairState, PairTotals, Pattern, PatternEngine,
+    Shard, Snapshot, Thresholds, WeightTable, engine_for,
+};
 use txpipe::input::importance::read_importance;
 use txpipe::input::transactions::ChunkParser;
 use txpipe::names::Names;
@@ -36,6 +40,20 @@ pub fn run(
     thresholds: Thresholds,
     shards: u32,
 ) -> Vec<Emission> {
+    run_with_restart(rows, network, chunk_rows, thresholds, shards, None)
+}
+
+/// Like [`run`], but after chunk `restart_after` (if any) every engine and
+/// the pair table are thrown away and rebuilt from a snapshot of the state
+/// committed so far, as the pipeline does at a new epoch.
+pub fn run_with_restart(
+    rows: &[String],
+    network: &str,
+    chunk_rows: usize,
+    thresholds: Thresholds,
+    shards: u32,
+    restart_after: Option<usize>,
+) -> Vec<Emission> {
     let names = Names::new();
     let entries = read_importance(network.as_bytes(), &names).unwrap().entries;
     let table = WeightTable::from_entries(
@@ -44,17 +62,25 @@ pub fn run(
             .map(|e| (e.merchant, e.customer, e.weight_sum, e.rows)),
     );
     let table = Arc::new(table);
-    let mut engines: Vec<Box<dyn PatternEngine>> = Vec::new();
-    for pattern in Pattern::ALL {
-        for index in 0..shards {
-            engines.push(engine_for(
-                pattern,
-                Shard::new(index, shards),
-                thresholds,
-                table.clone(),
-            ));
+    let fresh_engines = || {
+        let mut engines: Vec<Box<dyn PatternEngine>> = Vec::new();
+        for pattern in Pattern::ALL {
+            for index in 0..shards {
+                engines.push(engine_for(
+                    pattern,
+                    Shard::new(index, shards),
+                    thresholds,
+                    table.clone(),
+                ));
+            }
         }
-    }
+        engines
+    };
+    let mut engines = fresh_engines();
+    let mut totals = PairTotals::new(&table);
+    // What the state store would hold: cumulative pairs and emitted keys.
+    let mut committed: BTreeMap<(MerchantId, CustomerId), PairState> = BTreeMap::new();
+    let mut emitted: Vec<DetectionKey> = Vec::new();
     let mut parser = ChunkParser::new();
     let mut out = Vec::new();
     for (k, chunk) in rows.chunks(chunk_rows.max(1)).enumerate() {
@@ -64,11 +90,26 @@ pub fn run(
             text.push_str(line);
         }
         let parsed = parser.parse(text.as_bytes(), &names).unwrap();
+        let update = totals.fold(&parsed.delta);
         let mut detections = Vec::new();
         for engine in &mut engines {
-            engine.apply(&parsed.delta, &mut detections);
+            engine.apply(&update, &mut detections);
+        }
+        for pair in &parsed.delta.pairs {
+            let state = committed
+                .entry((pair.merchant, pair.customer))
+                .or_insert(PairState {
+                    merchant: pair.merchant,
+                    customer: pair.customer,
+                    count: 0,
+                    amount: Cents(0),
+                    gender: pair.first_gender,
+                });
+            state.count += u64::from(pair.count);
+            state.amount = state.amount.saturating_add(pair.amount);
         }
         for d in detections {
+            emitted.push(d.key);
             out.push((
                 k as u64,
                 d.key.pattern.id(),
@@ -77,6 +118,18 @@ pub fn run(
                     .map_or(String::new(), |c| names.name(c.0).to_string()),
                 names.name(d.key.merchant.0).to_string(),
             ));
+        }
+        if restart_after == Some(k) {
+            let snapshot = Snapshot {
+                pairs: committed.values().copied().collect(),
+                emitted: emitted.clone(),
+            };
+            engines = fresh_engines();
+            for engine in &mut engines {
+                engine.restore(&snapshot);
+            }
+            // A used table, restored, must equal a fresh one restored.
+            totals.restore(&snapshot);
         }
     }
     out.sort();
