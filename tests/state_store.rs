@@ -243,7 +243,9 @@ async fn contract(store: Arc<dyn StateStore>) {
     assert_eq!(store.commit(&next).await.unwrap(), CommitOutcome::Committed);
     assert_eq!(pairs(&*store).await, cumulative);
     assert_eq!(store.pending_deltas().await.unwrap().len(), 1);
+    assert_eq!(store.pending_delta_count().await.unwrap(), 1);
     assert_eq!(store.compact(10).await.unwrap(), 1);
+    assert_eq!(store.pending_delta_count().await.unwrap(), 0);
     assert_eq!(store.compact(10).await.unwrap(), 0, "nothing left to fold");
     assert_eq!(pairs(&*store).await, cumulative);
     let mut compacted = Vec::new();

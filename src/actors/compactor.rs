@@ -99,8 +99,11 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), CompactError> {
     let most = p.settings.database.compact_max_pending as u64;
     let mut commits = p.committed.subscribe();
     let mut seen = *commits.borrow_and_update();
-    // Unknown after a start: the first idle moment compacts what waits.
-    let mut waiting = every;
+    // What an earlier run left behind (commits of this run may already be
+    // counted in both, which only brings a compaction forward).
+    let mut waiting = p
+        .db("count pending deltas", || p.state.pending_delta_count())
+        .await?;
     let mut last_commit = Instant::now();
     loop {
         if p.lifecycle.final_compact.is_cancelled() {

@@ -253,6 +253,8 @@ pub trait StateStore: Send + Sync {
     ) -> DbResult<()>;
     /// Encoded deltas of chunks not yet compacted, in chunk order.
     async fn pending_deltas(&self) -> DbResult<Vec<Vec<u8>>>;
+    /// How many chunks' deltas wait to be compacted.
+    async fn pending_delta_count(&self) -> DbResult<u64>;
     /// Folds up to `max_chunks` pending deltas, oldest first, into
     /// `pair_state` in one transaction. Returns how many it folded.
     async fn compact(&self, max_chunks: usize) -> DbResult<u64>;

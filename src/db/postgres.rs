@@ -750,6 +750,18 @@ impl StateStore for PostgresStore {
         .await
     }
 
+    async fn pending_delta_count(&self) -> DbResult<u64> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            let row = connection
+                .query_one("SELECT count(*) FROM chunk_deltas", &[])
+                .await?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+        .await
+    }
+
     async fn compact(&self, max_chunks: usize) -> DbResult<u64> {
         let pool = self.pool.clone();
         self.run(async move {

@@ -332,6 +332,13 @@ impl StateStore for SqliteStore {
         Ok(blobs)
     }
 
+    async fn pending_delta_count(&self) -> DbResult<u64> {
+        let connection = self.lock();
+        let count: i64 =
+            connection.query_row("SELECT count(*) FROM chunk_deltas", [], |row| row.get(0))?;
+        Ok(count as u64)
+    }
+
     async fn compact(&self, max_chunks: usize) -> DbResult<u64> {
         let mut connection = self.lock();
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
