@@ -1,12 +1,12 @@
 //! DetectorActor: one pattern over one shard of the merchants.
 //!
 //! The watcher folds every chunk into the pair table and sends the result
-//! ([`Apply`]); the detector updates its in-memory state and answers with
-//! the detections that hold for the first time. That state is only a cache of committed state: the
-//! watcher opens every epoch with [`Reset`], carrying a snapshot of the
-//! database, and an `Apply` from any other epoch, or one that does not
-//! follow the chunk applied last, is refused. A panic while applying is
-//! contained, answered with an error, and turns into a supervised restart;
+//! ([`Apply`]); the detector updates its in-memory state and answers with the
+//! detections that hold for the first time. That state is only a cache of
+//! committed state: the watcher opens every epoch with [`Reset`], carrying a
+//! snapshot of the database, and an `Apply` from any other epoch, or one that
+//! does not follow the chunk applied last, is refused. A panic while applying
+//! is contained, answered with an error, and turns into a supervised restart;
 //! the restarted actor refuses work until the next `Reset`.
 
 use std::sync::Arc;

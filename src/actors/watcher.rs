@@ -11,16 +11,16 @@
 //! ```
 //!
 //! Order is kept at every stage: chunks are folded into the pair table,
-//! applied and committed in key order. When commits fall behind, ready chunks commit together.
+//! applied and committed in key order. When commits fall behind, ready chunks
+//! commit together.
 //!
 //! Every *epoch* starts from committed state: the watcher loads a snapshot
 //! from the database, rebuilds its pair table ([`PairTotals`]) from it and
-//! resets every detector with it. If anything
-//! downstream fails (a detector crash, a stale commit, a database that keeps
-//! failing), the epoch ends, uncommitted work is dropped, and a new epoch
-//! starts from what the database holds, so nothing is applied twice and
-//! nothing is lost. The watcher's own failures (it cannot list or read the
-//! store) restart the watcher itself.
+//! resets every detector with it. If anything downstream fails (a detector
+//! crash, a stale commit, a database that keeps failing), the epoch ends,
+//! uncommitted work is dropped, and a new epoch starts from what the database
+//! holds, so nothing is applied twice and nothing is lost. The watcher's own
+//! failures (it cannot list or read the store) restart the watcher itself.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

@@ -84,9 +84,11 @@ impl Population {
         }
     }
 
-    /// A customer's count went from `before` (0: new) to `after`.
+    /// `added` transactions took a customer's count from `before` (0: new)
+    /// to `after`.
     #[inline]
-    fn update(&mut self, before: u64, after: u64, weight_slot: u32) {
+    fn update(&mut self, added: u64, before: u64, after: u64, weight_slot: u32) {
+        self.transactions += added;
         if before == 0 {
             self.customers += 1;
             self.counts.insert(after);
@@ -220,9 +222,8 @@ impl PatternEngine for UpgradeDetector {
                 .weights
                 .slot(pair.merchant, pair.customer)
                 .unwrap_or(NO_WEIGHT);
-            let population = self.population(pair.merchant);
-            population.transactions += pair.count;
-            population.update(0, pair.count, slot);
+            self.population(pair.merchant)
+                .update(pair.count, 0, pair.count, slot);
         }
         for key in &snapshot.emitted {
             if key.pattern == Pattern::Upgrade
@@ -253,9 +254,12 @@ impl PatternEngine for UpgradeDetector {
             if !shard.owns(pair.merchant) {
                 continue;
             }
-            let population = self.population(pair.merchant);
-            population.transactions += u64::from(pair.added);
-            population.update(pair.before(), pair.count, pair.weight_slot);
+            self.population(pair.merchant).update(
+                u64::from(pair.added),
+                pair.before(),
+                pair.count,
+                pair.weight_slot,
+            );
             self.touched.push(pair.merchant);
         }
         self.touched.sort_unstable();
