@@ -12,3 +12,4 @@ pub mod layout;
 pub mod names;
 pub mod pause_points;
 pub mod store;
+pub mod table;

@@ -17,16 +17,19 @@
 //! start-up cost, like loading the weights; restoring keeps those entries
 //! and only resets their totals.
 
-use rustc_hash::FxHashMap;
-
 use super::{
     Cents, ChunkDelta, ChunkUpdate, CustomerId, Gender, MerchantId, NO_WEIGHT, PairUpdate,
     Snapshot, WeightTable,
 };
+use crate::table::PrefetchTable;
+
+/// How many pairs ahead [`PairTotals::fold`] prefetches: enough for a
+/// memory access to finish during the work on the pairs in between.
+const PREFETCH_AHEAD: usize = 16;
 
 pub struct PairTotals {
     /// Keyed by [`pair_key`]: one `u64` hashes faster than a tuple.
-    pairs: FxHashMap<u64, Totals>,
+    pairs: PrefetchTable<u64, Totals>,
     /// Pairs with at least one transaction.
     present: usize,
 }
@@ -49,6 +52,14 @@ impl Totals {
     };
 }
 
+impl Default for Totals {
+    fn default() -> Totals {
+        Totals::NONE
+    }
+}
+
+/// Ids come from the name table, which never hands out `u32::MAX`, so no
+/// key is the table's free-slot marker.
 #[inline]
 fn pair_key(merchant: MerchantId, customer: CustomerId) -> u64 {
     (u64::from(merchant.0) << 32) | u64::from(customer.0)
@@ -57,17 +68,12 @@ fn pair_key(merchant: MerchantId, customer: CustomerId) -> u64 {
 impl PairTotals {
     /// An empty table holding every pair of `weights` with its slot.
     pub fn new(weights: &WeightTable) -> PairTotals {
-        let mut pairs = FxHashMap::default();
-        pairs.reserve(weights.len());
+        let mut pairs: PrefetchTable<u64, Totals> = PrefetchTable::with_capacity(weights.len());
         for (merchant, ranked) in weights.merchants() {
             for (slot, &(customer, _)) in ranked.iter().enumerate() {
-                pairs.insert(
-                    pair_key(merchant, customer),
-                    Totals {
-                        weight_slot: slot as u32,
-                        ..Totals::NONE
-                    },
-                );
+                pairs
+                    .get_or_default(pair_key(merchant, customer))
+                    .weight_slot = slot as u32;
             }
         }
         PairTotals { pairs, present: 0 }
@@ -95,8 +101,7 @@ impl PairTotals {
         for pair in snapshot.pairs.iter().filter(|pair| pair.count > 0) {
             let totals = self
                 .pairs
-                .entry(pair_key(pair.merchant, pair.customer))
-                .or_insert(Totals::NONE);
+                .get_or_default(pair_key(pair.merchant, pair.customer));
             *totals = Totals {
                 count: pair.count,
                 amount: pair.amount,
@@ -110,14 +115,16 @@ impl PairTotals {
     /// Folds one chunk into the table and returns what it changed.
     pub fn fold(&mut self, delta: &ChunkDelta) -> ChunkUpdate {
         let present = &mut self.present;
+        let table = &mut self.pairs;
         let pairs = delta
             .pairs
             .iter()
-            .map(|pair| {
-                let totals = self
-                    .pairs
-                    .entry(pair_key(pair.merchant, pair.customer))
-                    .or_insert(Totals::NONE);
+            .enumerate()
+            .map(|(index, pair)| {
+                if let Some(ahead) = delta.pairs.get(index + PREFETCH_AHEAD) {
+                    table.prefetch(pair_key(ahead.merchant, ahead.customer));
+                }
+                let totals = table.get_or_default(pair_key(pair.merchant, pair.customer));
                 if totals.count == 0 {
                     totals.gender = pair.first_gender;
                     *present += 1;

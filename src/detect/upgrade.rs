@@ -28,6 +28,7 @@ use super::{
     ChunkUpdate, Detection, DetectionKey, Evidence, MerchantId, NO_WEIGHT, Pattern, PatternEngine,
     Ratio, Shard, Snapshot, Thresholds, WeightTable,
 };
+use crate::table::prefetch_line;
 
 pub struct UpgradeDetector {
     shard: Shard,
@@ -108,19 +109,6 @@ impl Population {
 /// How many pairs ahead [`UpgradeDetector::apply`] prefetches: enough to
 /// cover a memory access with the work of the pairs in between.
 const PREFETCH_AHEAD: usize = 16;
-
-#[inline]
-fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: a prefetch never faults and the pointer comes from a
-        // reference.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>()) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
-}
 
 impl UpgradeDetector {
     pub fn new(shard: Shard, thresholds: Thresholds, weights: Arc<WeightTable>) -> Self {
@@ -249,7 +237,7 @@ impl PatternEngine for UpgradeDetector {
                 && let Some(population) = self.merchants.get(&ahead.merchant)
                 && let Some(slot) = population.slots.get(ahead.weight_slot as usize)
             {
-                prefetch(slot);
+                prefetch_line(slot);
             }
             if !shard.owns(pair.merchant) {
                 continue;

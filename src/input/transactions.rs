@@ -14,8 +14,10 @@ use rustc_hash::FxHashMap;
 
 use super::fields::{clean, locate_columns};
 use super::records::RawRecords;
-use crate::detect::{Cents, ChunkDelta, Gender, PairDelta, ParseAmountError, parse_amount};
-use crate::names::Names;
+use crate::detect::{
+    Cents, ChunkDelta, CustomerId, Gender, MerchantId, PairDelta, ParseAmountError, parse_amount,
+};
+use crate::names::{self, Names};
 
 /// Columns a transactions file must have; others are ignored.
 pub const REQUIRED_COLUMNS: [&str; 5] = ["customer", "gender", "merchant", "category", "amount"];
@@ -231,8 +233,9 @@ impl ChunkParser {
     }
 
     /// A plain body (see [`is_plain`]): lines and commas, no per-row
-    /// allocation, pairs folded by the borrowed name bytes, and each
-    /// distinct name interned once per chunk.
+    /// allocation, pairs folded by their names packed into integers (see
+    /// [`names::pack`]), and each distinct name's id looked up once per
+    /// chunk, all of them under one lock ([`Names::ids`]).
     fn parse_plain(
         &mut self,
         body: &[u8],
@@ -241,6 +244,7 @@ impl ChunkParser {
         names: &Names,
     ) -> ParsedChunk {
         struct Fold<'d> {
+            merchant_key: u128,
             merchant: &'d [u8],
             customer: &'d [u8],
             count: u32,
@@ -248,9 +252,10 @@ impl ChunkParser {
             gender: Gender,
         }
         let mut parsed = ParsedChunk::default();
-        let mut slots: FxHashMap<(&[u8], &[u8]), usize> = FxHashMap::default();
+        let mut slots: FxHashMap<(u128, u128), usize> = FxHashMap::default();
         slots.reserve(4096);
         let mut folds: Vec<Fold<'_>> = Vec::with_capacity(4096);
+        let mut long_names: FxHashMap<&[u8], u128> = FxHashMap::default();
         let mut line_number = first_line;
         let mut rest = body;
         while !rest.is_empty() {
@@ -303,8 +308,13 @@ impl ChunkParser {
                 }
             };
             let (merchant, customer) = (field(schema.merchant), field(schema.customer));
-            let slot = *slots.entry((merchant, customer)).or_insert_with(|| {
+            let key = (
+                names::pack(merchant).unwrap_or_else(|| long_key(&mut long_names, merchant)),
+                names::pack(customer).unwrap_or_else(|| long_key(&mut long_names, customer)),
+            );
+            let slot = *slots.entry(key).or_insert_with(|| {
                 folds.push(Fold {
+                    merchant_key: key.0,
                     merchant,
                     customer,
                     count: 0,
@@ -322,20 +332,41 @@ impl ChunkParser {
             std::str::from_utf8(bytes).expect("checked by is_plain")
         }
         let mut encoder = crate::db::delta::Encoder::with_capacity(folds.len());
-        let mut merchants: FxHashMap<&[u8], (crate::detect::MerchantId, u32)> =
-            FxHashMap::default();
-        parsed.delta.pairs = folds
+        // Each distinct merchant once: its id and its index in the encoding.
+        let mut merchant_index: FxHashMap<u128, usize> = FxHashMap::default();
+        let mut merchants: Vec<(&str, u32)> = Vec::new();
+        let fold_merchants: Vec<usize> = folds
             .iter()
             .map(|fold| {
-                let (merchant, index) = *merchants.entry(fold.merchant).or_insert_with(|| {
+                *merchant_index.entry(fold.merchant_key).or_insert_with(|| {
                     let name = text(fold.merchant);
-                    (names.merchant(name), encoder.merchant(name))
-                });
-                let customer = text(fold.customer);
-                encoder.pair(index, customer, fold.count, fold.amount, fold.gender);
+                    merchants.push((name, encoder.merchant(name)));
+                    merchants.len() - 1
+                })
+            })
+            .collect();
+        let mut merchant_ids = Vec::new();
+        names.ids(merchants.iter().map(|&(name, _)| name), &mut merchant_ids);
+        let mut customer_ids = Vec::new();
+        names.ids(
+            folds.iter().map(|fold| text(fold.customer)),
+            &mut customer_ids,
+        );
+        parsed.delta.pairs = folds
+            .iter()
+            .zip(fold_merchants)
+            .zip(customer_ids)
+            .map(|((fold, merchant), customer)| {
+                encoder.pair(
+                    merchants[merchant].1,
+                    text(fold.customer),
+                    fold.count,
+                    fold.amount,
+                    fold.gender,
+                );
                 PairDelta {
-                    merchant,
-                    customer: names.customer(customer),
+                    merchant: MerchantId(merchant_ids[merchant]),
+                    customer: CustomerId(customer),
                     count: fold.count,
                     amount: fold.amount,
                     first_gender: fold.gender,
@@ -345,6 +376,15 @@ impl ChunkParser {
         parsed.encoded_delta = encoder.finish();
         parsed
     }
+}
+
+/// The fold key of a name too long to pack: a number local to the chunk,
+/// tagged so that it cannot equal a packed name (whose top byte, its
+/// length, is at most [`names::PACKED_MAX`]).
+fn long_key<'d>(long_names: &mut FxHashMap<&'d [u8], u128>, name: &'d [u8]) -> u128 {
+    const TAG: u128 = 0xFF << 120;
+    let next = TAG | long_names.len() as u128;
+    *long_names.entry(name).or_insert(next)
 }
 
 #[cfg(test)]
@@ -520,6 +560,10 @@ mod tests {
                 Just("  ".to_string()),
                 Just("'".to_string()),
                 Just("é".to_string()),
+                // Around the longest name that packs into a fold key.
+                Just("'C12345678901234'".to_string()),
+                Just("C123456789012345".to_string()),
+                Just("'C123456789012346'".to_string()),
             ]
         }
 
