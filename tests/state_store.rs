@@ -328,6 +328,54 @@ async fn sqlite_keeps_the_contract() {
     contract(Arc::new(SqliteStore::open(&url).unwrap())).await;
 }
 
+/// Commits leave the WAL to compaction: a checkpoint (copying the WAL into
+/// the database file and syncing it) inside a commit was the paced mode's
+/// slowest chunk. Until a compaction, the database file keeps the size it
+/// had before the commits; the compaction's checkpoint copies the pages in.
+#[tokio::test]
+async fn sqlite_checkpoints_in_compaction_not_in_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let store = SqliteStore::open(&format!("sqlite://{}", path.display())).unwrap();
+    store.migrate().await.unwrap();
+    let file_size = || std::fs::metadata(&path).unwrap().len();
+    let before = file_size();
+    for seq in 0..50u64 {
+        let name = format!("c{seq:04}");
+        let previous = seq.checked_sub(1).map(|p| format!("c{p:04}"));
+        let rows: Vec<(String, String)> = (0..200)
+            .map(|i| (format!("M{}", i % 7), format!("C{seq}-{i}")))
+            .collect();
+        let rows: Vec<(&str, &str, u32, i64, Gender)> = rows
+            .iter()
+            .map(|(m, c)| (m.as_str(), c.as_str(), 1, 100, Gender::Female))
+            .collect();
+        let chunks = [chunk(&name, seq)];
+        let blob = delta(&rows);
+        let deltas = [DeltaBlob {
+            chunk: &name,
+            blob: &blob,
+        }];
+        let batch = CommitBatch {
+            expected_last: previous.as_deref(),
+            chunks: &chunks,
+            deltas: &deltas,
+            detections: &[],
+            processed_at: "2026-11-25T17:00:00.000+05:30",
+        };
+        assert_eq!(
+            store.commit(&batch).await.unwrap(),
+            CommitOutcome::Committed
+        );
+    }
+    assert_eq!(file_size(), before, "commits did not checkpoint");
+    assert_eq!(store.compact(100).await.unwrap(), 50);
+    assert!(
+        file_size() > before,
+        "the compaction checkpointed the WAL into the database file"
+    );
+}
+
 #[tokio::test]
 async fn postgres_keeps_the_contract() {
     let Some(db) = support::pg::TestDb::create() else {
