@@ -347,26 +347,24 @@ impl ChunkParser {
             .collect();
         let mut merchant_ids = Vec::new();
         names.ids(merchants.iter().map(|&(name, _)| name), &mut merchant_ids);
+        let customers: Vec<&str> = folds.iter().map(|fold| text(fold.customer)).collect();
         let mut customer_ids = Vec::new();
-        names.ids(
-            folds.iter().map(|fold| text(fold.customer)),
-            &mut customer_ids,
-        );
+        names.ids(customers.iter().copied(), &mut customer_ids);
         parsed.delta.pairs = folds
             .iter()
             .zip(fold_merchants)
-            .zip(customer_ids)
-            .map(|((fold, merchant), customer)| {
+            .zip(customers.into_iter().zip(customer_ids))
+            .map(|((fold, merchant), (customer, customer_id))| {
                 encoder.pair(
                     merchants[merchant].1,
-                    text(fold.customer),
+                    customer,
                     fold.count,
                     fold.amount,
                     fold.gender,
                 );
                 PairDelta {
                     merchant: MerchantId(merchant_ids[merchant]),
-                    customer: CustomerId(customer),
+                    customer: CustomerId(customer_id),
                     count: fold.count,
                     amount: fold.amount,
                     first_gender: fold.gender,
