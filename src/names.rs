@@ -22,10 +22,7 @@ use lasso::{Key, Spur, ThreadedRodeo};
 use rustc_hash::FxBuildHasher;
 
 use crate::detect::{CustomerId, MerchantId};
-use crate::table::PrefetchTable;
-
-/// How many names ahead [`Names::ids`] prefetches.
-const PREFETCH_AHEAD: usize = 16;
+use crate::table::{PREFETCH_AHEAD, PrefetchTable};
 
 /// Longest name [`pack`] takes: 15 bytes and a length byte fill a `u128`.
 pub const PACKED_MAX: usize = 15;
@@ -89,9 +86,8 @@ impl Names {
     /// The ids of `names`, in order, into `ids` (cleared first): one read
     /// lock for the lot, the interner only for names not seen by this
     /// method before (and for names too long to pack).
-    pub fn ids<'n>(&self, names: impl IntoIterator<Item = &'n str>, ids: &mut Vec<u32>) {
+    pub fn ids(&self, names: &[&str], ids: &mut Vec<u32>) {
         ids.clear();
-        let names: Vec<&str> = names.into_iter().collect();
         let keys: Vec<Option<u128>> = names.iter().map(|name| pack(name.as_bytes())).collect();
         let mut unknown: Vec<(usize, &str)> = Vec::new();
         {
@@ -162,7 +158,7 @@ mod tests {
         let long = "a customer name well past fifteen bytes";
         let batch = ["M1", "C100", long, "M1", "", "C200"];
         let mut ids = Vec::new();
-        names.ids(batch, &mut ids);
+        names.ids(&batch, &mut ids);
         assert_eq!(ids[1], early.0, "a name interned before keeps its id");
         assert_eq!(ids[0], ids[3]);
         for (name, id) in batch.iter().zip(&ids) {
@@ -170,7 +166,8 @@ mod tests {
             assert_eq!(names.customer(name).0, *id);
         }
         let mut again = Vec::new();
-        names.ids(batch.iter().rev().copied(), &mut again);
+        let reversed: Vec<&str> = batch.iter().rev().copied().collect();
+        names.ids(&reversed, &mut again);
         again.reverse();
         assert_eq!(
             again, ids,
@@ -187,7 +184,8 @@ mod tests {
                 .map(|_| {
                     scope.spawn(|| {
                         let mut ids = Vec::new();
-                        names.ids(batch.iter().map(String::as_str), &mut ids);
+                        let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
+                        names.ids(&batch, &mut ids);
                         ids
                     })
                 })

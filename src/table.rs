@@ -69,6 +69,10 @@ pub fn prefetch_line<T>(value: &T) {
     let _ = value;
 }
 
+/// How many keys ahead callers walking a batch prefetch: enough for a
+/// memory access to finish during the work on the keys in between.
+pub const PREFETCH_AHEAD: usize = 16;
+
 /// Slots per 64-byte cache line for the tables' 32-byte entries.
 const LINE_SLOTS: usize = 2;
 

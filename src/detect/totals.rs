@@ -21,11 +21,7 @@ use super::{
     Cents, ChunkDelta, ChunkUpdate, CustomerId, Gender, MerchantId, NO_WEIGHT, PairUpdate,
     Snapshot, WeightTable,
 };
-use crate::table::PrefetchTable;
-
-/// How many pairs ahead [`PairTotals::fold`] prefetches: enough for a
-/// memory access to finish during the work on the pairs in between.
-const PREFETCH_AHEAD: usize = 16;
+use crate::table::{PREFETCH_AHEAD, PrefetchTable};
 
 pub struct PairTotals {
     /// Keyed by [`pair_key`]: one `u64` hashes faster than a tuple.

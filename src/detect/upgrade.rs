@@ -28,7 +28,7 @@ use super::{
     ChunkUpdate, Detection, DetectionKey, Evidence, MerchantId, NO_WEIGHT, Pattern, PatternEngine,
     Ratio, Shard, Snapshot, Thresholds, WeightTable,
 };
-use crate::table::prefetch_line;
+use crate::table::{PREFETCH_AHEAD, prefetch_line};
 
 pub struct UpgradeDetector {
     shard: Shard,
@@ -105,10 +105,6 @@ impl Population {
         }
     }
 }
-
-/// How many pairs ahead [`UpgradeDetector::apply`] prefetches: enough to
-/// cover a memory access with the work of the pairs in between.
-const PREFETCH_AHEAD: usize = 16;
 
 impl UpgradeDetector {
     pub fn new(shard: Shard, thresholds: Thresholds, weights: Arc<WeightTable>) -> Self {

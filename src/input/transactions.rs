@@ -334,29 +334,31 @@ impl ChunkParser {
         let mut encoder = crate::db::delta::Encoder::with_capacity(folds.len());
         // Each distinct merchant once: its id and its index in the encoding.
         let mut merchant_index: FxHashMap<u128, usize> = FxHashMap::default();
-        let mut merchants: Vec<(&str, u32)> = Vec::new();
+        let mut merchants: Vec<&str> = Vec::new();
+        let mut merchant_codes: Vec<u32> = Vec::new();
         let fold_merchants: Vec<usize> = folds
             .iter()
             .map(|fold| {
                 *merchant_index.entry(fold.merchant_key).or_insert_with(|| {
                     let name = text(fold.merchant);
-                    merchants.push((name, encoder.merchant(name)));
+                    merchants.push(name);
+                    merchant_codes.push(encoder.merchant(name));
                     merchants.len() - 1
                 })
             })
             .collect();
         let mut merchant_ids = Vec::new();
-        names.ids(merchants.iter().map(|&(name, _)| name), &mut merchant_ids);
+        names.ids(&merchants, &mut merchant_ids);
         let customers: Vec<&str> = folds.iter().map(|fold| text(fold.customer)).collect();
         let mut customer_ids = Vec::new();
-        names.ids(customers.iter().copied(), &mut customer_ids);
+        names.ids(&customers, &mut customer_ids);
         parsed.delta.pairs = folds
             .iter()
             .zip(fold_merchants)
             .zip(customers.into_iter().zip(customer_ids))
             .map(|((fold, merchant), (customer, customer_id))| {
                 encoder.pair(
-                    merchants[merchant].1,
+                    merchant_codes[merchant],
                     customer,
                     fold.count,
                     fold.amount,
