@@ -203,3 +203,71 @@ fn state_left_uncompacted_at_shutdown_is_folded_by_the_next_start() {
         .unwrap();
     assert_eq!(left, 0, "the next start folds what was left");
 }
+
+/// Runs paced (one chunk a minute, so at most one cut per life) and stops
+/// the system as soon as `chunks` chunk objects are written.
+fn run_paced_and_stop_after_writes(dir: &Path, chunks: u64) {
+    let mut settings = settings(dir);
+    settings.chunker.interval_ms = 60_000;
+    let report = app::run_observed(settings, RunMode::UntilDone, Vec::new(), |handle| {
+        std::thread::spawn(move || {
+            let progress = &handle.pipeline.progress;
+            while progress.chunks_written.load(Ordering::Acquire) < chunks {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            handle.system.stop_with_code(9);
+        });
+    })
+    .unwrap();
+    assert_eq!(report.exit_code, 9, "{:?}", report.error);
+}
+
+/// A life that dies with several chunk PUTs in flight leaves their keys
+/// pending; the next life reuses them. If that life is paced, it cuts them
+/// one per tick, and if it dies too before cutting them all, the keys it
+/// has not reached yet must still be pending: their objects may already
+/// exist, and a fresh key would put a second object for the same rows.
+#[test]
+fn pending_keys_survive_a_paced_life_that_dies_before_reaching_them() {
+    let dir = tempfile::tempdir().unwrap();
+    run_paced_and_stop_after_writes(dir.path(), 1);
+
+    // As if the life just stopped had chosen keys for its next two chunks.
+    let db = rusqlite::Connection::open(dir.path().join("state.sqlite")).unwrap();
+    let (next_seq, pending): (i64, Option<String>) = db
+        .query_row(
+            "SELECT next_seq, pending_key FROM chunker_position WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let mut chosen: Vec<String> = pending
+        .map(|keys| keys.lines().map(str::to_string).collect())
+        .unwrap_or_default();
+    while chosen.len() < 2 {
+        let seq = next_seq as u64 + chosen.len() as u64;
+        chosen.push(txpipe::layout::chunk_key(seq, "20000101T000000000Z"));
+    }
+    db.execute(
+        "UPDATE chunker_position SET pending_key = ?1 WHERE id = 1",
+        [chosen.join("\n")],
+    )
+    .unwrap();
+    drop(db);
+
+    // This life cuts and writes only the first of them before it dies.
+    run_paced_and_stop_after_writes(dir.path(), 1);
+    let report = app::run(settings(dir.path()), RunMode::UntilDone, Vec::new()).unwrap();
+    assert_eq!(report.exit_code, 0, "{:?}", report.error);
+
+    let outputs = Outputs::read(dir.path());
+    for key in &chosen {
+        let name = key.strip_prefix("stream_chunks/").unwrap();
+        assert!(
+            outputs.chunk_objects.iter().any(|o| o == name),
+            "{name} was chosen before the crashes but not used: {:?}",
+            outputs.chunk_objects
+        );
+    }
+    assert_same_as_uninterrupted(dir.path());
+}

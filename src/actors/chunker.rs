@@ -217,9 +217,15 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
             next_tick += interval;
         }
         // One write records both the chunks done and the keys about to be
-        // written; a key is always durable before its PUT starts.
+        // written; a key is always durable before its PUT starts. Keys a
+        // previous life chose but this one has not cut yet (pacing cuts
+        // one per tick) stay pending too: their objects may exist already.
         if dirty || !fresh.is_empty() {
-            position.pending_keys = in_flight.iter().map(|c| c.key.clone()).collect();
+            position.pending_keys = in_flight
+                .iter()
+                .map(|c| c.key.clone())
+                .chain(reused.iter().cloned())
+                .collect();
             position.finished = false;
             p.db("save chunker position", || {
                 p.state.save_chunker_position(&position)
