@@ -18,6 +18,18 @@
 //! and its slot, so a pair costs a tree update and one array write; the
 //! pattern is evaluated only for merchants past the size threshold that
 //! the chunk touched.
+//!
+//! Most evaluations do not scan the bottom decile either. After one, every
+//! present, unemitted slot before the decile's end has a count below the
+//! top decile's threshold (`top`), or it would have been emitted. A slot
+//! the next chunk did not touch keeps its count, so it can match only if
+//! `top` fell or the decile's end moved past it. Each merchant therefore
+//! remembers the `top` and end of its last evaluation: when `top` did not
+//! fall, only the slots the chunk touched before the old end and the slots
+//! between the old and the new end are checked. Bitsets over the slots
+//! (who is present, where weight groups start) give the decile's end and a
+//! customer's `less_w` by popcount, without reading the slots; when `top`
+//! fell, the decile is scanned as before.
 
 use std::sync::Arc;
 
@@ -36,6 +48,8 @@ pub struct UpgradeDetector {
     weights: Arc<WeightTable>,
     merchants: FxHashMap<MerchantId, Population>,
     touched: Vec<MerchantId>,
+    /// The chunk's slots that lie before their merchant's last decile end.
+    touched_slots: Vec<(MerchantId, u32)>,
 }
 
 struct Population {
@@ -49,6 +63,21 @@ struct Population {
     slots: Vec<Slot>,
     /// `|W(m)|`: slots with a count.
     present: u64,
+    /// One bit per slot: the customer is in `W(m)`.
+    present_bits: Vec<u64>,
+    /// One bit per slot: the slot starts a weight group.
+    group_bits: Vec<u64>,
+    /// What the last evaluation established, unless the merchant was
+    /// touched since without being evaluated.
+    settled: Option<Settled>,
+}
+
+/// After an evaluation: every present, unemitted slot before `end` has a
+/// count below `top`.
+#[derive(Clone, Copy)]
+struct Settled {
+    top: u64,
+    end: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -64,10 +93,12 @@ impl Population {
     fn new(merchant: MerchantId, weights: &WeightTable) -> Population {
         let ranked = weights.ranked(merchant);
         let mut slots: Vec<Slot> = Vec::with_capacity(ranked.len());
+        let mut group_bits = vec![0u64; ranked.len().div_ceil(64)];
         for index in 0..ranked.len() {
             let group_start = if index > 0 && ranked[index - 1].1 == ranked[index].1 {
                 slots[index - 1].group_start
             } else {
+                set_bit(&mut group_bits, index);
                 index as u32
             };
             slots.push(Slot {
@@ -82,7 +113,20 @@ impl Population {
             counts: CountTree::new(),
             slots,
             present: 0,
+            present_bits: vec![0u64; ranked.len().div_ceil(64)],
+            group_bits,
+            settled: None,
         }
+    }
+
+    /// Where the scan of the bottom decile by weight stops: at the first
+    /// group start whose `less_w` is past a tenth of `|W(m)| - 1`, that is
+    /// the first group start after the present slot that has
+    /// `(|W(m)| - 1) / 10` present slots before it. Needs `present > 0`.
+    fn decile_end(&self) -> usize {
+        let last = select(&self.present_bits, (self.present - 1) / 10)
+            .expect("present counts the set bits");
+        next_set(&self.group_bits, last + 1, self.slots.len())
     }
 
     /// `added` transactions took a customer's count from `before` (0: new)
@@ -100,6 +144,7 @@ impl Population {
             let slot = &mut self.slots[weight_slot as usize];
             if slot.count == 0 {
                 self.present += 1;
+                set_bit(&mut self.present_bits, weight_slot as usize);
             }
             slot.count = after;
         }
@@ -114,6 +159,7 @@ impl UpgradeDetector {
             weights,
             merchants: FxHashMap::default(),
             touched: Vec::new(),
+            touched_slots: Vec::new(),
         }
     }
 
@@ -124,8 +170,17 @@ impl UpgradeDetector {
             .or_insert_with(|| Population::new(merchant, weights))
     }
 
-    fn evaluate(&mut self, merchant: MerchantId, out: &mut Vec<Detection>) {
+    /// Emits the matches of a merchant the chunk touched; `touched` are the
+    /// chunk's slots at the merchant that lie before its last decile end,
+    /// ascending.
+    fn evaluate(
+        &mut self,
+        merchant: MerchantId,
+        touched: &[(MerchantId, u32)],
+        out: &mut Vec<Detection>,
+    ) {
         let population = self.merchants.get_mut(&merchant).expect("touched merchant");
+        let settled_before = population.settled.take();
         if population.transactions <= self.thresholds.upgrade_min_merchant_txns {
             return;
         }
@@ -146,27 +201,12 @@ impl UpgradeDetector {
                 None => return,
             }
         };
+        let end = population.decile_end();
         let ranked = self.weights.ranked(merchant);
-        // Walk W(m) from the lightest: less_w is the number of present
-        // customers before a customer's weight group.
-        let mut present_before = 0u64;
-        let mut less_w = 0u64;
-        for (index, &(customer, weight)) in ranked.iter().enumerate() {
-            let slot = population.slots[index];
-            if slot.group_start as usize == index {
-                less_w = present_before;
-                if 10 * less_w > weighted - 1 {
-                    break;
-                }
-            }
-            if slot.count == 0 {
-                continue;
-            }
-            present_before += 1;
-            if slot.emitted || slot.count < top {
-                continue;
-            }
-            population.slots[index].emitted = true;
+        let mut emit = |population: &mut Population, index: usize, less_w: u64| {
+            let slot = &mut population.slots[index];
+            slot.emitted = true;
+            let (customer, weight) = ranked[index];
             out.push(Detection {
                 key: DetectionKey {
                     pattern: Pattern::Upgrade,
@@ -187,6 +227,103 @@ impl UpgradeDetector {
                     ..Evidence::default()
                 },
             });
+        };
+        match settled_before {
+            Some(settled) if top >= settled.top => {
+                // Only these can newly match (see the module docs).
+                let newly_reached = settled.end.min(end)..end;
+                let candidates = touched
+                    .iter()
+                    .map(|&(_, index)| index as usize)
+                    .take_while(|&index| index < end)
+                    .chain(newly_reached);
+                for index in candidates {
+                    let slot = population.slots[index];
+                    if slot.count < top || slot.emitted {
+                        continue;
+                    }
+                    let less_w = rank(&population.present_bits, slot.group_start as usize);
+                    emit(population, index, less_w);
+                }
+            }
+            _ => {
+                // Walk W(m) from the lightest: less_w is the number of
+                // present customers before a customer's weight group.
+                let mut present_before = 0u64;
+                let mut less_w = 0u64;
+                for index in 0..end {
+                    let slot = population.slots[index];
+                    if slot.group_start as usize == index {
+                        less_w = present_before;
+                        debug_assert!(10 * less_w < weighted, "scan ends too late");
+                    }
+                    if slot.count == 0 {
+                        continue;
+                    }
+                    present_before += 1;
+                    if slot.emitted || slot.count < top {
+                        continue;
+                    }
+                    emit(population, index, less_w);
+                }
+                debug_assert!(
+                    end == population.slots.len() || 10 * present_before > weighted - 1,
+                    "the decile ends at a group start past a tenth"
+                );
+            }
+        }
+        population.settled = Some(Settled { top, end });
+    }
+}
+
+/// Sets bit `index` of a bitset.
+fn set_bit(bits: &mut [u64], index: usize) {
+    bits[index / 64] |= 1 << (index % 64);
+}
+
+/// How many bits before `index` are set.
+fn rank(bits: &[u64], index: usize) -> u64 {
+    let (word, bit) = (index / 64, index % 64);
+    let whole: u64 = bits[..word].iter().map(|w| u64::from(w.count_ones())).sum();
+    if bit == 0 {
+        whole
+    } else {
+        whole + u64::from((bits[word] & ((1u64 << bit) - 1)).count_ones())
+    }
+}
+
+/// The set bit with `before` set bits before it.
+fn select(bits: &[u64], mut before: u64) -> Option<usize> {
+    for (index, &word) in bits.iter().enumerate() {
+        let ones = u64::from(word.count_ones());
+        if before < ones {
+            let mut word = word;
+            for _ in 0..before {
+                word &= word - 1;
+            }
+            return Some(index * 64 + word.trailing_zeros() as usize);
+        }
+        before -= ones;
+    }
+    None
+}
+
+/// The first set bit at or after `from`, or `len` if there is none before
+/// `len`.
+fn next_set(bits: &[u64], from: usize, len: usize) -> usize {
+    let mut index = from / 64;
+    let Some(&first) = bits.get(index) else {
+        return len;
+    };
+    let mut word = first & (!0u64 << (from % 64));
+    loop {
+        if word != 0 {
+            return (index * 64 + word.trailing_zeros() as usize).min(len);
+        }
+        index += 1;
+        match bits.get(index) {
+            Some(&next) => word = next,
+            None => return len,
         }
     }
 }
@@ -222,6 +359,7 @@ impl PatternEngine for UpgradeDetector {
 
     fn apply(&mut self, update: &ChunkUpdate, out: &mut Vec<Detection>) {
         self.touched.clear();
+        self.touched_slots.clear();
         let shard = self.shard;
         for (index, pair) in update.pairs.iter().enumerate() {
             // A big merchant's slots do not fit in cache: ask for the slot
@@ -238,20 +376,67 @@ impl PatternEngine for UpgradeDetector {
             if !shard.owns(pair.merchant) {
                 continue;
             }
-            self.population(pair.merchant).update(
+            let population = self.population(pair.merchant);
+            population.update(
                 u64::from(pair.added),
                 pair.before(),
                 pair.count,
                 pair.weight_slot,
             );
+            let before_settled_end = population
+                .settled
+                .is_some_and(|settled| (pair.weight_slot as usize) < settled.end);
+            if pair.weight_slot != NO_WEIGHT && before_settled_end {
+                self.touched_slots.push((pair.merchant, pair.weight_slot));
+            }
             self.touched.push(pair.merchant);
         }
         self.touched.sort_unstable();
         self.touched.dedup();
+        self.touched_slots.sort_unstable();
+        self.touched_slots.dedup();
         let touched = std::mem::take(&mut self.touched);
+        let touched_slots = std::mem::take(&mut self.touched_slots);
+        let mut rest = touched_slots.as_slice();
         for &merchant in &touched {
-            self.evaluate(merchant, out);
+            let here = rest.partition_point(|&(m, _)| m <= merchant);
+            self.evaluate(merchant, &rest[..here], out);
+            rest = &rest[here..];
         }
         self.touched = touched;
+        self.touched_slots = touched_slots;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bitset(bits: &[bool]) -> Vec<u64> {
+        let mut words = vec![0u64; bits.len().div_ceil(64)];
+        for (index, _) in bits.iter().enumerate().filter(|(_, set)| **set) {
+            set_bit(&mut words, index);
+        }
+        words
+    }
+
+    proptest! {
+        /// The bitset queries against counting bit by bit, over several
+        /// words and at word edges.
+        #[test]
+        fn bitset_queries_equal_counting(bits in prop::collection::vec(any::<bool>(), 0..300)) {
+            let words = bitset(&bits);
+            for index in 0..=bits.len() {
+                let counted = bits[..index].iter().filter(|set| **set).count() as u64;
+                prop_assert_eq!(rank(&words, index), counted);
+                let next = (index..bits.len()).find(|&i| bits[i]).unwrap_or(bits.len());
+                prop_assert_eq!(next_set(&words, index, bits.len()), next);
+            }
+            let set: Vec<usize> = (0..bits.len()).filter(|&i| bits[i]).collect();
+            for before in 0..=set.len() as u64 {
+                prop_assert_eq!(select(&words, before), set.get(before as usize).copied());
+            }
+        }
     }
 }
