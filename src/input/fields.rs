@@ -14,6 +14,72 @@ pub fn clean(field: &[u8]) -> &[u8] {
     }
 }
 
+/// The positions of the commas and line feeds of a byte string, in order,
+/// found eight bytes at a time. A plain chunk line has a delimiter every
+/// nine bytes or so, too dense for `memchr`'s vector search to pay off
+/// (each call starts over); a word's delimiters come out of one mask here.
+pub struct Delimiters<'a> {
+    bytes: &'a [u8],
+    /// Start of the next word to load.
+    next: usize,
+    /// Start of the word whose delimiters are pending.
+    base: usize,
+    /// The high bit of each pending delimiter byte of that word.
+    pending: u64,
+}
+
+const LOW_SEVEN: u64 = u64::from_le_bytes([0x7f; 8]);
+const COMMAS: u64 = u64::from_le_bytes([b','; 8]);
+const LINE_FEEDS: u64 = u64::from_le_bytes([b'\n'; 8]);
+
+/// The high bit of every zero byte of `word`, and nothing else (no carry
+/// crosses bytes, so no false positives).
+#[inline]
+fn zero_bytes(word: u64) -> u64 {
+    !(((word & LOW_SEVEN) + LOW_SEVEN) | word | LOW_SEVEN)
+}
+
+impl<'a> Delimiters<'a> {
+    pub fn new(bytes: &'a [u8]) -> Delimiters<'a> {
+        Delimiters {
+            bytes,
+            next: 0,
+            base: 0,
+            pending: 0,
+        }
+    }
+}
+
+impl Iterator for Delimiters<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.pending == 0 {
+            let rest = self
+                .bytes
+                .get(self.next..)
+                .filter(|rest| !rest.is_empty())?;
+            let word = match rest.first_chunk::<8>() {
+                Some(word) => u64::from_le_bytes(*word),
+                None => {
+                    // The tail, padded with zeros: neither a comma nor a
+                    // line feed.
+                    let mut word = [0u8; 8];
+                    word[..rest.len()].copy_from_slice(rest);
+                    u64::from_le_bytes(word)
+                }
+            };
+            self.base = self.next;
+            self.next += rest.len().min(8);
+            self.pending = zero_bytes(word ^ COMMAS) | zero_bytes(word ^ LINE_FEEDS);
+        }
+        let offset = self.pending.trailing_zeros() as usize / 8;
+        self.pending &= self.pending - 1;
+        Some(self.base + offset)
+    }
+}
+
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Normalizes a header name for lookup.
@@ -66,6 +132,22 @@ mod tests {
         assert_eq!(clean(b"''"), b"");
         assert_eq!(clean(b"'"), b"'");
         assert_eq!(clean(b"'unbalanced"), b"'unbalanced");
+    }
+
+    proptest::proptest! {
+        /// Every comma and line feed, in order, and nothing else.
+        #[test]
+        fn delimiters_are_the_commas_and_line_feeds(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(vec![b',', b'\n', b'\r', b'a', 0u8, 0x80, 0xff, b'-']),
+                0..100,
+            )
+        ) {
+            let expected: Vec<usize> = (0..bytes.len())
+                .filter(|&i| bytes[i] == b',' || bytes[i] == b'\n')
+                .collect();
+            proptest::prop_assert_eq!(Delimiters::new(&bytes).collect::<Vec<_>>(), expected);
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::fmt;
 
 use rustc_hash::FxHashMap;
 
-use super::fields::{clean, locate_columns};
+use super::fields::{Delimiters, clean, locate_columns};
 use super::records::RawRecords;
 use crate::detect::{
     Cents, ChunkDelta, CustomerId, Gender, MerchantId, PairDelta, ParseAmountError, parse_amount,
@@ -252,40 +252,54 @@ impl ChunkParser {
             gender: Gender,
         }
         let mut parsed = ParsedChunk::default();
+        // About one distinct pair per row at most: sized once, no regrowth.
+        let rows_estimate = body.len() / 64 + 16;
         let mut slots: FxHashMap<(u128, u128), usize> = FxHashMap::default();
-        slots.reserve(4096);
-        let mut folds: Vec<Fold<'_>> = Vec::with_capacity(4096);
+        slots.reserve(rows_estimate);
+        let mut folds: Vec<Fold<'_>> = Vec::with_capacity(rows_estimate);
         let mut long_names: FxHashMap<&[u8], u128> = FxHashMap::default();
         let mut line_number = first_line;
-        let mut rest = body;
-        while !rest.is_empty() {
-            let (line, next) = match memchr::memchr(b'\n', rest) {
-                Some(end) => (&rest[..end], &rest[end + 1..]),
-                None => (rest, &rest[rest.len()..]),
+        let mut line_start = 0;
+        let mut field_start = 0;
+        // Field bounds within `body`, for the current line.
+        let bounds = &mut self.bounds;
+        bounds.clear();
+        let mut delimiters = Delimiters::new(body);
+        loop {
+            let line_feed = match delimiters.next() {
+                Some(comma) if body[comma] == b',' => {
+                    bounds.push((field_start, comma));
+                    field_start = comma + 1;
+                    continue;
+                }
+                Some(line_feed) => line_feed,
+                // The last line need not end in a line feed.
+                None if line_start < body.len() => body.len(),
+                None => break,
             };
-            rest = next;
+            let mut line_end = line_feed;
+            if line_end > line_start && body[line_end - 1] == b'\r' {
+                line_end -= 1;
+            }
+            bounds.push((field_start.min(line_end), line_end));
+            let line = &body[line_start..line_end];
             let this_line = line_number;
             line_number += 1;
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            line_start = line_feed + 1;
+            field_start = line_start;
             if line.is_empty() {
+                bounds.clear();
                 continue;
             }
             parsed.rows += 1;
-            self.bounds.clear();
-            let mut start = 0;
-            for comma in memchr::memchr_iter(b',', line) {
-                self.bounds.push((start, comma));
-                start = comma + 1;
-            }
-            self.bounds.push((start, line.len()));
             let field = |index: usize| {
-                let (from, to) = self.bounds[index];
-                clean(&line[from..to])
+                let (from, to) = bounds[index];
+                clean(&body[from..to])
             };
-            let checked = if self.bounds.len() != schema.fields {
+            let checked = if bounds.len() != schema.fields {
                 Err(BadRowReason::FieldCount {
                     expected: schema.fields,
-                    found: self.bounds.len(),
+                    found: bounds.len(),
                 })
             } else if field(schema.customer).is_empty() {
                 Err(BadRowReason::EmptyField("customer"))
@@ -304,6 +318,7 @@ impl ChunkParser {
                         reason,
                         raw: line.to_vec(),
                     });
+                    bounds.clear();
                     continue;
                 }
             };
@@ -312,6 +327,8 @@ impl ChunkParser {
                 names::pack(merchant).unwrap_or_else(|| long_key(&mut long_names, merchant)),
                 names::pack(customer).unwrap_or_else(|| long_key(&mut long_names, customer)),
             );
+            let gender = field(schema.gender);
+            bounds.clear();
             let slot = *slots.entry(key).or_insert_with(|| {
                 folds.push(Fold {
                     merchant_key: key.0,
@@ -319,7 +336,7 @@ impl ChunkParser {
                     customer,
                     count: 0,
                     amount: Cents(0),
-                    gender: Gender::from_field(field(schema.gender)),
+                    gender: Gender::from_field(gender),
                 });
                 folds.len() - 1
             });
