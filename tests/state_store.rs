@@ -376,6 +376,56 @@ async fn sqlite_checkpoints_in_compaction_not_in_commits() {
     );
 }
 
+/// Past SQLite's usual WAL limit, commits leave the copying to a thread of
+/// the store's own: the database file grows without any compaction.
+#[tokio::test]
+async fn sqlite_checkpoints_a_growing_wal_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let store = SqliteStore::open(&format!("sqlite://{}", path.display())).unwrap();
+    store.migrate().await.unwrap();
+    let file_size = || std::fs::metadata(&path).unwrap().len();
+    let before = file_size();
+    // About 100 kB of deltas per commit: the 1,000-page limit (4 MB) is
+    // crossed after some forty commits.
+    for seq in 0..80u64 {
+        let name = format!("c{seq:04}");
+        let previous = seq.checked_sub(1).map(|p| format!("c{p:04}"));
+        let rows: Vec<(String, String)> = (0..5_000)
+            .map(|i| (format!("M{}", i % 7), format!("C{seq}-{i}")))
+            .collect();
+        let rows: Vec<(&str, &str, u32, i64, Gender)> = rows
+            .iter()
+            .map(|(m, c)| (m.as_str(), c.as_str(), 1, 100, Gender::Female))
+            .collect();
+        let chunks = [chunk(&name, seq)];
+        let blob = delta(&rows);
+        let deltas = [DeltaBlob {
+            chunk: &name,
+            blob: &blob,
+        }];
+        let batch = CommitBatch {
+            expected_last: previous.as_deref(),
+            chunks: &chunks,
+            deltas: &deltas,
+            detections: &[],
+            processed_at: "2026-11-25T17:00:00.000+05:30",
+        };
+        assert_eq!(
+            store.commit(&batch).await.unwrap(),
+            CommitOutcome::Committed
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while file_size() <= before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        file_size() > before,
+        "the background checkpoint copied the WAL into the database file"
+    );
+}
+
 #[tokio::test]
 async fn postgres_keeps_the_contract() {
     let Some(db) = support::pg::TestDb::create() else {

@@ -7,7 +7,7 @@
 //! them half applied.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,14 +26,20 @@ mod embedded {
 pub struct SqliteStore {
     connection: Mutex<Connection>,
     /// A second connection that only checkpoints the WAL (see `open`).
-    checkpointer: Mutex<Connection>,
+    checkpointer: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
 
-/// WAL pages after which a commit checkpoints after all: a backstop, ten
-/// times SQLite's default, for when compaction (which checkpoints) is not
-/// running.
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
+/// WAL pages after which a commit asks the background checkpointer to copy
+/// the WAL into the database file (SQLite's own default limit).
+const BACKGROUND_CHECKPOINT_PAGES: i32 = 1_000;
+
+/// WAL pages after which a commit checkpoints itself after all: a backstop,
+/// ten times SQLite's default. The WAL only starts over once a checkpoint
+/// has copied all of it before the next commit, which a background
+/// checkpoint beside continuous commits rarely manages; then this one copies
+/// the little that is left and lets the WAL start over.
+const WAL_BACKSTOP_PAGES: i32 = 10_000;
 
 fn db_error(error: rusqlite::Error) -> DbError {
     use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
@@ -92,24 +98,48 @@ impl SqliteStore {
                 DbError::Failed(format!("cannot create directory {}: {e}", parent.display()))
             })?;
         }
-        let connection = Connection::open(path)?;
+        let mut connection = Connection::open(path)?;
         connection.busy_timeout(Duration::from_secs(10))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         // 32 MB of page cache: compactions upsert into a table of millions
         // of pairs.
         connection.pragma_update(None, "cache_size", -32_768)?;
-        // A checkpoint copies the WAL into the database file and syncs it:
-        // ~40 ms that SQLite would spend inside whichever commit crossed its
-        // 1,000-page limit (it was the paced mode's p99). `compact`
-        // checkpoints instead, on its own connection, beside the commits.
-        connection.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         connection.set_prepared_statement_cache_capacity(64);
         let checkpointer = Connection::open(path)?;
         checkpointer.busy_timeout(Duration::from_secs(10))?;
+        let checkpointer = Arc::new(Mutex::new(checkpointer));
+        // A checkpoint copies the WAL into the database file and syncs it:
+        // 40 ms and more that SQLite would spend inside whichever commit
+        // crossed its 1,000-page limit (the paced mode's p99 once; in
+        // catch-up runs, a stall of the whole pipeline every few hundred
+        // chunks). Commits ask a thread of ours to checkpoint instead, on
+        // its own connection, beside them; `compact` checkpoints too.
+        let (ask, asked) = crossbeam_channel::bounded::<()>(1);
+        connection.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
+            if pages >= WAL_BACKSTOP_PAGES {
+                wal.checkpoint()?;
+            } else if pages >= BACKGROUND_CHECKPOINT_PAGES {
+                // One request waiting is enough.
+                let _ = ask.try_send(());
+            }
+            Ok(())
+        }))?;
+        let background = checkpointer.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                // Ends when the committing connection, and its hook, go.
+                while asked.recv().is_ok() {
+                    if let Err(error) = passive_checkpoint(&background) {
+                        tracing::warn!(%error, "background WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| DbError::Failed(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(SqliteStore {
             connection: Mutex::new(connection),
-            checkpointer: Mutex::new(checkpointer),
+            checkpointer,
             path: path.to_path_buf(),
         })
     }
@@ -125,6 +155,15 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// PASSIVE: copies what it can without waiting for, or blocking, the
+/// commits that go on meanwhile on the other connection.
+fn passive_checkpoint(checkpointer: &Mutex<Connection>) -> rusqlite::Result<()> {
+    checkpointer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -387,12 +426,7 @@ impl StateStore for SqliteStore {
         tx.execute("DELETE FROM chunk_deltas WHERE chunk_name <= ?1", [&last])?;
         tx.commit()?;
         drop(connection);
-        // PASSIVE: copies what it can without waiting for, or blocking, the
-        // commits that go on meanwhile on the other connection.
-        self.checkpointer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        passive_checkpoint(&self.checkpointer)?;
         Ok(folded)
     }
 
