@@ -4,7 +4,9 @@
 //! its own), serialized by one connection mutex; SQLite allows a single
 //! writer anyway. `synchronous = NORMAL` in WAL mode survives any crash of
 //! the process; a power loss may lose the last commits but never leaves
-//! them half applied.
+//! them half applied. Copying the WAL into the database file (a checkpoint)
+//! happens on a second connection, beside the commits: from a thread of the
+//! store's own once the WAL grows past 1,000 pages, and after compactions.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
