@@ -328,6 +328,15 @@ async fn sqlite_keeps_the_contract() {
     contract(Arc::new(SqliteStore::open(&url).unwrap())).await;
 }
 
+/// A migrated SQLite store in a fresh directory, and its database file.
+async fn fresh_sqlite() -> (tempfile::TempDir, std::path::PathBuf, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let store = SqliteStore::open(&format!("sqlite://{}", path.display())).unwrap();
+    store.migrate().await.unwrap();
+    (dir, path, store)
+}
+
 /// Commits `count` chunks in sequence, each with a state change of `pairs`
 /// new pairs.
 async fn commit_chunks(store: &SqliteStore, count: u64, pairs: usize) {
@@ -368,10 +377,7 @@ async fn commit_chunks(store: &SqliteStore, count: u64, pairs: usize) {
 /// the commits; the compaction's checkpoint copies the pages in.
 #[tokio::test]
 async fn sqlite_checkpoints_in_compaction_not_in_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.sqlite");
-    let store = SqliteStore::open(&format!("sqlite://{}", path.display())).unwrap();
-    store.migrate().await.unwrap();
+    let (_dir, path, store) = fresh_sqlite().await;
     let file_size = || std::fs::metadata(&path).unwrap().len();
     let before = file_size();
     commit_chunks(&store, 50, 200).await;
@@ -387,10 +393,7 @@ async fn sqlite_checkpoints_in_compaction_not_in_commits() {
 /// the store's own: the database file grows without any compaction.
 #[tokio::test]
 async fn sqlite_checkpoints_a_growing_wal_in_the_background() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.sqlite");
-    let store = SqliteStore::open(&format!("sqlite://{}", path.display())).unwrap();
-    store.migrate().await.unwrap();
+    let (_dir, path, store) = fresh_sqlite().await;
     let file_size = || std::fs::metadata(&path).unwrap().len();
     let before = file_size();
     // About 100 kB of deltas per commit: the 1,000-page limit (4 MB) is
