@@ -302,68 +302,71 @@ impl ChunkParser {
             line_number += 1;
             line_start = line_feed + 1;
             field_start = line_start;
-            if line.is_empty() {
-                bounds.clear();
-                continue;
-            }
-            parsed.rows += 1;
-            let field = |index: usize| {
-                let (from, to) = bounds[index];
-                clean(&body[from..to])
-            };
-            let checked = if bounds.len() != schema.fields {
-                Err(BadRowReason::FieldCount {
-                    expected: schema.fields,
-                    found: bounds.len(),
+            // The line's row, if it is a good one; the bounds are cleared
+            // for the next line whatever it was.
+            let row = 'line: {
+                if line.is_empty() {
+                    break 'line None;
+                }
+                parsed.rows += 1;
+                let field = |index: usize| {
+                    let (from, to) = bounds[index];
+                    clean(&body[from..to])
+                };
+                let checked = if bounds.len() != schema.fields {
+                    Err(BadRowReason::FieldCount {
+                        expected: schema.fields,
+                        found: bounds.len(),
+                    })
+                } else if field(schema.customer).is_empty() {
+                    Err(BadRowReason::EmptyField("customer"))
+                } else if field(schema.merchant).is_empty() {
+                    Err(BadRowReason::EmptyField("merchant"))
+                } else if field(schema.category).is_empty() {
+                    Err(BadRowReason::EmptyField("category"))
+                } else {
+                    parse_amount(field(schema.amount)).map_err(BadRowReason::Amount)
+                };
+                let amount = match checked {
+                    Ok(amount) => amount,
+                    Err(reason) => {
+                        parsed.bad_rows.push(BadRow {
+                            line: this_line,
+                            reason,
+                            raw: line.to_vec(),
+                        });
+                        break 'line None;
+                    }
+                };
+                let (merchant, customer) = (field(schema.merchant), field(schema.customer));
+                let next = merchants.len() as u32;
+                let number = match names::pack(merchant) {
+                    Some(packed) => *merchant_numbers.entry(packed).or_insert(next),
+                    None => *long_merchants.entry(merchant).or_insert(next),
+                };
+                if number == next {
+                    merchants.push(text(merchant));
+                }
+                let merchant = number;
+                let key = match names::pack(customer) {
+                    Some(packed) if customer.len() <= PAIR_KEY_NAME_MAX && merchant <= 0xFFFF => {
+                        packed | u128::from(merchant) << PAIR_KEY_MERCHANT_SHIFT
+                    }
+                    _ => {
+                        let next = LONG_PAIR_TAG | long_pairs.len() as u128;
+                        *long_pairs.entry((merchant, customer)).or_insert(next)
+                    }
+                };
+                Some(Row {
+                    key,
+                    customer,
+                    amount,
+                    merchant,
+                    gender: Gender::from_field(field(schema.gender)),
                 })
-            } else if field(schema.customer).is_empty() {
-                Err(BadRowReason::EmptyField("customer"))
-            } else if field(schema.merchant).is_empty() {
-                Err(BadRowReason::EmptyField("merchant"))
-            } else if field(schema.category).is_empty() {
-                Err(BadRowReason::EmptyField("category"))
-            } else {
-                parse_amount(field(schema.amount)).map_err(BadRowReason::Amount)
             };
-            let amount = match checked {
-                Ok(amount) => amount,
-                Err(reason) => {
-                    parsed.bad_rows.push(BadRow {
-                        line: this_line,
-                        reason,
-                        raw: line.to_vec(),
-                    });
-                    bounds.clear();
-                    continue;
-                }
-            };
-            let (merchant, customer) = (field(schema.merchant), field(schema.customer));
-            let next = merchants.len() as u32;
-            let number = match names::pack(merchant) {
-                Some(packed) => *merchant_numbers.entry(packed).or_insert(next),
-                None => *long_merchants.entry(merchant).or_insert(next),
-            };
-            if number == next {
-                merchants.push(text(merchant));
-            }
-            let merchant = number;
-            let key = match names::pack(customer) {
-                Some(packed) if customer.len() <= PAIR_KEY_NAME_MAX && merchant <= 0xFFFF => {
-                    packed | u128::from(merchant) << PAIR_KEY_MERCHANT_SHIFT
-                }
-                _ => {
-                    let next = LONG_PAIR_TAG | long_pairs.len() as u128;
-                    *long_pairs.entry((merchant, customer)).or_insert(next)
-                }
-            };
-            rows.push(Row {
-                key,
-                customer,
-                amount,
-                merchant,
-                gender: Gender::from_field(field(schema.gender)),
-            });
             bounds.clear();
+            rows.extend(row);
         }
         // Fold number + 1 per pair key (0: not seen yet).
         let mut table: PrefetchTable<u128, u32> = PrefetchTable::with_capacity(rows.len());
