@@ -156,8 +156,23 @@ fn upload(server: &s3_server::S3TestServer, files: &[(&Path, &str)]) {
     });
 }
 
+/// What a run leaves behind: its bucket, database file or PostgreSQL
+/// database and S3 test server, removed when this is dropped.
+///
+/// They are kept until the whole benchmark ends. On an ext4 file system
+/// without a journal (as on the machines these figures come from) every
+/// file creation skips the inodes freed in the last minutes, reading each
+/// one's inode to check, so deleting a run's thousand chunk files just
+/// before the next run made that run's own file writes several times
+/// dearer: a cost of the benchmark's clean-up, not of the pipeline.
+struct Leftovers {
+    _scratch: tempfile::TempDir,
+    _server: Option<s3_server::S3TestServer>,
+    _database: Option<Database>,
+}
+
 /// Runs one workload in a child process and returns its report.
-fn run(workload: &str) -> JsonReport {
+fn run(workload: &str, leftovers: &mut Vec<Leftovers>) -> JsonReport {
     let scratch = tempfile::tempdir_in(data_dir()).unwrap();
     let (tx, net) = if workload.starts_with("gen10m") {
         generated()
@@ -251,7 +266,13 @@ level = "warn"
         .status()
         .unwrap();
     assert!(status.success(), "{workload} failed");
-    serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap()
+    let report = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    leftovers.push(Leftovers {
+        _scratch: scratch,
+        _server,
+        _database,
+    });
+    report
 }
 
 /// The child: one pipeline run to completion, figures written as JSON.
@@ -303,8 +324,10 @@ fn main() {
         "| workload | rows | transactions/s | chunks/s | end to end | latency p50 | latency p99 | peak RSS | CPU (window / run) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut leftovers = Vec::new();
     for workload in &chosen {
-        let mut reports: Vec<JsonReport> = (0..repeat).map(|_| run(workload)).collect();
+        let mut reports: Vec<JsonReport> =
+            (0..repeat).map(|_| run(workload, &mut leftovers)).collect();
         if repeat > 1 {
             let rates: Vec<String> = reports
                 .iter()

@@ -4,7 +4,9 @@
 //! first appears and later rows never move the counts: only the pairs the
 //! [`ChunkUpdate`] marks as new count, and no per-customer set is needed.
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
+
+use super::by_merchant::ByMerchant;
 
 use super::{
     ChunkUpdate, Detection, DetectionKey, Evidence, Gender, MerchantId, Pattern, PatternEngine,
@@ -14,7 +16,7 @@ use super::{
 pub struct DeiDetector {
     shard: Shard,
     thresholds: Thresholds,
-    merchants: FxHashMap<MerchantId, Population>,
+    merchants: ByMerchant<Population>,
     emitted: FxHashSet<MerchantId>,
     touched: Vec<MerchantId>,
 }
@@ -24,6 +26,8 @@ pub struct DeiDetector {
 struct Population {
     female: u64,
     male: u64,
+    /// Listed in the current chunk's `touched`.
+    touched: bool,
 }
 
 impl Population {
@@ -42,7 +46,7 @@ impl DeiDetector {
         DeiDetector {
             shard,
             thresholds,
-            merchants: FxHashMap::default(),
+            merchants: ByMerchant::default(),
             emitted: FxHashSet::default(),
             touched: Vec::new(),
         }
@@ -63,8 +67,7 @@ impl PatternEngine for DeiDetector {
             .filter(|p| self.shard.owns(p.merchant))
         {
             self.merchants
-                .entry(pair.merchant)
-                .or_default()
+                .get_or_insert_with(pair.merchant, Population::default)
                 .join(pair.gender);
         }
         for key in &snapshot.emitted {
@@ -81,16 +84,18 @@ impl PatternEngine for DeiDetector {
             .iter()
             .filter(|p| p.is_new() && self.shard.owns(p.merchant))
         {
-            self.merchants
-                .entry(pair.merchant)
-                .or_default()
-                .join(pair.gender);
-            self.touched.push(pair.merchant);
+            let population = self
+                .merchants
+                .get_or_insert_with(pair.merchant, Population::default);
+            population.join(pair.gender);
+            if !std::mem::replace(&mut population.touched, true) {
+                self.touched.push(pair.merchant);
+            }
         }
         self.touched.sort_unstable();
-        self.touched.dedup();
         for &merchant in &self.touched {
-            let population = &self.merchants[&merchant];
+            let population = self.merchants.get_mut(merchant).expect("touched merchant");
+            population.touched = false;
             let holds = population.female > self.thresholds.dei_min_female
                 && population.female < population.male;
             if holds && self.emitted.insert(merchant) {

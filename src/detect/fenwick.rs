@@ -28,9 +28,31 @@ impl CountTree {
     }
 
     /// Replaces one occurrence of `from` by `to`.
+    ///
+    /// The update paths of two values join at the first node that covers
+    /// both, and from there on the -1 and the +1 cancel, so only the nodes
+    /// before the join are written. A count that grows by a few (most
+    /// pairs of a chunk) shares all but a node or two of its path, where
+    /// two separate updates would each climb the whole tree.
     pub fn replace(&mut self, from: u64, to: u64) {
-        self.add(from, -1);
-        self.add(to, 1);
+        assert!(from > 0 && to > 0, "counts start at 1");
+        let to = usize::try_from(to).expect("count fits in memory");
+        if to >= self.tree.len() {
+            self.grow(to);
+        }
+        let len = self.tree.len();
+        let (mut down, mut up) = (usize::try_from(from).expect("a value of the tree"), to);
+        // Advancing the smaller index never steps over the join: both paths
+        // rise, so the smaller one lands on the join if there is one.
+        while down != up && down.min(up) < len {
+            if down < up {
+                self.tree[down] = self.tree[down].wrapping_sub(1);
+                down += down & down.wrapping_neg();
+            } else {
+                self.tree[up] = self.tree[up].wrapping_add(1);
+                up += up & up.wrapping_neg();
+            }
+        }
     }
 
     /// How many values are strictly below `value`.

@@ -1,0 +1,97 @@
+//! Per-merchant state of a detector, found from the merchant's id by one
+//! array read instead of a hash probe: detectors look their merchant up
+//! for every pair of every chunk.
+//!
+//! Ids come from the process-wide name table, which numbers customers and
+//! merchants together, so the index holds four bytes per id up to the
+//! largest merchant id seen, and the states themselves sit densely in a
+//! second array, in order of first appearance.
+
+use super::MerchantId;
+
+pub struct ByMerchant<T> {
+    /// By merchant id: the entry's index in `entries`, or [`ABSENT`].
+    position: Vec<u32>,
+    entries: Vec<T>,
+}
+
+const ABSENT: u32 = u32::MAX;
+
+impl<T> Default for ByMerchant<T> {
+    fn default() -> Self {
+        ByMerchant {
+            position: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<T> ByMerchant<T> {
+    #[inline]
+    fn index(&self, merchant: MerchantId) -> Option<usize> {
+        match self.position.get(merchant.0 as usize) {
+            Some(&position) if position != ABSENT => Some(position as usize),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, merchant: MerchantId) -> Option<&T> {
+        self.index(merchant).map(|index| &self.entries[index])
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, merchant: MerchantId) -> Option<&mut T> {
+        self.index(merchant).map(|index| &mut self.entries[index])
+    }
+
+    #[inline]
+    pub fn get_or_insert_with(&mut self, merchant: MerchantId, make: impl FnOnce() -> T) -> &mut T {
+        let index = match self.index(merchant) {
+            Some(index) => index,
+            None => self.insert(merchant, make()),
+        };
+        &mut self.entries[index]
+    }
+
+    #[cold]
+    fn insert(&mut self, merchant: MerchantId, entry: T) -> usize {
+        let id = merchant.0 as usize;
+        if id >= self.position.len() {
+            self.position.resize(id + 1, ABSENT);
+        }
+        let index = self.entries.len();
+        self.position[id] = u32::try_from(index).expect("fewer than 2^32 merchants");
+        self.entries.push(entry);
+        index
+    }
+
+    pub fn clear(&mut self) {
+        self.position.clear();
+        self.entries.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_found_by_id_and_cleared() {
+        let mut map: ByMerchant<u64> = ByMerchant::default();
+        assert!(map.get(MerchantId(3)).is_none());
+        *map.get_or_insert_with(MerchantId(70_000), || 1) += 10;
+        *map.get_or_insert_with(MerchantId(3), || 2) += 20;
+        *map.get_or_insert_with(MerchantId(70_000), || 100) += 1;
+        assert_eq!(map.get(MerchantId(70_000)), Some(&12));
+        assert_eq!(map.get(MerchantId(3)), Some(&22));
+        assert_eq!(map.get(MerchantId(4)), None);
+        assert_eq!(map.get(MerchantId(u32::MAX - 1)), None);
+        *map.get_mut(MerchantId(3)).unwrap() = 5;
+        assert_eq!(map.get(MerchantId(3)), Some(&5));
+        map.clear();
+        assert_eq!(map.get(MerchantId(3)), None);
+        assert_eq!(map.get(MerchantId(70_000)), None);
+        assert_eq!(*map.get_or_insert_with(MerchantId(3), || 7), 7);
+    }
+}
