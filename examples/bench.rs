@@ -23,7 +23,6 @@ mod s3_server;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use aws_sdk_s3::config::Credentials;
 use bytes::Bytes;
@@ -109,10 +108,11 @@ fn psql(sql: &str) {
 
 impl Database {
     fn create() -> Database {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let name = format!(
             "txpipe_bench_{}_{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         psql(&format!("CREATE DATABASE {name}"));
         Database { name }
@@ -156,19 +156,20 @@ fn upload(server: &s3_server::S3TestServer, files: &[(&Path, &str)]) {
     });
 }
 
-/// What a run leaves behind: its bucket, database file or PostgreSQL
-/// database and S3 test server, removed when this is dropped.
+/// What a run leaves behind in files: its bucket and SQLite database, or
+/// the S3 test server's directory, removed when this is dropped.
 ///
 /// They are kept until the whole benchmark ends. On an ext4 file system
 /// without a journal (as on the machines these figures come from) every
 /// file creation skips the inodes freed in the last minutes, reading each
 /// one's inode to check, so deleting a run's thousand chunk files just
 /// before the next run made that run's own file writes several times
-/// dearer: a cost of the benchmark's clean-up, not of the pipeline.
+/// dearer: a cost of the benchmark's clean-up, not of the pipeline. A
+/// PostgreSQL database is dropped at once: kept, its dirty pages would be
+/// written out during the next run.
 struct Leftovers {
     _scratch: tempfile::TempDir,
     _server: Option<s3_server::S3TestServer>,
-    _database: Option<Database>,
 }
 
 /// Runs one workload in a child process and returns its report.
@@ -267,10 +268,10 @@ level = "warn"
         .unwrap();
     assert!(status.success(), "{workload} failed");
     let report = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    drop(_database);
     leftovers.push(Leftovers {
         _scratch: scratch,
         _server,
-        _database,
     });
     report
 }

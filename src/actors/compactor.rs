@@ -93,18 +93,70 @@ async fn compact(p: &PipelineContext, max_chunks: u64) -> Result<u64, CompactErr
     Ok(folded)
 }
 
+/// When to compact, from what the compactor sees: how many commits there
+/// have been and whether the pipeline has caught up.
+struct Schedule {
+    every: u64,
+    most: u64,
+    /// Deltas waiting to be folded (an estimate: commits of this run may be
+    /// counted twice at start, which only brings a compaction forward).
+    waiting: u64,
+    /// Commits seen so far.
+    seen: u64,
+    last_commit: Instant,
+}
+
+impl Schedule {
+    /// Takes the number of commits as of `now`. Called before every
+    /// decision, so that commits that landed while a compaction ran count:
+    /// otherwise the last commit would seem to date from before that
+    /// compaction, a busy pipeline would look idle, and the compactions of
+    /// a catch-up run would follow one another beside its commits.
+    fn observe(&mut self, commits: u64, now: Instant) {
+        if commits > self.seen {
+            self.waiting += commits - self.seen;
+            self.seen = commits;
+            self.last_commit = now;
+        }
+    }
+
+    /// How many deltas to fold now, if any: `most` forces a slice whatever
+    /// happens; otherwise `every` once the pipeline is idle (caught up, and
+    /// no commit for [`IDLE_AFTER`]).
+    fn due(&self, caught_up: bool, now: Instant) -> Option<u64> {
+        let idle = caught_up && now.duration_since(self.last_commit) >= IDLE_AFTER;
+        if self.waiting >= self.most {
+            Some(FORCED_SLICE.min(self.most))
+        } else if idle && self.waiting >= self.every {
+            Some(self.every)
+        } else {
+            None
+        }
+    }
+
+    fn compacted(&mut self, folded: u64) {
+        self.waiting = if folded == 0 {
+            0
+        } else {
+            self.waiting.saturating_sub(folded)
+        };
+    }
+}
+
 async fn run(pipeline: Arc<PipelineContext>) -> Result<(), CompactError> {
     let p = &*pipeline;
     let every = p.settings.database.compact_every as u64;
-    let most = p.settings.database.compact_max_pending as u64;
     let mut commits = p.committed.subscribe();
-    let mut seen = *commits.borrow_and_update();
-    // What an earlier run left behind (commits of this run may already be
-    // counted in both, which only brings a compaction forward).
-    let mut waiting = p
-        .db("count pending deltas", || p.state.pending_delta_count())
-        .await?;
-    let mut last_commit = Instant::now();
+    let mut schedule = Schedule {
+        every,
+        most: p.settings.database.compact_max_pending as u64,
+        // What an earlier run left behind.
+        waiting: p
+            .db("count pending deltas", || p.state.pending_delta_count())
+            .await?,
+        seen: *commits.borrow_and_update(),
+        last_commit: Instant::now(),
+    };
     loop {
         if p.lifecycle.final_compact.is_cancelled() {
             // Leaving deltas behind is always safe (the next start reads
@@ -129,25 +181,15 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), CompactError> {
             p.progress.compacted.store(true, Ordering::Release);
             return Ok(());
         }
-        // Idle: no commit for a moment, and no chunk this process wrote is
-        // still on its way (in catch-up mode the watcher is busy even when
-        // a commit is late).
+        schedule.observe(*commits.borrow_and_update(), Instant::now());
+        // Caught up: no chunk this process wrote is still on its way (in
+        // catch-up mode the watcher is busy even when a commit is late).
         let progress = &p.progress;
         let caught_up = Progress::get(&progress.chunks_written)
             <= Progress::get(&progress.chunks_committed) + Progress::get(&progress.chunks_rejected);
-        let idle = caught_up && last_commit.elapsed() >= IDLE_AFTER;
-        if waiting >= most || (idle && waiting >= every) {
-            let slice = if waiting >= most {
-                FORCED_SLICE.min(most)
-            } else {
-                every
-            };
+        if let Some(slice) = schedule.due(caught_up, Instant::now()) {
             let folded = compact(p, slice).await?;
-            waiting = if folded == 0 {
-                0
-            } else {
-                waiting.saturating_sub(folded)
-            };
+            schedule.compacted(folded);
             continue;
         }
         tokio::select! {
@@ -155,13 +197,54 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), CompactError> {
                 if changed.is_err() {
                     return Ok(());
                 }
-                let now = *commits.borrow_and_update();
-                waiting += now - seen;
-                seen = now;
-                last_commit = Instant::now();
             }
             _ = tokio::time::sleep(IDLE_AFTER) => {}
             _ = p.lifecycle.final_compact.cancelled() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(waiting: u64, at: Instant) -> Schedule {
+        Schedule {
+            every: 32,
+            most: 1024,
+            waiting,
+            seen: 100,
+            last_commit: at,
+        }
+    }
+
+    #[test]
+    fn commits_during_a_compaction_postpone_the_next_one() {
+        let start = Instant::now();
+        let mut schedule = schedule(64, start);
+        let quiet = start + IDLE_AFTER;
+        schedule.observe(100, quiet);
+        assert_eq!(schedule.due(true, quiet), Some(32), "idle with 64 waiting");
+        schedule.compacted(32);
+        // The compaction took three seconds, and four chunks committed
+        // meanwhile: the pipeline is busy, not idle.
+        let after = quiet + Duration::from_secs(3);
+        schedule.observe(104, after);
+        assert_eq!(schedule.waiting, 36);
+        assert_eq!(schedule.due(true, after), None);
+        assert_eq!(schedule.due(true, after + IDLE_AFTER), Some(32));
+    }
+
+    #[test]
+    fn busy_pipelines_compact_only_when_too_much_waits() {
+        let start = Instant::now();
+        let mut schedule = schedule(1000, start);
+        let later = start + Duration::from_secs(10);
+        assert_eq!(schedule.due(false, later), None, "not caught up");
+        schedule.observe(130, later);
+        assert_eq!(schedule.waiting, 1030);
+        assert_eq!(schedule.due(false, later), Some(FORCED_SLICE));
+        schedule.compacted(0);
+        assert_eq!(schedule.waiting, 0, "nothing left to fold");
     }
 }
