@@ -15,7 +15,8 @@
 //! its peak RSS and CPU time are the pipeline's own. Reported per run:
 //! transactions/s and chunks/s end to end (first chunk written to last
 //! commit durable), per-chunk latency p50/p99 (chunk listed to its commit
-//! durable), peak RSS and CPU time. Data lives in `target/bench-data/`.
+//! durable), peak RSS and CPU time. Data lives in `target/bench-data/`;
+//! the runs' buckets stay there until the benchmark ends (see `Leftovers`).
 //! `BENCH_PERF=FILE` records a `perf` profile of the pipeline process.
 
 #[path = "../tests/support/s3_server.rs"]
