@@ -6,6 +6,10 @@
 //! merchants together, so the index holds four bytes per id up to the
 //! largest merchant id seen, and the states themselves sit densely in a
 //! second array, in order of first appearance.
+//!
+//! It also lists the merchants a chunk touched (each once), which every
+//! detector needs after its pass over the chunk's pairs: a flag per entry
+//! instead of one list entry per pair, sorted and deduplicated.
 
 use super::MerchantId;
 
@@ -13,6 +17,9 @@ pub struct ByMerchant<T> {
     /// By merchant id: the entry's index in `entries`, or [`ABSENT`].
     position: Vec<u32>,
     entries: Vec<T>,
+    /// Per entry: listed in `touched`.
+    touched_flags: Vec<bool>,
+    touched: Vec<MerchantId>,
 }
 
 const ABSENT: u32 = u32::MAX;
@@ -22,6 +29,8 @@ impl<T> Default for ByMerchant<T> {
         ByMerchant {
             position: Vec::new(),
             entries: Vec::new(),
+            touched_flags: Vec::new(),
+            touched: Vec::new(),
         }
     }
 }
@@ -54,6 +63,34 @@ impl<T> ByMerchant<T> {
         &mut self.entries[index]
     }
 
+    /// [`ByMerchant::get_or_insert_with`], and lists the merchant among
+    /// the touched ones.
+    #[inline]
+    pub fn touch(&mut self, merchant: MerchantId, make: impl FnOnce() -> T) -> &mut T {
+        let index = match self.index(merchant) {
+            Some(index) => index,
+            None => self.insert(merchant, make()),
+        };
+        if !std::mem::replace(&mut self.touched_flags[index], true) {
+            self.touched.push(merchant);
+        }
+        &mut self.entries[index]
+    }
+
+    /// Puts the merchants touched since the last call into `into`
+    /// (replacing its contents), ascending, each once.
+    pub fn take_touched(&mut self, into: &mut Vec<MerchantId>) {
+        into.clear();
+        std::mem::swap(into, &mut self.touched);
+        for &merchant in into.iter() {
+            let index = self
+                .index(merchant)
+                .expect("touched merchants have entries");
+            self.touched_flags[index] = false;
+        }
+        into.sort_unstable();
+    }
+
     #[cold]
     fn insert(&mut self, merchant: MerchantId, entry: T) -> usize {
         let id = merchant.0 as usize;
@@ -63,12 +100,15 @@ impl<T> ByMerchant<T> {
         let index = self.entries.len();
         self.position[id] = u32::try_from(index).expect("fewer than 2^32 merchants");
         self.entries.push(entry);
+        self.touched_flags.push(false);
         index
     }
 
     pub fn clear(&mut self) {
         self.position.clear();
         self.entries.clear();
+        self.touched_flags.clear();
+        self.touched.clear();
     }
 }
 
@@ -93,5 +133,23 @@ mod tests {
         assert_eq!(map.get(MerchantId(3)), None);
         assert_eq!(map.get(MerchantId(70_000)), None);
         assert_eq!(*map.get_or_insert_with(MerchantId(3), || 7), 7);
+    }
+
+    #[test]
+    fn touched_merchants_come_out_once_each_ascending() {
+        let mut map: ByMerchant<u64> = ByMerchant::default();
+        map.get_or_insert_with(MerchantId(1), || 0);
+        for id in [9, 4, 9, 70_000, 4] {
+            *map.touch(MerchantId(id), || 0) += 1;
+        }
+        let mut touched = vec![MerchantId(123)];
+        map.take_touched(&mut touched);
+        assert_eq!(touched, [MerchantId(4), MerchantId(9), MerchantId(70_000)]);
+        assert_eq!(map.get(MerchantId(9)), Some(&2));
+        map.take_touched(&mut touched);
+        assert!(touched.is_empty(), "a new round starts empty");
+        map.touch(MerchantId(9), || 0);
+        map.take_touched(&mut touched);
+        assert_eq!(touched, [MerchantId(9)]);
     }
 }

@@ -26,8 +26,6 @@ pub struct DeiDetector {
 struct Population {
     female: u64,
     male: u64,
-    /// Listed in the current chunk's `touched`.
-    touched: bool,
 }
 
 impl Population {
@@ -78,24 +76,18 @@ impl PatternEngine for DeiDetector {
     }
 
     fn apply(&mut self, update: &ChunkUpdate, out: &mut Vec<Detection>) {
-        self.touched.clear();
         for pair in update
             .pairs
             .iter()
             .filter(|p| p.is_new() && self.shard.owns(p.merchant))
         {
-            let population = self
-                .merchants
-                .get_or_insert_with(pair.merchant, Population::default);
-            population.join(pair.gender);
-            if !std::mem::replace(&mut population.touched, true) {
-                self.touched.push(pair.merchant);
-            }
+            self.merchants
+                .touch(pair.merchant, Population::default)
+                .join(pair.gender);
         }
-        self.touched.sort_unstable();
+        self.merchants.take_touched(&mut self.touched);
         for &merchant in &self.touched {
-            let population = self.merchants.get_mut(merchant).expect("touched merchant");
-            population.touched = false;
+            let population = self.merchants.get(merchant).expect("touched merchant");
             let holds = population.female > self.thresholds.dei_min_female
                 && population.female < population.male;
             if holds && self.emitted.insert(merchant) {

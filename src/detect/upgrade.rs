@@ -69,9 +69,6 @@ struct Population {
     /// What the last evaluation established, unless the merchant was
     /// touched since without being evaluated.
     settled: Option<Settled>,
-    /// Listed in the current chunk's `touched`: a flag instead of sorting
-    /// and deduplicating one entry per pair.
-    touched: bool,
 }
 
 /// After an evaluation: every present, unemitted slot before `end` has a
@@ -130,7 +127,6 @@ impl Population {
             present_bits: vec![0u64; ranked.len().div_ceil(64)],
             group_bits,
             settled: None,
-            touched: false,
         }
     }
 
@@ -194,7 +190,6 @@ impl UpgradeDetector {
         out: &mut Vec<Detection>,
     ) {
         let population = self.merchants.get_mut(merchant).expect("touched merchant");
-        population.touched = false;
         let settled_before = population.settled.take();
         if population.transactions <= self.thresholds.upgrade_min_merchant_txns {
             return;
@@ -390,7 +385,6 @@ impl PatternEngine for UpgradeDetector {
     }
 
     fn apply(&mut self, update: &ChunkUpdate, out: &mut Vec<Detection>) {
-        self.touched.clear();
         self.touched_slots.clear();
         let shard = self.shard;
         for (index, pair) in update.pairs.iter().enumerate() {
@@ -408,7 +402,10 @@ impl PatternEngine for UpgradeDetector {
             if !shard.owns(pair.merchant) {
                 continue;
             }
-            let population = self.population(pair.merchant);
+            let weights = &self.weights;
+            let population = self
+                .merchants
+                .touch(pair.merchant, || Population::new(pair.merchant, weights));
             population.update(
                 u64::from(pair.added),
                 pair.before(),
@@ -418,15 +415,11 @@ impl PatternEngine for UpgradeDetector {
             let before_settled_end = population
                 .settled
                 .is_some_and(|settled| (pair.weight_slot as usize) < settled.end);
-            let first_touch = !std::mem::replace(&mut population.touched, true);
             if pair.weight_slot != NO_WEIGHT && before_settled_end {
                 self.touched_slots.push((pair.merchant, pair.weight_slot));
             }
-            if first_touch {
-                self.touched.push(pair.merchant);
-            }
         }
-        self.touched.sort_unstable();
+        self.merchants.take_touched(&mut self.touched);
         self.touched_slots.sort_unstable();
         self.touched_slots.dedup();
         let touched = std::mem::take(&mut self.touched);
