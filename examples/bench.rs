@@ -16,7 +16,10 @@
 //! transactions/s and chunks/s end to end (first chunk written to last
 //! commit durable), per-chunk latency p50/p99 (chunk listed to its commit
 //! durable), peak RSS and CPU time. Data lives in `target/bench-data/`;
-//! the runs' buckets stay there until the benchmark ends (see `Leftovers`).
+//! a run's files are emptied when it ends and removed when the benchmark
+//! ends (see `Leftovers`).
+//! With `--repeat N` the workloads run in N rounds, one run of each per
+//! round, and each line reports the median run.
 //! `BENCH_PERF=FILE` records a `perf` profile of the pipeline process.
 
 #[path = "../tests/support/s3_server.rs"]
@@ -167,7 +170,8 @@ fn upload(server: &s3_server::S3TestServer, files: &[(&Path, &str)]) {
 /// before the next run made that run's own file writes several times
 /// dearer: a cost of the benchmark's clean-up, not of the pipeline. A
 /// PostgreSQL database is dropped at once: kept, its dirty pages would be
-/// written out during the next run.
+/// written out during the next run. For the same reason the files are
+/// emptied (not removed) as soon as their run ends ([`empty_files`]).
 struct Leftovers {
     _scratch: tempfile::TempDir,
     _server: Option<s3_server::S3TestServer>,
@@ -270,11 +274,41 @@ level = "warn"
     assert!(status.success(), "{workload} failed");
     let report = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
     drop(_database);
+    empty_files(scratch.path());
+    if let Some(server) = &_server {
+        empty_files(server.root());
+    }
     leftovers.push(Leftovers {
         _scratch: scratch,
         _server,
     });
     report
+}
+
+/// Truncates every file under `dir` to nothing, keeping the files.
+///
+/// A 10M-row run leaves gigabytes of chunks and database in the page
+/// cache, partly still to be written out. Kept as they were, they slowed
+/// the runs after them round after round (10M runs at 3.0 M/s, then
+/// 1.4 M/s four rounds later): the kernel wrote them out and, once memory
+/// filled, reclaimed them, on the same two cores. Emptied files free
+/// their pages and blocks but not their inodes, so no later file creation
+/// pays for recently deleted inodes either (see [`Leftovers`]).
+fn empty_files(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            empty_files(&path);
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+        }
+    }
 }
 
 /// The child: one pipeline run to completion, figures written as JSON.
@@ -327,9 +361,17 @@ fn main() {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut leftovers = Vec::new();
-    for workload in &chosen {
-        let mut reports: Vec<JsonReport> =
-            (0..repeat).map(|_| run(workload, &mut leftovers)).collect();
+    // Rounds of one run per workload rather than all runs of a workload
+    // in a row: this machine's speed drifts over minutes, and a drift
+    // should weigh on every workload alike, or ratios between workloads
+    // (the 10M target) measure the drift.
+    let mut runs: Vec<Vec<JsonReport>> = chosen.iter().map(|_| Vec::new()).collect();
+    for _ in 0..repeat {
+        for (workload, reports) in chosen.iter().zip(&mut runs) {
+            reports.push(run(workload, &mut leftovers));
+        }
+    }
+    for (workload, mut reports) in chosen.iter().zip(runs) {
         if repeat > 1 {
             let rates: Vec<String> = reports
                 .iter()

@@ -44,6 +44,20 @@ fn banksim_through_s3_and_postgres_matches_the_embedded_run() {
         .unwrap()
         .count() as i64;
     assert_eq!(applied, files, "every migration applied");
+    let key_collations: Vec<String> = db
+        .query(
+            "SELECT coalesce(collation_name::text, 'default') FROM information_schema.columns \
+             WHERE table_name IN ('pair_state', 'customer_importance') \
+               AND column_name IN ('merchant', 'customer')",
+        )
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        key_collations,
+        vec!["C"; 4],
+        "name keys compare as bytes (migration V4)"
+    );
 
     let out = txpipe(&["run", "--config", config, "--exit-when-done"], &server);
     assert!(

@@ -9,8 +9,9 @@
 //! - a Fenwick tree over the transaction counts of its customers, which
 //!   gives the smallest count that is in the top decile in `O(log n)`, and
 //! - one slot per customer with a weight at the merchant, in the weight
-//!   table's rank order (weights never change), each with its count and
-//!   whether it was emitted, so that the scan of the bottom decile (the only
+//!   table's rank order (weights never change), holding its count (two
+//!   bytes: see `Population::slot_counts`), with a bitset of who was
+//!   emitted beside it, so that the scan of the bottom decile (the only
 //!   customers that can match) reads one array in order and stops at the
 //!   decile's end.
 //!
@@ -32,6 +33,8 @@
 //! fell, the decile is scanned as before.
 
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use super::by_merchant::ByMerchant;
 use super::fenwick::CountTree;
@@ -58,8 +61,18 @@ struct Population {
     customers: u64,
     /// Multiset of `n(d, m)` over `P(m)`.
     counts: CountTree,
-    /// One per customer with a weight at the merchant, in rank order.
-    slots: Vec<Slot>,
+    /// `n(c, m)` of every customer with a weight at the merchant, in the
+    /// weight table's rank order (0 while not in `P(m)`). Every pair of a
+    /// chunk writes its count here, and a big merchant's counts do not fit
+    /// in cache nor in the TLB's reach: two bytes each, so the array spans
+    /// a quarter of the pages eight would, and the write never waits for a
+    /// read (whether the customer is new comes with the update; whether it
+    /// was emitted is kept in `emitted_bits`). Counts from [`SATURATED`] on
+    /// are kept exactly in `large_counts` (see [`Population::slot_count`]).
+    slot_counts: Vec<u16>,
+    large_counts: FxHashMap<u32, u64>,
+    /// One bit per slot: the customer was emitted.
+    emitted_bits: Vec<u64>,
     /// `|W(m)|`: slots with a count.
     present: u64,
     /// One bit per slot: the customer is in `W(m)`.
@@ -71,41 +84,15 @@ struct Population {
     settled: Option<Settled>,
 }
 
+/// A slot count this large or larger lives in `Population::large_counts`.
+const SATURATED: u16 = u16::MAX;
+
 /// After an evaluation: every present, unemitted slot before `end` has a
 /// count below `top`.
 #[derive(Clone, Copy)]
 struct Settled {
     top: u64,
     end: usize,
-}
-
-/// A weighted customer's `n(c, m)` (0 while not in `P(m)`), with the top
-/// bit set once the customer was emitted. Every pair of a chunk writes its
-/// slot, and a big merchant's slots do not fit in cache: eight bytes
-/// instead of sixteen halve the lines those writes miss. Where a slot's
-/// weight group starts is in `group_bits`, read only by evaluations.
-#[derive(Clone, Copy, Default)]
-struct Slot(u64);
-
-impl Slot {
-    const EMITTED: u64 = 1 << 63;
-
-    fn count(self) -> u64 {
-        self.0 & !Slot::EMITTED
-    }
-
-    fn emitted(self) -> bool {
-        self.0 & Slot::EMITTED != 0
-    }
-
-    fn set_count(&mut self, count: u64) {
-        debug_assert!(count < Slot::EMITTED, "no pair has 2^63 transactions");
-        self.0 = count | (self.0 & Slot::EMITTED);
-    }
-
-    fn mark_emitted(&mut self) {
-        self.0 |= Slot::EMITTED;
-    }
 }
 
 impl Population {
@@ -122,7 +109,9 @@ impl Population {
             transactions: 0,
             customers: 0,
             counts: CountTree::new(),
-            slots: vec![Slot::default(); ranked.len()],
+            slot_counts: vec![0; ranked.len()],
+            large_counts: FxHashMap::default(),
+            emitted_bits: vec![0u64; ranked.len().div_ceil(64)],
             present: 0,
             present_bits: vec![0u64; ranked.len().div_ceil(64)],
             group_bits,
@@ -137,7 +126,27 @@ impl Population {
     fn decile_end(&self) -> usize {
         let last = select(&self.present_bits, (self.present - 1) / 10)
             .expect("present counts the set bits");
-        next_set(&self.group_bits, last + 1, self.slots.len())
+        next_set(&self.group_bits, last + 1, self.slot_counts.len())
+    }
+
+    /// The count of slot `index`.
+    #[inline]
+    fn slot_count(&self, index: usize) -> u64 {
+        match self.slot_counts[index] {
+            SATURATED => self.large_counts[&(index as u32)],
+            small => u64::from(small),
+        }
+    }
+
+    #[inline]
+    fn set_slot_count(&mut self, index: usize, count: u64) {
+        match u16::try_from(count) {
+            Ok(small) if small < SATURATED => self.slot_counts[index] = small,
+            _ => {
+                self.slot_counts[index] = SATURATED;
+                self.large_counts.insert(index as u32, count);
+            }
+        }
     }
 
     /// `added` transactions took a customer's count from `before` (0: new)
@@ -152,12 +161,12 @@ impl Population {
             self.counts.replace(before, after);
         }
         if weight_slot != NO_WEIGHT {
-            let slot = &mut self.slots[weight_slot as usize];
-            if slot.count() == 0 {
+            let index = weight_slot as usize;
+            if before == 0 {
                 self.present += 1;
-                set_bit(&mut self.present_bits, weight_slot as usize);
+                set_bit(&mut self.present_bits, index);
             }
-            slot.set_count(after);
+            self.set_slot_count(index, after);
         }
     }
 }
@@ -214,9 +223,8 @@ impl UpgradeDetector {
         let end = population.decile_end();
         let ranked = self.weights.ranked(merchant);
         let mut emit = |population: &mut Population, index: usize, less_w: u64| {
-            let slot = &mut population.slots[index];
-            slot.mark_emitted();
-            let count = slot.count();
+            set_bit(&mut population.emitted_bits, index);
+            let count = population.slot_count(index);
             let (customer, weight) = ranked[index];
             out.push(Detection {
                 key: DetectionKey {
@@ -249,8 +257,7 @@ impl UpgradeDetector {
                     .take_while(|&index| index < end)
                     .chain(newly_reached);
                 for index in candidates {
-                    let slot = population.slots[index];
-                    if slot.count() < top || slot.emitted() {
+                    if population.slot_count(index) < top || bit(&population.emitted_bits, index) {
                         continue;
                     }
                     let group_start = previous_set(&population.group_bits, index);
@@ -264,22 +271,22 @@ impl UpgradeDetector {
                 let mut present_before = 0u64;
                 let mut less_w = 0u64;
                 for index in 0..end {
-                    let slot = population.slots[index];
+                    let count = population.slot_count(index);
                     if bit(&population.group_bits, index) {
                         less_w = present_before;
                         debug_assert!(10 * less_w < weighted, "scan ends too late");
                     }
-                    if slot.count() == 0 {
+                    if count == 0 {
                         continue;
                     }
                     present_before += 1;
-                    if slot.emitted() || slot.count() < top {
+                    if count < top || bit(&population.emitted_bits, index) {
                         continue;
                     }
                     emit(population, index, less_w);
                 }
                 debug_assert!(
-                    end == population.slots.len() || 10 * present_before > weighted - 1,
+                    end == population.slot_counts.len() || 10 * present_before > weighted - 1,
                     "the decile ends at a group start past a tenth"
                 );
             }
@@ -379,7 +386,10 @@ impl PatternEngine for UpgradeDetector {
                 && let Some(customer) = key.customer
                 && let Some(slot) = self.weights.slot(key.merchant, customer)
             {
-                self.population(key.merchant).slots[slot as usize].mark_emitted();
+                set_bit(
+                    &mut self.population(key.merchant).emitted_bits,
+                    slot as usize,
+                );
             }
         }
     }
@@ -395,9 +405,12 @@ impl PatternEngine for UpgradeDetector {
                 && ahead.weight_slot != NO_WEIGHT
                 && shard.owns(ahead.merchant)
                 && let Some(population) = self.merchants.get(ahead.merchant)
-                && let Some(slot) = population.slots.get(ahead.weight_slot as usize)
+                && let Some(count) = population.slot_counts.get(ahead.weight_slot as usize)
             {
-                prefetch_line(slot);
+                prefetch_line(count);
+                if ahead.is_new() {
+                    prefetch_line(&population.present_bits[ahead.weight_slot as usize / 64]);
+                }
             }
             if !shard.owns(pair.merchant) {
                 continue;
@@ -438,6 +451,7 @@ impl PatternEngine for UpgradeDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::{Cents, CustomerId};
     use proptest::prelude::*;
 
     fn bitset(bits: &[bool]) -> Vec<u64> {
@@ -446,6 +460,16 @@ mod tests {
             set_bit(&mut words, index);
         }
         words
+    }
+
+    #[test]
+    fn slot_counts_stay_exact_past_sixteen_bits() {
+        let weights = WeightTable::from_entries([(MerchantId(1), CustomerId(2), Cents(5), 1)]);
+        let mut population = Population::new(MerchantId(1), &weights);
+        for count in [1, 65_534, 65_535, 65_536, 70_000, 1 << 40] {
+            population.set_slot_count(0, count);
+            assert_eq!(population.slot_count(0), count);
+        }
     }
 
     proptest! {
