@@ -130,8 +130,12 @@ impl Running {
         Some(kb * 1024)
     }
 
+    /// Collects the lines still on their way after the process ended: the
+    /// reader thread may not have passed on the last ones yet (a test once
+    /// missed the final "shutdown complete"), so read until it sees the
+    /// pipe's end, which comes as soon as the process is gone.
     fn drain(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
             self.log.push(line);
         }
     }
