@@ -64,7 +64,8 @@ fn pair_key(merchant: MerchantId, customer: CustomerId) -> u64 {
 impl PairTotals {
     /// An empty table holding every pair of `weights` with its slot.
     pub fn new(weights: &WeightTable) -> PairTotals {
-        let mut pairs: PrefetchTable<u64, Totals> = PrefetchTable::with_capacity(weights.len());
+        let mut pairs: PrefetchTable<u64, Totals> =
+            PrefetchTable::sparse_with_capacity(weights.len());
         for (merchant, ranked) in weights.merchants() {
             for (slot, &(customer, _)) in ranked.iter().enumerate() {
                 pairs
