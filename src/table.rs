@@ -23,7 +23,7 @@
 //! pair table's fold took a quarter less time per row). Keys are `Copy`
 //! values with one value reserved to mark a free slot
 //! ([`TableKey::FREE`]); there is no removal (the tables only grow), and
-//! [`PrefetchTable::retain`] rebuilds.
+//! [`PrefetchTable::retain`] rebuilds the table when it drops an entry.
 
 use std::hash::BuildHasher;
 
