@@ -56,10 +56,7 @@ impl<T> ByMerchant<T> {
 
     #[inline]
     pub fn get_or_insert_with(&mut self, merchant: MerchantId, make: impl FnOnce() -> T) -> &mut T {
-        let index = match self.index(merchant) {
-            Some(index) => index,
-            None => self.insert(merchant, make()),
-        };
+        let index = self.index_or_insert(merchant, make);
         &mut self.entries[index]
     }
 
@@ -67,10 +64,7 @@ impl<T> ByMerchant<T> {
     /// the touched ones.
     #[inline]
     pub fn touch(&mut self, merchant: MerchantId, make: impl FnOnce() -> T) -> &mut T {
-        let index = match self.index(merchant) {
-            Some(index) => index,
-            None => self.insert(merchant, make()),
-        };
+        let index = self.index_or_insert(merchant, make);
         if !std::mem::replace(&mut self.touched_flags[index], true) {
             self.touched.push(merchant);
         }
@@ -89,6 +83,14 @@ impl<T> ByMerchant<T> {
             self.touched_flags[index] = false;
         }
         into.sort_unstable();
+    }
+
+    #[inline]
+    fn index_or_insert(&mut self, merchant: MerchantId, make: impl FnOnce() -> T) -> usize {
+        match self.index(merchant) {
+            Some(index) => index,
+            None => self.insert(merchant, make()),
+        }
     }
 
     #[cold]

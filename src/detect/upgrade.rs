@@ -64,8 +64,8 @@ struct Population {
     /// `n(c, m)` of every customer with a weight at the merchant, in the
     /// weight table's rank order (0 while not in `P(m)`). Every pair of a
     /// chunk writes its count here, and a big merchant's counts do not fit
-    /// in cache nor in the TLB's reach: two bytes each, so the array spans
-    /// a quarter of the pages eight would, and the write never waits for a
+    /// in cache: two bytes each, so the array spans a quarter of the pages
+    /// and cache lines eight would, and the write never waits for a
     /// read (whether the customer is new comes with the update; whether it
     /// was emitted is kept in `emitted_bits`). Counts from [`SATURATED`] on
     /// are kept exactly in `large_counts` (see [`Population::slot_count`]).
