@@ -27,7 +27,21 @@ pub struct Settings {
     pub detectors: DetectorsConfig,
     pub actors: ActorsConfig,
     pub supervisor: SupervisorConfig,
+    pub ownership: OwnershipConfig,
     pub log: LogConfig,
+}
+
+/// One active process per bucket and database (see `db::lease`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnershipConfig {
+    /// How long the ownership lease lasts without a heartbeat.
+    pub lease_ttl_ms: u64,
+    /// How often the owner renews it, and how often a standby asks for it.
+    pub heartbeat_ms: u64,
+    /// Wait as a hot standby while another process holds the lease
+    /// (`false`: exit with code 6 instead; `txpipe run --no-standby`).
+    pub standby: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -174,6 +188,16 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// Whether a `sqlite://` path names a database file (not SQLite's
+/// in-memory or temporary databases, which vanish with the process).
+fn sqlite_path_is_a_file(path: &str) -> bool {
+    !path.trim().is_empty()
+        && path != ":memory:"
+        && !path.starts_with("file:")
+        && !path.contains("mode=memory")
+        && !path.ends_with('/')
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("configuration: {0}")]
@@ -294,6 +318,25 @@ impl Settings {
             DatabaseKind::of(&self.database.url).is_some(),
             "database.url",
             "must start with sqlite:// or postgres://",
+        )?;
+        if let Some(path) = self.database.url.strip_prefix("sqlite://") {
+            check(
+                sqlite_path_is_a_file(path),
+                "database.url",
+                "sqlite:// must be followed by the path of a database file \
+                 (an in-memory database would forget every commit when the process ends)",
+            )?;
+        }
+        check(
+            self.ownership.lease_ttl_ms >= 100,
+            "ownership.lease_ttl_ms",
+            "must be at least 100",
+        )?;
+        check(
+            self.ownership.heartbeat_ms >= 10
+                && self.ownership.heartbeat_ms.saturating_mul(2) <= self.ownership.lease_ttl_ms,
+            "ownership.heartbeat_ms",
+            "must be at least 10 and at most half of ownership.lease_ttl_ms",
         )?;
         check(
             (1..=256).contains(&self.database.pool_size),

@@ -11,5 +11,6 @@ pub mod io_runtime;
 pub mod layout;
 pub mod names;
 pub mod pause_points;
+pub mod signals;
 pub mod store;
 pub mod table;

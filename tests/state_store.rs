@@ -5,11 +5,13 @@ mod support;
 
 use std::sync::Arc;
 
+use txpipe::db::lease::PIPELINE_LEASE;
 use txpipe::db::postgres::PostgresStore;
 use txpipe::db::sqlite::SqliteStore;
 use txpipe::db::{
-    ChunkRecord, ChunkStatus, ChunkerPosition, CommitBatch, CommitOutcome, DeltaBlob,
-    DetectionRecord, LookupSource, StateStore, WeightRow,
+    ChunkRecord, ChunkStatus, ChunkerPosition, Claimant, CommitBatch, CommitOutcome, DbError,
+    DeltaBlob, DetectionRecord, Fence, IgnoredObject, LeaseGrant, LookupSource, Renewal,
+    StateStore, WeightRow,
 };
 use txpipe::detect::{Cents, Evidence, Gender, Pattern};
 
@@ -84,10 +86,32 @@ async fn pairs(store: &dyn StateStore) -> Vec<(String, String, u64, i64, Gender)
     out
 }
 
+fn claimant(name: &str) -> Claimant {
+    Claimant {
+        owner_id: format!("owner-{name}"),
+        host: format!("host-{name}"),
+        pid: 100,
+    }
+}
+
+/// Takes the pipeline lease for a fresh claimant.
+async fn owner(store: &dyn StateStore, name: &str) -> Fence {
+    match store
+        .acquire_lease(PIPELINE_LEASE, &claimant(name), 60_000)
+        .await
+        .unwrap()
+    {
+        LeaseGrant::Granted(fence) => fence,
+        LeaseGrant::Held { holder, .. } => panic!("held by {holder:?}"),
+    }
+}
+
 async fn contract(store: Arc<dyn StateStore>) {
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     assert_eq!(store.last_chunk().await.unwrap(), None);
+    let fence = owner(&*store, "a").await;
+    let fence = &fence;
 
     // Lookup table: loaded in one go, replaced on reload.
     let source = LookupSource {
@@ -111,8 +135,8 @@ async fn contract(store: Arc<dyn StateStore>) {
             rows: 1,
         },
     ];
-    store.load_lookup(&source, &weights).await.unwrap();
-    store.load_lookup(&source, &weights).await.unwrap();
+    store.load_lookup(fence, &source, &weights).await.unwrap();
+    store.load_lookup(fence, &source, &weights).await.unwrap();
     assert_eq!(store.lookup_source().await.unwrap(), Some(source));
     let mut loaded = Vec::new();
     store
@@ -150,7 +174,7 @@ async fn contract(store: Arc<dyn StateStore>) {
         last_key: None,
         finished: false,
     };
-    store.save_chunker_position(&position).await.unwrap();
+    store.save_chunker_position(fence, &position).await.unwrap();
     assert_eq!(
         store.chunker_position().await.unwrap().as_ref(),
         Some(&position)
@@ -158,8 +182,33 @@ async fn contract(store: Arc<dyn StateStore>) {
     position.next_seq = 1;
     position.pending_keys.clear();
     position.finished = true;
-    store.save_chunker_position(&position).await.unwrap();
+    store.save_chunker_position(fence, &position).await.unwrap();
     assert_eq!(store.chunker_position().await.unwrap(), Some(position));
+    // The pending keys claimed their sequence numbers for good.
+    let claims = store.chunk_claims(0, 10).await.unwrap();
+    assert_eq!(
+        claims.keys,
+        vec![
+            (0, "stream_chunks/chunk-0000000000-x.csv".to_string()),
+            (1, "stream_chunks/chunk-0000000001-y.csv".to_string())
+        ]
+    );
+    assert_eq!(
+        (claims.chunker_next_seq, claims.chunker_finished),
+        (1, true)
+    );
+    assert_eq!(store.chunk_claims(1, 10).await.unwrap().keys.len(), 1);
+    let stranger = IgnoredObject {
+        key: "stream_chunks/zz.bin".into(),
+        seq: None,
+        reason: "not a chunk name".into(),
+        quarantine_key: Some("quarantine/zz.bin.foreign".into()),
+    };
+    assert!(store.record_ignored(fence, &stranger).await.unwrap());
+    assert!(
+        !store.record_ignored(fence, &stranger).await.unwrap(),
+        "recorded once"
+    );
 
     // A commit of two chunks.
     let chunks = [chunk("c0", 0), chunk("c1", 1)];
@@ -187,12 +236,12 @@ async fn contract(store: Arc<dyn StateStore>) {
         processed_at: "2026-11-22T15:04:07.000+05:30",
     };
     assert_eq!(
-        store.commit(&batch).await.unwrap(),
+        store.commit(fence, &batch).await.unwrap(),
         CommitOutcome::Committed
     );
     // The same commit again (an answer lost, say) changes nothing.
     assert_eq!(
-        store.commit(&batch).await.unwrap(),
+        store.commit(fence, &batch).await.unwrap(),
         CommitOutcome::AlreadyCommitted
     );
     assert_eq!(store.last_chunk().await.unwrap(), Some("c1".into()));
@@ -205,7 +254,7 @@ async fn contract(store: Arc<dyn StateStore>) {
         ..batch.clone()
     };
     assert_eq!(
-        store.commit(&stale).await.unwrap(),
+        store.commit(fence, &stale).await.unwrap(),
         CommitOutcome::Conflict {
             last: Some("c1".into())
         }
@@ -239,14 +288,21 @@ async fn contract(store: Arc<dyn StateStore>) {
     ];
     // Compacting two of the deltas first: state is the same whatever is
     // compacted and whatever is pending.
-    assert_eq!(store.compact(2).await.unwrap(), 2);
-    assert_eq!(store.commit(&next).await.unwrap(), CommitOutcome::Committed);
+    assert_eq!(store.compact(fence, 2).await.unwrap(), 2);
+    assert_eq!(
+        store.commit(fence, &next).await.unwrap(),
+        CommitOutcome::Committed
+    );
     assert_eq!(pairs(&*store).await, cumulative);
     assert_eq!(store.pending_deltas().await.unwrap().len(), 1);
     assert_eq!(store.pending_delta_count().await.unwrap(), 1);
-    assert_eq!(store.compact(10).await.unwrap(), 1);
+    assert_eq!(store.compact(fence, 10).await.unwrap(), 1);
     assert_eq!(store.pending_delta_count().await.unwrap(), 0);
-    assert_eq!(store.compact(10).await.unwrap(), 0, "nothing left to fold");
+    assert_eq!(
+        store.compact(fence, 10).await.unwrap(),
+        0,
+        "nothing left to fold"
+    );
     assert_eq!(pairs(&*store).await, cumulative);
     let mut compacted = Vec::new();
     store
@@ -284,8 +340,14 @@ async fn contract(store: Arc<dyn StateStore>) {
 
     // Batches: nothing full yet with size 3; the partial batch on request.
     assert_eq!(store.outbox().await.unwrap().0, 2);
-    assert_eq!(store.assign_batches(3, false, "S1").await.unwrap(), 0);
-    assert_eq!(store.assign_batches(1, false, "S1").await.unwrap(), 2);
+    assert_eq!(
+        store.assign_batches(fence, 3, false, "S1").await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.assign_batches(fence, 1, false, "S1").await.unwrap(),
+        2
+    );
     let batches = store.unwritten_batches().await.unwrap();
     assert_eq!(batches.len(), 2);
     assert_eq!(batches[0].key, "detected_patterns/batch-0000000001-S1.csv");
@@ -298,7 +360,7 @@ async fn contract(store: Arc<dyn StateStore>) {
     );
     assert_eq!(lines[0].customer, "C1");
     store
-        .mark_batch_written(batches[0].batch_no, "now")
+        .mark_batch_written(fence, batches[0].batch_no, "now")
         .await
         .unwrap();
     assert_eq!(store.unwritten_batches().await.unwrap().len(), 1);
@@ -319,6 +381,98 @@ async fn contract(store: Arc<dyn StateStore>) {
     );
     assert_eq!((report.batches_written, report.batches_pending), (1, 1));
     assert!(report.chunker_finished);
+    assert_eq!((report.last_seq, report.ignored_objects), (Some(2), 1));
+    assert_eq!(report.owner.map(|o| o.host), Some("host-a".to_string()));
+
+    leases(&*store, fence).await;
+}
+
+/// The ownership lease: one holder; a second claimant waits and is listed
+/// as a standby; a takeover bumps the epoch and fences the old holder out
+/// of every write; a released lease is free at once.
+async fn leases(store: &dyn StateStore, first: &Fence) {
+    let b = claimant("b");
+    let LeaseGrant::Held { holder, .. } = store
+        .acquire_lease(PIPELINE_LEASE, &b, 60_000)
+        .await
+        .unwrap()
+    else {
+        panic!("a live lease was granted twice");
+    };
+    assert_eq!(
+        (holder.holder().as_str(), holder.epoch),
+        ("host-a/100", first.epoch)
+    );
+    store
+        .register_standby(PIPELINE_LEASE, &b, 60_000)
+        .await
+        .unwrap();
+    let report = store.status(0).await.unwrap();
+    assert_eq!(report.standbys.len(), 1);
+    assert_eq!(report.standbys[0].host, "host-b");
+    assert!(matches!(
+        store.renew_lease(first, 30).await.unwrap(),
+        Renewal::Renewed { .. }
+    ));
+    // Let a's lease run out (30 ms); b takes it over at the next epoch.
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    let LeaseGrant::Granted(second) = store
+        .acquire_lease(PIPELINE_LEASE, &b, 60_000)
+        .await
+        .unwrap()
+    else {
+        panic!("an expired lease was not taken over");
+    };
+    assert_eq!(second.epoch, first.epoch + 1);
+    assert!(store.status(0).await.unwrap().standbys.is_empty());
+    // a, paused past its lease, wakes up: every write is refused.
+    fn fenced<T>(result: Result<T, DbError>) -> bool {
+        matches!(result, Err(DbError::Fenced(_)))
+    }
+    let position = store.chunker_position().await.unwrap().unwrap();
+    assert!(fenced(store.save_chunker_position(first, &position).await));
+    assert!(fenced(store.compact(first, 10).await));
+    assert!(fenced(store.assign_batches(first, 1, true, "S9").await));
+    assert!(fenced(store.mark_batch_written(first, 2, "now").await));
+    let chunks = [chunk("c3", 3)];
+    let zombie = CommitBatch {
+        expected_last: Some("c2"),
+        chunks: &chunks,
+        deltas: &[],
+        detections: &[],
+        processed_at: "2026-11-22T15:04:09.000+05:30",
+    };
+    assert!(fenced(store.commit(first, &zombie).await));
+    assert_eq!(store.last_chunk().await.unwrap(), Some("c2".into()));
+    match store.renew_lease(first, 60_000).await.unwrap() {
+        Renewal::Lost { holder } => assert_eq!(holder.unwrap().host, "host-b"),
+        Renewal::Renewed { .. } => panic!("a lost lease was renewed"),
+    }
+    // The new owner writes; a graceful stop frees the lease at once.
+    assert_eq!(
+        store.commit(&second, &zombie).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    store.release_lease(first).await.unwrap();
+    assert!(
+        matches!(
+            store
+                .acquire_lease(PIPELINE_LEASE, &claimant("c"), 60_000)
+                .await
+                .unwrap(),
+            LeaseGrant::Held { .. }
+        ),
+        "releasing with a stale fence does nothing"
+    );
+    store.release_lease(&second).await.unwrap();
+    let LeaseGrant::Granted(third) = store
+        .acquire_lease(PIPELINE_LEASE, &claimant("c"), 60_000)
+        .await
+        .unwrap()
+    else {
+        panic!("a released lease was not free");
+    };
+    assert_eq!(third.epoch, second.epoch + 1);
 }
 
 #[tokio::test]
@@ -329,17 +483,18 @@ async fn sqlite_keeps_the_contract() {
 }
 
 /// A migrated SQLite store in a fresh directory, and its database file.
-async fn fresh_sqlite() -> (tempfile::TempDir, std::path::PathBuf, SqliteStore) {
+async fn fresh_sqlite() -> (tempfile::TempDir, std::path::PathBuf, SqliteStore, Fence) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.sqlite");
     let store = SqliteStore::open(&format!("sqlite://{}", path.display())).unwrap();
     store.migrate().await.unwrap();
-    (dir, path, store)
+    let fence = owner(&store, "a").await;
+    (dir, path, store, fence)
 }
 
 /// Commits `count` chunks in sequence, each with a state change of `pairs`
 /// new pairs.
-async fn commit_chunks(store: &SqliteStore, count: u64, pairs: usize) {
+async fn commit_chunks(store: &SqliteStore, fence: &Fence, count: u64, pairs: usize) {
     for seq in 0..count {
         let name = format!("c{seq:04}");
         let previous = seq.checked_sub(1).map(|p| format!("c{p:04}"));
@@ -364,7 +519,7 @@ async fn commit_chunks(store: &SqliteStore, count: u64, pairs: usize) {
             processed_at: "2026-11-25T17:00:00.000+05:30",
         };
         assert_eq!(
-            store.commit(&batch).await.unwrap(),
+            store.commit(fence, &batch).await.unwrap(),
             CommitOutcome::Committed
         );
     }
@@ -377,12 +532,13 @@ async fn commit_chunks(store: &SqliteStore, count: u64, pairs: usize) {
 /// the commits; the compaction's checkpoint copies the pages in.
 #[tokio::test]
 async fn sqlite_checkpoints_in_compaction_not_in_commits() {
-    let (_dir, path, store) = fresh_sqlite().await;
+    let (_dir, path, store, fence) = fresh_sqlite().await;
+    let fence = &fence;
     let file_size = || std::fs::metadata(&path).unwrap().len();
     let before = file_size();
-    commit_chunks(&store, 50, 200).await;
+    commit_chunks(&store, fence, 50, 200).await;
     assert_eq!(file_size(), before, "commits did not checkpoint");
-    assert_eq!(store.compact(100).await.unwrap(), 50);
+    assert_eq!(store.compact(fence, 100).await.unwrap(), 50);
     assert!(
         file_size() > before,
         "the compaction checkpointed the WAL into the database file"
@@ -393,12 +549,13 @@ async fn sqlite_checkpoints_in_compaction_not_in_commits() {
 /// the store's own: the database file grows without any compaction.
 #[tokio::test]
 async fn sqlite_checkpoints_a_growing_wal_in_the_background() {
-    let (_dir, path, store) = fresh_sqlite().await;
+    let (_dir, path, store, fence) = fresh_sqlite().await;
+    let fence = &fence;
     let file_size = || std::fs::metadata(&path).unwrap().len();
     let before = file_size();
     // About 100 kB of deltas per commit: the 1,000-page limit (4 MB) is
     // crossed after some forty commits.
-    commit_chunks(&store, 80, 5_000).await;
+    commit_chunks(&store, fence, 80, 5_000).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while file_size() <= before && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));

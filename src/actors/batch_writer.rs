@@ -116,7 +116,8 @@ async fn flush(p: &PipelineContext, include_partial: bool) -> Result<u64, WriteE
     let size = p.settings.batch.size;
     let stamp = crate::clock::name_stamp(chrono::Utc::now());
     p.db("assign batches", || {
-        p.state.assign_batches(size, include_partial, &stamp)
+        p.state
+            .assign_batches(&p.fence, size, include_partial, &stamp)
     })
     .await?;
     let batches = p.db("list batches", || p.state.unwritten_batches()).await?;
@@ -134,7 +135,7 @@ async fn flush(p: &PipelineContext, include_partial: bool) -> Result<u64, WriteE
         crate::pause_points::reached("batch-put");
         let at = crate::clock::now_ist();
         p.db("mark batch written", || {
-            p.state.mark_batch_written(batch.batch_no, &at)
+            p.state.mark_batch_written(&p.fence, batch.batch_no, &at)
         })
         .await?;
         p.progress.batches_written.fetch_add(1, Ordering::Relaxed);

@@ -228,7 +228,7 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
                 .collect();
             position.finished = false;
             p.db("save chunker position", || {
-                p.state.save_chunker_position(&position)
+                p.state.save_chunker_position(&p.fence, &position)
             })
             .await?;
             dirty = false;
@@ -296,7 +296,7 @@ async fn finish(p: &PipelineContext, position: &mut ChunkerPosition) -> Result<(
         position.finished = true;
         position.pending_keys.clear();
         p.db("save chunker position", || {
-            p.state.save_chunker_position(position)
+            p.state.save_chunker_position(&p.fence, position)
         })
         .await?;
     }

@@ -81,8 +81,8 @@ async fn compact(p: &PipelineContext, max_chunks: u64) -> Result<u64, CompactErr
     let state = p.state.clone();
     let folded = p
         .db("compact state", || {
-            let state = state.clone();
-            crate::io_runtime::run(async move { state.compact(max_chunks as usize).await })
+            let (state, fence) = (state.clone(), p.fence.clone());
+            crate::io_runtime::run(async move { state.compact(&fence, max_chunks as usize).await })
         })
         .await?;
     debug!(

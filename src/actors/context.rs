@@ -18,7 +18,7 @@ use tracing::warn;
 use super::faults::FaultPlan;
 use super::supervisor::Supervision;
 use crate::config::Settings;
-use crate::db::{DbError, StateStore};
+use crate::db::{DbError, Fence, StateStore};
 use crate::detect::{PairTotals, Thresholds, WeightTable};
 use crate::names::Names;
 use crate::store::source::Sources;
@@ -30,6 +30,10 @@ pub struct PipelineContext {
     /// Opens the master and lookup files (local or S3).
     pub sources: Sources,
     pub state: Arc<dyn StateStore>,
+    /// The ownership lease this process runs under: every state change
+    /// carries it, and the database refuses it once another process took
+    /// the lease over.
+    pub fence: Fence,
     pub names: Arc<Names>,
     pub weights: Arc<WeightTable>,
     /// The pair table, seeded with the weight table's pairs during
@@ -97,9 +101,11 @@ impl RecentChunks {
     }
 }
 
-/// Signals from the supervisor to the long-running loops.
-#[derive(Default)]
+/// Signals from the supervisor to the long-running loops, and the
+/// process's stop signals.
 pub struct Lifecycle {
+    /// SIGINT, SIGTERM or SIGHUP arrived.
+    pub signals: crate::signals::Signals,
     /// The chunker stops after the chunk it is writing.
     pub stop_chunker: CancellationToken,
     /// The watcher takes no new chunks, finishes those in flight and stops.
@@ -108,6 +114,18 @@ pub struct Lifecycle {
     pub final_flush: CancellationToken,
     /// The compactor folds every waiting state change and stops.
     pub final_compact: CancellationToken,
+}
+
+impl Lifecycle {
+    pub fn new(signals: crate::signals::Signals) -> Lifecycle {
+        Lifecycle {
+            signals,
+            stop_chunker: CancellationToken::new(),
+            stop_watcher: CancellationToken::new(),
+            final_flush: CancellationToken::new(),
+            final_compact: CancellationToken::new(),
+        }
+    }
 }
 
 /// Counters the supervisor and the summary read.
@@ -121,6 +139,8 @@ pub struct Progress {
     pub watcher_stopped: AtomicBool,
     pub chunks_committed: AtomicU64,
     pub chunks_rejected: AtomicU64,
+    /// Objects under `stream_chunks/` recorded as not applied.
+    pub objects_ignored: AtomicU64,
     pub rows_committed: AtomicU64,
     pub bad_rows: AtomicU64,
     pub detections: [AtomicU64; 3],
@@ -237,13 +257,19 @@ impl PipelineContext {
             .unwrap_or_else(|| PairTotals::new(&self.weights))
     }
 
-    /// [`retry_db`] with the configured attempts.
+    /// [`retry_db`] with the configured attempts. A write the database
+    /// refused because another process took the ownership lease over stops
+    /// the whole process at once (see [`Supervision::lost_lease`]).
     pub async fn db<T, F, Fut>(&self, what: &str, call: F) -> Result<T, DbError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
-        retry_db(self.settings.database.max_attempts, what, call).await
+        let result = retry_db(self.settings.database.max_attempts, what, call).await;
+        if let Err(DbError::Fenced(message)) = &result {
+            self.supervision.lost_lease(message);
+        }
+        result
     }
 
     /// [`retry_store`] with the configured attempts.

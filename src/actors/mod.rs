@@ -25,6 +25,7 @@
 //! keeps at most `watcher.max_in_flight` chunks between listing and commit.
 
 pub mod batch_writer;
+pub mod chunk_gate;
 pub mod chunker;
 pub mod compactor;
 pub mod context;

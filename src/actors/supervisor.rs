@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rustc_hash::FxHashMap;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::batch_writer::BatchWriterActor;
 use super::chunker::ChunkerActor;
@@ -27,7 +27,7 @@ use super::detector::DetectorActor;
 use super::tracker::TrackerActor;
 use super::watcher::WatcherActor;
 use crate::config::SupervisorConfig;
-use crate::db::RestartEvent;
+use crate::db::{Renewal, RestartEvent};
 use crate::detect::{Pattern, Shard};
 
 /// An actor restarted too often.
@@ -36,6 +36,10 @@ pub const EXIT_RESTART_LIMIT: i32 = 3;
 pub const EXIT_FATAL: i32 = 4;
 /// Graceful shutdown did not finish in time.
 pub const EXIT_SHUTDOWN_TIMEOUT: i32 = 5;
+/// Another process holds the ownership lease and `--no-standby` was given.
+pub const EXIT_STANDBY_REFUSED: i32 = 6;
+/// This process lost the ownership lease to another one while running.
+pub const EXIT_LOST_LEASE: i32 = 7;
 
 /// Restart bookkeeping shared by all actors.
 pub struct Supervision {
@@ -101,7 +105,7 @@ impl Supervision {
                 restart = total,
                 "restart limit exceeded; stopping"
             );
-            self.stop_process(message, EXIT_RESTART_LIMIT);
+            let _ = self.stop_process(message, EXIT_RESTART_LIMIT);
             return None;
         }
         let exponent = in_window.saturating_sub(1).min(20);
@@ -122,20 +126,37 @@ impl Supervision {
         Some(backoff)
     }
 
+    /// Stops the process at once: another process took the ownership lease
+    /// over, so nothing this one still has in flight may be written (the
+    /// database would refuse it anyway).
+    pub fn lost_lease(&self, message: &str) {
+        let first = self.stop_process(
+            format!("lost the ownership lease: {message}"),
+            EXIT_LOST_LEASE,
+        );
+        if first {
+            error!(error = %message, "lost the ownership lease; stopping at once");
+        }
+    }
+
     /// Stops the process because of an error no restart can fix.
     pub fn fatal(&self, actor: &str, message: String) {
         error!(actor, error = %message, "fatal error; stopping");
-        self.stop_process(format!("{actor}: {message}"), EXIT_FATAL);
+        let _ = self.stop_process(format!("{actor}: {message}"), EXIT_FATAL);
     }
 
-    fn stop_process(&self, message: String, code: i32) {
+    /// Stops the actor system with `code`; only the first reason counts.
+    /// Returns whether this was the first.
+    fn stop_process(&self, message: String, code: i32) -> bool {
         let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
-        if fatal.is_none() {
-            *fatal = Some(message);
-            if let Some(system) = System::try_current() {
-                system.stop_with_code(code);
-            }
+        if fatal.is_some() {
+            return false;
         }
+        *fatal = Some(message);
+        if let Some(system) = System::try_current() {
+            system.stop_with_code(code);
+        }
+        true
     }
 
     /// Why the process was stopped, if it was.
@@ -368,13 +389,15 @@ impl Actor for SupervisorActor {
                 record_restarts(&pipeline).await
             }));
         });
+        let signals = self.pipeline.lifecycle.signals.clone();
         ctx.spawn(
             actix::fut::wrap_future(async move {
-                let signal = shutdown_signal().await;
+                let signal = signals.received().await;
                 info!(signal, "received signal");
             })
             .map(|_, act: &mut Self, ctx| act.begin_shutdown(ctx, "signal")),
         );
+        ctx.spawn(actix::fut::wrap_future(keep_lease(self.pipeline.clone())));
         if self.mode == RunMode::UntilDone {
             let pipeline = self.pipeline.clone();
             ctx.spawn(
@@ -385,30 +408,74 @@ impl Actor for SupervisorActor {
     }
 }
 
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
+/// Renews the ownership lease every heartbeat. If the database says another
+/// process took it over, the whole process stops at once; if the database
+/// cannot be reached, it keeps trying (the fence, not the clock, keeps a
+/// late writer out).
+async fn keep_lease(pipeline: Arc<PipelineContext>) {
+    let ownership = &pipeline.settings.ownership;
+    let beat = Duration::from_millis(ownership.heartbeat_ms);
+    loop {
+        tokio::time::sleep(beat).await;
+        match pipeline
+            .state
+            .renew_lease(&pipeline.fence, ownership.lease_ttl_ms)
+            .await
+        {
+            Ok(Renewal::Renewed { .. }) => {}
+            Ok(Renewal::Lost { holder }) => {
+                let message = match holder {
+                    Some(holder) => format!(
+                        "{} took it over at epoch {} (this process held epoch {})",
+                        holder.holder(),
+                        holder.epoch,
+                        pipeline.fence.epoch
+                    ),
+                    None => "the lease row is gone".to_string(),
+                };
+                pipeline.supervision.lost_lease(&message);
+                return;
+            }
+            Err(error) => warn!(%error, "could not renew the ownership lease; retrying"),
+        }
     }
 }
 
 const POLL: Duration = Duration::from_millis(10);
 
-/// Waits until the master file is fully chunked and two listings that
-/// started after that found nothing new (the first may have started before
-/// the last chunk appeared).
+/// Waits until the master file is fully chunked, two listings that started
+/// after that found nothing new (the first may have started before the
+/// last chunk appeared), and the database has every chunk the chunker
+/// wrote committed (processed, or rejected if its object vanished).
 async fn wait_until_done(pipeline: &PipelineContext) {
     let progress = &pipeline.progress;
     while !progress.chunker_finished.load(Ordering::Acquire) {
         tokio::time::sleep(POLL).await;
     }
-    let mark = progress.idle_listings.load(Ordering::Acquire);
-    while progress.idle_listings.load(Ordering::Acquire) < mark + 2 {
-        tokio::time::sleep(POLL).await;
+    loop {
+        let mark = progress.idle_listings.load(Ordering::Acquire);
+        while progress.idle_listings.load(Ordering::Acquire) < mark + 2 {
+            tokio::time::sleep(POLL).await;
+        }
+        match pipeline.state.status(0).await {
+            Ok(status) if every_chunk_committed(&status) => return,
+            Ok(status) => debug!(
+                produced = status.chunks_produced,
+                last_seq = ?status.last_seq,
+                "waiting for the chunker's last chunks to commit"
+            ),
+            Err(error) => warn!(%error, "could not read progress; trying again"),
+        }
     }
+}
+
+/// Whether every chunk the chunker wrote has a `processed_chunks` row.
+fn every_chunk_committed(status: &crate::db::StatusReport) -> bool {
+    status.chunker_finished
+        && match status.chunks_produced {
+            0 => true,
+            produced => status.last_seq.is_some_and(|seq| seq + 1 >= produced),
+        }
 }
 
 /// Stops the chunker and the watcher, waits for in-flight chunks to

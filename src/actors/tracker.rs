@@ -164,7 +164,9 @@ async fn commit(
     };
     let started = Instant::now();
     let outcome = pipeline
-        .db("commit chunks", || pipeline.state.commit(&batch))
+        .db("commit chunks", || {
+            pipeline.state.commit(&pipeline.fence, &batch)
+        })
         .await
         .map_err(|e| CommitFailure::Stage(StageError::Failed(e.to_string())))?;
     match outcome {

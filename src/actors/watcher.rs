@@ -36,11 +36,12 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use tracing::{debug, info, warn};
 
 use super::StageError;
+use super::chunk_gate::{ChunkGate, Ignored, Stop, Verdict};
 use super::context::{PipelineContext, contain_async};
 use super::detector::{Apply, DetectorActor, Reset};
 use super::supervisor::Lifeline;
 use super::tracker::{ChunkOutcome, Commit, TrackerActor};
-use crate::db::{ChunkRecord, ChunkStatus, DbError};
+use crate::db::{ChunkRecord, ChunkStatus, DbError, IgnoredObject};
 use crate::detect::{Cents, DetectionKey, PairState, PairTotals, Snapshot};
 use crate::input::transactions::{BadRow, ChunkParser, ParsedChunk, RejectReason};
 use crate::layout;
@@ -144,59 +145,23 @@ impl From<MailboxError> for EpochEnd {
     }
 }
 
-/// How soon to list again while a chunk sequence number is missing.
+/// How soon to list again while a chunk sequence number is missing: a
+/// chunk PUT that started earlier is usually about to become visible.
 const GAP_RECHECK: Duration = Duration::from_millis(5);
 
-/// Admits the chunker's objects in sequence order. The chunker has several
-/// PUTs in flight, which may become visible out of order; listing past a
-/// missing sequence number would skip it for good (listing starts after
-/// the last key seen), so the gate holds later keys back until it appears.
-/// A number missing for longer than the timeout (an object deleted by
-/// hand, say) is reported and skipped. Keys of any other shape pass.
-struct SequenceGate {
-    expected: Option<u64>,
-    gap_since: Option<Instant>,
-    timeout: Duration,
-}
+/// Claims read at once (more than a listing page, so that one read covers
+/// every key of a page).
+const CLAIMS_PAGE: usize = 2 * LIST_PAGE;
 
-impl SequenceGate {
-    fn new(last_committed: Option<&str>, timeout: Duration) -> SequenceGate {
-        let expected = match last_committed {
-            None => Some(0),
-            Some(key) => layout::chunk_seq(key).map(|seq| seq + 1),
-        };
-        SequenceGate {
-            expected,
-            gap_since: None,
-            timeout,
-        }
-    }
-
-    /// The keys that may go on now, and whether any were held back.
-    fn admit(&mut self, keys: Vec<String>, now: Instant) -> (Vec<String>, bool) {
-        let mut admitted = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(seq) = layout::chunk_seq(&key) {
-                if let Some(expected) = self.expected
-                    && seq > expected
-                {
-                    let since = *self.gap_since.get_or_insert(now);
-                    if now.duration_since(since) < self.timeout {
-                        return (admitted, true);
-                    }
-                    tracing::error!(
-                        missing = expected,
-                        found = seq,
-                        "chunk sequence numbers missing; going on without them"
-                    );
-                }
-                self.gap_since = None;
-                self.expected = Some(self.expected.map_or(seq + 1, |e| e.max(seq + 1)));
-            }
-            admitted.push(key);
-        }
-        (admitted, false)
-    }
+/// What one listing found.
+#[derive(Default)]
+struct Listing {
+    /// Keys to apply, in order.
+    applied: Vec<String>,
+    /// A key waits (a missing sequence number, or one not yet claimed).
+    held: bool,
+    /// An ignored object was recorded for the first time.
+    recorded: bool,
 }
 
 /// A chunk after fetch and parse.
@@ -321,10 +286,11 @@ impl MechanismY {
         let mut committing: Option<LocalBoxFuture<'static, Result<Arc<str>, EpochEnd>>> = None;
         let mut next_list_at = Instant::now();
         let mut new_chunks = p.new_chunks.subscribe();
-        let mut gate = SequenceGate::new(
+        let mut gate = ChunkGate::new(
             committed.as_deref(),
             Duration::from_millis(settings.gap_timeout_ms),
         );
+        let mut held_since: Option<Instant> = None;
         let poll_interval = Duration::from_millis(settings.poll_interval_ms);
 
         loop {
@@ -371,28 +337,28 @@ impl MechanismY {
                     committed = Some(result?);
                 }
                 _ = tokio::time::sleep_until(next_list_at.into()), if want_list => {
-                    let listed = p
-                        .store("list chunks", || {
-                            p.objects.list(layout::CHUNK_PREFIX, cursor.as_deref(), LIST_PAGE)
-                        })
-                        .await
-                        .map_err(WatchError::from)?;
+                    let listing = self.list(&mut gate, cursor.as_deref()).await?;
                     let now = Instant::now();
-                    let found = !listed.is_empty();
-                    let (admitted, held) = gate.admit(listed, now);
-                    if !found {
-                        if !busy {
-                            p.progress.idle_listings.fetch_add(1, Ordering::AcqRel);
+                    if let Some(last) = listing.applied.last() {
+                        cursor = Some(last.clone());
+                    }
+                    let found = !listing.applied.is_empty();
+                    queue.extend(listing.applied.into_iter().map(|key| (key, now)));
+                    next_list_at = if listing.held {
+                        // Look again very soon while a chunk is about to
+                        // appear, then at the polling pace.
+                        let since = *held_since.get_or_insert(now);
+                        now + if now.duration_since(since) < poll_interval {
+                            GAP_RECHECK
+                        } else {
+                            poll_interval
                         }
-                        next_list_at = now + poll_interval;
-                    } else if admitted.is_empty() {
-                        // A chunk PUT that started earlier is still in
-                        // flight: look again very soon.
-                        next_list_at = now + GAP_RECHECK;
                     } else {
-                        cursor = admitted.last().cloned();
-                        queue.extend(admitted.into_iter().map(|key| (key, now)));
-                        next_list_at = if held { now + GAP_RECHECK } else { now };
+                        held_since = None;
+                        if found { now } else { now + poll_interval }
+                    };
+                    if !found && !listing.held && !listing.recorded && !busy {
+                        p.progress.idle_listings.fetch_add(1, Ordering::AcqRel);
                     }
                 }
                 changed = new_chunks.changed(), if want_list && next_list_at > Instant::now() => {
@@ -403,6 +369,101 @@ impl MechanismY {
                 _ = stop.cancelled(), if !stopping => {}
             }
         }
+    }
+
+    /// Lists `stream_chunks/` after `cursor` (the last applied key) and
+    /// lets the gate decide every key; ignored objects are set aside and
+    /// recorded here. Pages that hold only ignored keys are listed past at
+    /// once, so no number of strangers can hide a chunk behind them.
+    async fn list(&self, gate: &mut ChunkGate, cursor: Option<&str>) -> Result<Listing, EpochEnd> {
+        let p = &self.pipeline;
+        let mut listing = Listing::default();
+        let mut page_after = cursor.map(str::to_string);
+        let mut claims_fresh = false;
+        loop {
+            let keys = p
+                .store("list chunks", || {
+                    p.objects
+                        .list(layout::CHUNK_PREFIX, page_after.as_deref(), LIST_PAGE)
+                })
+                .await
+                .map_err(WatchError::from)?;
+            let now = Instant::now();
+            let mut decided = 0;
+            let applied_before = listing.applied.len();
+            let stop = loop {
+                let admission = gate.admit(&keys[decided..], now, claims_fresh);
+                decided += admission.consumed;
+                for verdict in admission.verdicts {
+                    match verdict {
+                        Verdict::Apply(key) => listing.applied.push(key),
+                        Verdict::Ignore { key, why } => {
+                            listing.recorded |= self.set_aside(&key, &why).await?;
+                        }
+                    }
+                }
+                if admission.stop != Stop::NeedClaims {
+                    break admission.stop;
+                }
+                let from = gate.expected();
+                let claims = p
+                    .db("read chunk claims", || {
+                        p.state.chunk_claims(from, CLAIMS_PAGE)
+                    })
+                    .await
+                    .map_err(WatchError::from)?;
+                gate.update_claims(claims);
+                claims_fresh = true;
+            };
+            listing.held = stop == Stop::Held;
+            let page_was_full = keys.len() == LIST_PAGE;
+            if stop == Stop::Done && page_was_full && listing.applied.len() == applied_before {
+                page_after = keys.last().cloned();
+                continue;
+            }
+            return Ok(listing);
+        }
+    }
+
+    /// Copies an object that is not applied to `quarantine/` and records
+    /// it (once: the first time says so in a WARN line). Returns whether it
+    /// was new.
+    async fn set_aside(&self, key: &str, why: &Ignored) -> Result<bool, EpochEnd> {
+        let p = &self.pipeline;
+        let name = key.strip_prefix(layout::CHUNK_PREFIX).unwrap_or(key);
+        let target = format!("{}{name}.{}", layout::QUARANTINE_PREFIX, why.kind());
+        let copied = match p
+            .store("quarantine object", || p.objects.copy(key, &target))
+            .await
+        {
+            Ok(true) => Some(target),
+            Ok(false) => None,
+            Err(error) if !error.is_transient() => {
+                // A name too long for a quarantine key, say: the object
+                // stays where it is, and the record says why.
+                warn!(object = ?key, %error, "could not copy an ignored object to quarantine");
+                None
+            }
+            Err(error) => return Err(WatchError::from(error).into()),
+        };
+        let record = IgnoredObject {
+            key: key.to_string(),
+            seq: layout::chunk_seq(key),
+            reason: why.reason(),
+            quarantine_key: copied,
+        };
+        let new = p
+            .db("record ignored object", || {
+                p.state.record_ignored(&p.fence, &record)
+            })
+            .await
+            .map_err(WatchError::from)?;
+        if new {
+            p.progress.objects_ignored.fetch_add(1, Ordering::Relaxed);
+            warn!(object = ?key, reason = %record.reason, quarantine = ?record.quarantine_key,
+                  "object under stream_chunks/ is not applied");
+        }
+        Ok(new)
     }
 
     /// Folds a parsed chunk into the pair table and sends the result to

@@ -13,7 +13,7 @@ use tracing::info;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::Settings;
-use crate::db::{LookupSource, StateStore, WeightRow};
+use crate::db::{Fence, LookupSource, StateStore, WeightRow};
 use crate::detect::{Cents, WeightTable};
 use crate::input::importance::read_importance;
 use crate::names::Names;
@@ -55,6 +55,7 @@ pub async fn ensure_loaded(
     settings: &Settings,
     sources: &Sources,
     state: &dyn StateStore,
+    fence: &Fence,
     names: &Arc<Names>,
 ) -> anyhow::Result<WeightTable> {
     let location = settings.source.customer_importance.clone();
@@ -112,7 +113,7 @@ pub async fn ensure_loaded(
         bad_rows: importance.bad_rows,
         pairs: rows.len() as u64,
     };
-    state.load_lookup(&loaded, &rows).await?;
+    state.load_lookup(fence, &loaded, &rows).await?;
     info!(
         rows = loaded.rows,
         bad_rows = loaded.bad_rows,

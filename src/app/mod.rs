@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod lookup;
+pub mod ownership;
 pub mod report;
 
 use std::sync::Arc;
@@ -15,11 +16,16 @@ use tracing::info;
 
 use crate::actors::context::{Lifecycle, PipelineContext, Progress};
 use crate::actors::faults::{FaultPlan, FaultRule};
-use crate::actors::supervisor::{RunMode, Supervision, SupervisorActor};
+use crate::actors::supervisor::{
+    EXIT_LOST_LEASE, EXIT_STANDBY_REFUSED, RunMode, Supervision, SupervisorActor,
+};
 use crate::config::{LogFormat, Settings};
+use crate::db::{Claimant, Fence, StateStore};
 use crate::detect::{PairTotals, Thresholds};
 use crate::names::Names;
+use crate::signals::Signals;
 use crate::store::source::Sources;
+use ownership::Ownership;
 
 /// Memory for chunk bodies kept between the chunker's PUT and the
 /// watcher's read.
@@ -123,12 +129,15 @@ pub fn init_logging(settings: &Settings) {
     };
 }
 
-/// Everything checked before any actor starts: the master file's header,
-/// both stores, the chunker position, and the lookup table (loaded into the
-/// database once).
+/// Everything checked before any actor starts, by the owner of the
+/// pipeline lease: the master file's header, the object store, the chunker
+/// position, and the lookup table (loaded into the database once).
 pub async fn prepare(
     settings: Settings,
     faults: Vec<FaultRule>,
+    state: Arc<dyn StateStore>,
+    fence: Fence,
+    signals: Signals,
 ) -> anyhow::Result<Arc<PipelineContext>> {
     let sources = Sources::for_settings(&settings).await;
     {
@@ -140,7 +149,6 @@ pub async fn prepare(
         .map_err(anyhow::Error::msg)?;
     }
     let objects = crate::store::open(&settings).await?;
-    let state = crate::db::open(&settings).await?;
     if let Some(position) = state.chunker_position().await? {
         crate::actors::chunker::check_position(
             &position,
@@ -150,7 +158,8 @@ pub async fn prepare(
         .map_err(anyhow::Error::msg)?;
     }
     let names = Arc::new(Names::new());
-    let weights = Arc::new(lookup::ensure_loaded(&settings, &sources, &*state, &names).await?);
+    let weights =
+        Arc::new(lookup::ensure_loaded(&settings, &sources, &*state, &fence, &names).await?);
     info!(pairs = weights.len(), "lookup table ready");
     let pair_totals = PairTotals::new(&weights);
     let (doorbell, _) = tokio::sync::watch::channel(0);
@@ -162,12 +171,13 @@ pub async fn prepare(
         objects,
         sources,
         state,
+        fence,
         names,
         weights,
         pair_totals: std::sync::Mutex::new(Some(pair_totals)),
         thresholds: Thresholds::SPEC,
         progress: Progress::default(),
-        lifecycle: Lifecycle::default(),
+        lifecycle: Lifecycle::new(signals),
         faults: FaultPlan::new(faults),
         y_start_time: crate::clock::now_ist(),
         doorbell,
@@ -192,6 +202,11 @@ pub fn run(settings: Settings, mode: RunMode, faults: Vec<FaultRule>) -> anyhow:
 }
 
 /// Like [`run`], handing `observe` a [`RunHandle`] once the actors start.
+///
+/// The life of a run: install the signal handlers, open the state store,
+/// become the active owner (or wait as a standby), prepare, run the
+/// supervised actors, and let the lease go when they stop (unless it was
+/// lost, in which case it is not ours to release).
 pub fn run_observed(
     settings: Settings,
     mode: RunMode,
@@ -199,10 +214,43 @@ pub fn run_observed(
     observe: impl FnOnce(RunHandle),
 ) -> anyhow::Result<RunReport> {
     let system = System::new();
-    let pipeline = system
-        .block_on(prepare(settings, faults))
-        .context("start-up failed")?;
     let started = Instant::now();
+    let signals = system.block_on(async { Signals::install() })?;
+    let state = system
+        .block_on(crate::db::open(&settings))
+        .context("start-up failed")?;
+    let me = Claimant::this_process();
+    let early_exit = |code: i32, error: Option<String>| {
+        RunReport::from_progress(&Progress::default(), code, error, started.elapsed())
+    };
+    let fence = match system.block_on(ownership::acquire(&*state, &settings, &me, &signals))? {
+        Ownership::Owner(fence) => fence,
+        Ownership::Refused(message) => return Ok(early_exit(EXIT_STANDBY_REFUSED, Some(message))),
+        Ownership::Stopped(_) => return Ok(early_exit(0, None)),
+    };
+    let prepared = system.block_on({
+        let (state, fence, signals) = (state.clone(), fence.clone(), signals.clone());
+        async move {
+            tokio::select! {
+                prepared = prepare(settings, faults, state, fence, signals.clone()) => prepared.map(Some),
+                signal = signals.received() => {
+                    info!(signal, "received signal during start-up; stopping");
+                    Ok(None)
+                }
+            }
+        }
+    });
+    let pipeline = match prepared {
+        Ok(Some(pipeline)) => pipeline,
+        Ok(None) => {
+            release(&system, &*state, &fence);
+            return Ok(early_exit(0, None));
+        }
+        Err(error) => {
+            release(&system, &*state, &fence);
+            return Err(error.context("start-up failed"));
+        }
+    };
     let supervised = pipeline.clone();
     let handle = system.block_on(async move {
         SupervisorActor::new(supervised.clone(), mode).start();
@@ -214,6 +262,9 @@ pub fn run_observed(
     observe(handle);
     let exit_code = system.run_with_code()?;
     let elapsed = started.elapsed();
+    if exit_code != EXIT_LOST_LEASE {
+        release_after(&*state, &fence);
+    }
     let error = pipeline.supervision.fatal_message();
     Ok(RunReport::from_progress(
         &pipeline.progress,
@@ -221,4 +272,27 @@ pub fn run_observed(
         error,
         elapsed,
     ))
+}
+
+/// Lets the lease go so that a standby takes over at once.
+fn release(system: &actix::SystemRunner, state: &dyn StateStore, fence: &Fence) {
+    if let Err(error) = system.block_on(state.release_lease(fence)) {
+        tracing::warn!(%error, "could not release the ownership lease; it expires by itself");
+    }
+}
+
+/// [`release`] once the actor system (and its runtime) is gone.
+fn release_after(state: &dyn StateStore, fence: &Fence) {
+    let released = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(state.release_lease(fence))
+                .map_err(|e| e.to_string())
+        });
+    if let Err(error) = released {
+        tracing::warn!(%error, "could not release the ownership lease; it expires by itself");
+    }
 }

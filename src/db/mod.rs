@@ -8,9 +8,15 @@
 //! detections) commits atomically, and only on top of the chunk the caller
 //! saw last, so a chunk can never be applied twice.
 //!
+//! Every state-changing call carries the [`Fence`] of the ownership lease
+//! (see [`lease`]) and is refused with [`DbError::Fenced`] inside its own
+//! transaction when the caller no longer holds it, so two processes on one
+//! bucket and database can never both write.
+//!
 //! Names are stored as text; ids exist only inside one process.
 
 pub mod delta;
+pub mod lease;
 pub mod postgres;
 pub mod sqlite;
 
@@ -20,6 +26,7 @@ use async_trait::async_trait;
 
 use crate::config::{DatabaseKind, Settings};
 use crate::detect::{Evidence, Gender, Pattern};
+pub use lease::{Claimant, Fence, LeaseGrant, LeaseRow, Renewal, StandbyRow};
 
 /// Where the chunker stands in the master file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,11 +53,41 @@ impl ChunkerPosition {
         (!self.pending_keys.is_empty()).then(|| self.pending_keys.join("\n"))
     }
 
+    /// The pending keys with the sequence numbers they were chosen for.
+    pub fn claimed_keys(&self) -> impl Iterator<Item = (u64, &str)> {
+        (self.next_seq..).zip(self.pending_keys.iter().map(String::as_str))
+    }
+
     pub fn pending_from_column(column: Option<String>) -> Vec<String> {
         column
             .map(|keys| keys.lines().map(str::to_string).collect())
             .unwrap_or_default()
     }
+}
+
+/// Which object is the chunk of each sequence number, as far as the
+/// chunker has decided (see [`StateStore::chunk_claims`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkClaims {
+    /// `(seq, key)` the chunker chose, from the asked sequence number on,
+    /// in order.
+    pub keys: Vec<(u64, String)>,
+    /// The chunker's next sequence number (0 before it saved a position).
+    pub chunker_next_seq: u64,
+    /// The chunker reached the end of the master file: sequence numbers
+    /// from `chunker_next_seq` on will never be claimed by it.
+    pub chunker_finished: bool,
+}
+
+/// An object under `stream_chunks/` that Mechanism Y does not apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IgnoredObject {
+    pub key: String,
+    /// The sequence number its name gives, if it has a chunk's shape.
+    pub seq: Option<u64>,
+    pub reason: String,
+    /// Where a copy was put aside, if one was.
+    pub quarantine_key: Option<String>,
 }
 
 /// What the lookup table was loaded from.
@@ -205,6 +242,15 @@ pub struct StatusReport {
     pub batches_pending: u64,
     pub detections_unbatched: u64,
     pub recent_restarts: Vec<RestartEvent>,
+    /// Highest sequence number with a `processed_chunks` row.
+    pub last_seq: Option<u64>,
+    /// Objects under `stream_chunks/` recorded as not applied.
+    pub ignored_objects: u64,
+    /// The ownership lease, the database's time when it was read, and the
+    /// processes waiting for it.
+    pub owner: Option<LeaseRow>,
+    pub now_ms: i64,
+    pub standbys: Vec<StandbyRow>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +263,9 @@ pub enum DbError {
     /// The database holds state for a different master file or settings.
     #[error("{0}")]
     Mismatch(String),
+    /// The caller no longer holds the ownership lease it writes under.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl DbError {
@@ -235,14 +284,43 @@ pub trait StateStore: Send + Sync {
 
     async fn lookup_source(&self) -> DbResult<Option<LookupSource>>;
     /// Replaces the lookup table in one transaction.
-    async fn load_lookup(&self, source: &LookupSource, rows: &[WeightRow<'_>]) -> DbResult<()>;
+    async fn load_lookup(
+        &self,
+        fence: &Fence,
+        source: &LookupSource,
+        rows: &[WeightRow<'_>],
+    ) -> DbResult<()>;
     async fn scan_weights(
         &self,
         visit: &mut (dyn for<'r> FnMut(WeightRow<'r>) + Send),
     ) -> DbResult<()>;
 
+    /// Takes `lease` for `me` if it is free (never held, expired or
+    /// released), bumping its epoch; otherwise says who holds it. Either
+    /// way `me` stops being listed as a standby if it was granted.
+    async fn acquire_lease(&self, lease: &str, me: &Claimant, ttl_ms: u64) -> DbResult<LeaseGrant>;
+    /// Extends the lease by `ttl_ms` from now if `fence` still holds it.
+    async fn renew_lease(&self, fence: &Fence, ttl_ms: u64) -> DbResult<Renewal>;
+    /// Lets the lease go at once (a graceful stop), if `fence` holds it.
+    async fn release_lease(&self, fence: &Fence) -> DbResult<()>;
+    /// Lists `me` as waiting for `lease` for the next `ttl_ms`.
+    async fn register_standby(&self, lease: &str, me: &Claimant, ttl_ms: u64) -> DbResult<()>;
+    async fn remove_standby(&self, me: &Claimant) -> DbResult<()>;
+
     async fn chunker_position(&self) -> DbResult<Option<ChunkerPosition>>;
-    async fn save_chunker_position(&self, position: &ChunkerPosition) -> DbResult<()>;
+    /// Saves the position and claims the pending keys' sequence numbers
+    /// (`chunk_keys`; a number once claimed keeps its key).
+    async fn save_chunker_position(
+        &self,
+        fence: &Fence,
+        position: &ChunkerPosition,
+    ) -> DbResult<()>;
+    /// Up to `limit` claimed keys from `from_seq` on, and where the chunker
+    /// stands.
+    async fn chunk_claims(&self, from_seq: u64, limit: usize) -> DbResult<ChunkClaims>;
+    /// Records an object that is not applied; `false` if it was recorded
+    /// before.
+    async fn record_ignored(&self, fence: &Fence, object: &IgnoredObject) -> DbResult<bool>;
 
     /// The last chunk (by name) that is processed or rejected.
     async fn last_chunk(&self) -> DbResult<Option<String>>;
@@ -257,7 +335,7 @@ pub trait StateStore: Send + Sync {
     async fn pending_delta_count(&self) -> DbResult<u64>;
     /// Folds up to `max_chunks` pending deltas, oldest first, into
     /// `pair_state` in one transaction. Returns how many it folded.
-    async fn compact(&self, max_chunks: usize) -> DbResult<u64>;
+    async fn compact(&self, fence: &Fence, max_chunks: usize) -> DbResult<u64>;
 
     /// The cumulative state: `pair_state` with pending deltas added, read
     /// in one consistent snapshot (a compaction may run meanwhile).
@@ -267,16 +345,22 @@ pub trait StateStore: Send + Sync {
         &self,
         visit: &mut (dyn for<'r> FnMut(EmittedRow<'r>) + Send),
     ) -> DbResult<()>;
-    async fn commit(&self, batch: &CommitBatch<'_>) -> DbResult<CommitOutcome>;
+    async fn commit(&self, fence: &Fence, batch: &CommitBatch<'_>) -> DbResult<CommitOutcome>;
 
     /// Assigns outbox detections, oldest first, to new batches of `size`
     /// (and the remainder to one smaller batch if `include_partial`).
     /// Returns how many batches were created.
-    async fn assign_batches(&self, size: u64, include_partial: bool, stamp: &str) -> DbResult<u64>;
+    async fn assign_batches(
+        &self,
+        fence: &Fence,
+        size: u64,
+        include_partial: bool,
+        stamp: &str,
+    ) -> DbResult<u64>;
     /// Batches assigned but not yet written, oldest first.
     async fn unwritten_batches(&self) -> DbResult<Vec<Batch>>;
     async fn batch_lines(&self, batch_no: u64) -> DbResult<Vec<DetectionLine>>;
-    async fn mark_batch_written(&self, batch_no: u64, at: &str) -> DbResult<()>;
+    async fn mark_batch_written(&self, fence: &Fence, batch_no: u64, at: &str) -> DbResult<()>;
     /// Detections waiting for a batch, and when the oldest was committed.
     async fn outbox(&self) -> DbResult<(u64, Option<String>)>;
 

@@ -25,9 +25,11 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
+use super::lease::{self, Decision};
 use super::{
-    Batch, ChunkerPosition, CommitBatch, CommitOutcome, DbError, DbResult, DetectionLine,
-    EmittedRow, LookupSource, PairRow, RestartEvent, StateStore, StatusReport, WeightRow,
+    Batch, ChunkClaims, ChunkerPosition, Claimant, CommitBatch, CommitOutcome, DbError, DbResult,
+    DetectionLine, EmittedRow, Fence, IgnoredObject, LeaseGrant, LeaseRow, LookupSource, PairRow,
+    Renewal, RestartEvent, StandbyRow, StateStore, StatusReport, WeightRow,
 };
 use crate::detect::{Gender, Pattern};
 use crate::io_runtime;
@@ -38,10 +40,47 @@ mod embedded {
 
 type Manager = PostgresConnectionManager<MakeTlsConnector>;
 
-/// Advisory lock keys: commits, batch assignment, compaction.
+/// Advisory lock keys: commits, batch assignment, compaction, migrations.
 const COMMIT_LOCK: i64 = 0x7478_7069_7065_0001;
 const BATCH_LOCK: i64 = 0x7478_7069_7065_0002;
 const COMPACT_LOCK: i64 = 0x7478_7069_7065_0003;
+const MIGRATE_LOCK: i64 = 0x7478_7069_7065_0004;
+
+/// The database's clock, in milliseconds since the Unix epoch.
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+const SELECT_LEASE: &str = "SELECT name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms
+                            FROM leases WHERE name = $1";
+
+fn lease_row(row: &tokio_postgres::Row) -> LeaseRow {
+    LeaseRow {
+        name: row.get(0),
+        owner_id: row.get(1),
+        host: row.get(2),
+        pid: u32::try_from(row.get::<_, i64>(3)).unwrap_or(0),
+        epoch: to_u64(row.get(4)),
+        acquired_at_ms: row.get(5),
+        expires_at_ms: row.get(6),
+    }
+}
+
+/// Refuses the transaction unless `fence` still holds its lease.
+///
+/// `FOR KEY SHARE` makes the check race-free under READ COMMITTED: a
+/// takeover locks the lease row `FOR UPDATE` before it bumps the epoch, so
+/// it waits until this transaction ends, and a transaction that checks after
+/// a takeover reads the new epoch (a locking read sees the latest committed
+/// row). Heartbeats, plain updates of the expiry, do not wait for it.
+async fn check_fence(tx: &tokio_postgres::Transaction<'_>, fence: &Fence) -> DbResult<()> {
+    let row = tx
+        .query_opt(
+            "SELECT name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms
+             FROM leases WHERE name = $1 FOR KEY SHARE",
+            &[&fence.lease],
+        )
+        .await?;
+    lease::check(fence, row.map(|row| lease_row(&row)).as_ref()).map_err(DbError::Fenced)
+}
 
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -431,6 +470,11 @@ impl StateStore for PostgresStore {
         let pool = self.pool.clone();
         self.run(async move {
             let mut client = pool.dedicated_connection().await?;
+            // Two processes started at once must not both apply the same
+            // migration; the session lock ends with this connection.
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
+                .await?;
             embedded::migrations::runner()
                 .run_async(&mut client)
                 .await
@@ -461,8 +505,14 @@ impl StateStore for PostgresStore {
         .await
     }
 
-    async fn load_lookup(&self, source: &LookupSource, rows: &[WeightRow<'_>]) -> DbResult<()> {
+    async fn load_lookup(
+        &self,
+        fence: &Fence,
+        source: &LookupSource,
+        rows: &[WeightRow<'_>],
+    ) -> DbResult<()> {
         let pool = self.pool.clone();
+        let fence = fence.clone();
         let source = source.clone();
         let rows: Vec<(String, String, i64, i64)> = rows
             .iter()
@@ -478,6 +528,7 @@ impl StateStore for PostgresStore {
         self.run(async move {
             let mut connection = pool.get().await?;
             let tx = connection.transaction().await?;
+            check_fence(&tx, &fence).await?;
             tx.execute("DELETE FROM customer_importance", &[]).await?;
             let sink = tx
                 .copy_in(
@@ -566,14 +617,20 @@ impl StateStore for PostgresStore {
         .await
     }
 
-    async fn save_chunker_position(&self, position: &ChunkerPosition) -> DbResult<()> {
+    async fn save_chunker_position(
+        &self,
+        fence: &Fence,
+        position: &ChunkerPosition,
+    ) -> DbResult<()> {
         let pool = self.pool.clone();
+        let fence = fence.clone();
         let p = position.clone();
         self.run(async move {
-            let connection = pool.get().await?;
-            connection
-                .execute(
-                    "INSERT INTO chunker_position (id, source, rows_per_chunk, next_seq, next_offset,
+            let mut connection = pool.get().await?;
+            let tx = connection.transaction().await?;
+            check_fence(&tx, &fence).await?;
+            tx.execute(
+                "INSERT INTO chunker_position (id, source, rows_per_chunk, next_seq, next_offset,
                          rows_emitted, pending_key, last_key, finished, updated_at)
                      VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9)
                      ON CONFLICT (id) DO UPDATE SET source = EXCLUDED.source,
@@ -581,17 +638,231 @@ impl StateStore for PostgresStore {
                          next_offset = EXCLUDED.next_offset, rows_emitted = EXCLUDED.rows_emitted,
                          pending_key = EXCLUDED.pending_key, last_key = EXCLUDED.last_key,
                          finished = EXCLUDED.finished, updated_at = EXCLUDED.updated_at",
+                &[
+                    &p.source,
+                    &to_i64(p.rows_per_chunk),
+                    &to_i64(p.next_seq),
+                    &to_i64(p.next_offset),
+                    &to_i64(p.rows_emitted),
+                    &p.pending_column(),
+                    &p.last_key,
+                    &p.finished,
+                    &crate::clock::now_ist(),
+                ],
+            )
+            .await?;
+            let (seqs, keys): (Vec<i64>, Vec<&str>) = p
+                .claimed_keys()
+                .map(|(seq, key)| (to_i64(seq), key))
+                .unzip();
+            if !seqs.is_empty() {
+                tx.execute(
+                    "INSERT INTO chunk_keys (seq, chunk_name)
+                     SELECT * FROM UNNEST($1::bigint[], $2::text[]) ON CONFLICT DO NOTHING",
+                    &[&seqs, &keys],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn chunk_claims(&self, from_seq: u64, limit: usize) -> DbResult<ChunkClaims> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            let mut claims = ChunkClaims::default();
+            if let Some(row) = connection
+                .query_opt(
+                    "SELECT next_seq, finished FROM chunker_position WHERE id = 1",
+                    &[],
+                )
+                .await?
+            {
+                claims.chunker_next_seq = to_u64(row.get(0));
+                claims.chunker_finished = row.get(1);
+            }
+            claims.keys = connection
+                .query(
+                    "SELECT seq, chunk_name FROM chunk_keys WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                    &[&to_i64(from_seq), &(limit as i64)],
+                )
+                .await?
+                .iter()
+                .map(|row| (to_u64(row.get(0)), row.get(1)))
+                .collect();
+            Ok(claims)
+        })
+        .await
+    }
+
+    async fn record_ignored(&self, fence: &Fence, object: &IgnoredObject) -> DbResult<bool> {
+        let pool = self.pool.clone();
+        let (fence, object) = (fence.clone(), object.clone());
+        self.run(async move {
+            let mut connection = pool.get().await?;
+            let tx = connection.transaction().await?;
+            check_fence(&tx, &fence).await?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO ignored_objects (object_key, seq, reason, quarantine_key, seen_at)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                     &[
-                        &p.source,
-                        &to_i64(p.rows_per_chunk),
-                        &to_i64(p.next_seq),
-                        &to_i64(p.next_offset),
-                        &to_i64(p.rows_emitted),
-                        &p.pending_column(),
-                        &p.last_key,
-                        &p.finished,
+                        &object.key,
+                        &object.seq.map(to_i64),
+                        &object.reason,
+                        &object.quarantine_key,
                         &crate::clock::now_ist(),
                     ],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
+    async fn acquire_lease(&self, name: &str, me: &Claimant, ttl_ms: u64) -> DbResult<LeaseGrant> {
+        let pool = self.pool.clone();
+        let (name, me) = (name.to_string(), me.clone());
+        self.run(async move {
+            let mut connection = pool.get().await?;
+            let tx = connection.transaction().await?;
+            // A row that does not exist cannot be locked: create it first
+            // (expired, at epoch 0), then decide under the row lock like
+            // any takeover. Of two processes doing this at once, one inserts
+            // and the other waits for it and then finds the row.
+            tx.execute(
+                "INSERT INTO leases (name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms)
+                 VALUES ($1, '', '', 0, 0, 0, 0) ON CONFLICT (name) DO NOTHING",
+                &[&name],
+            )
+            .await?;
+            let current = tx
+                .query_one(&format!("{SELECT_LEASE} FOR UPDATE"), &[&name])
+                .await
+                .map(|row| lease_row(&row))?;
+            let now: i64 = tx.query_one(&format!("SELECT {NOW_MS}"), &[]).await?.get(0);
+            let epoch = match lease::decide(Some(&current), now) {
+                Decision::Held => return Ok(LeaseGrant::Held { holder: current, now_ms: now }),
+                Decision::Create => 1,
+                Decision::TakeOver { epoch } => epoch,
+            };
+            tx.execute(
+                "UPDATE leases SET owner_id = $2, host = $3, pid = $4, epoch = $5,
+                     acquired_at_ms = $6, expires_at_ms = $7
+                 WHERE name = $1",
+                &[
+                    &name,
+                    &me.owner_id,
+                    &me.host,
+                    &i64::from(me.pid),
+                    &to_i64(epoch),
+                    &now,
+                    &now.saturating_add(to_i64(ttl_ms)),
+                ],
+            )
+            .await?;
+            tx.execute("DELETE FROM lease_standbys WHERE owner_id = $1", &[&me.owner_id])
+                .await?;
+            tx.commit().await?;
+            Ok(LeaseGrant::Granted(Fence {
+                lease: name,
+                owner_id: me.owner_id,
+                epoch,
+            }))
+        })
+        .await
+    }
+
+    async fn renew_lease(&self, fence: &Fence, ttl_ms: u64) -> DbResult<Renewal> {
+        let pool = self.pool.clone();
+        let fence = fence.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            // Waits only for a takeover in progress (FOR UPDATE), never for
+            // commits (FOR KEY SHARE), and re-checks owner and epoch on the
+            // row version a takeover leaves.
+            let renewed = connection
+                .query_opt(
+                    &format!(
+                        "UPDATE leases SET expires_at_ms = {NOW_MS} + $4
+                         WHERE name = $1 AND owner_id = $2 AND epoch = $3
+                         RETURNING expires_at_ms"
+                    ),
+                    &[
+                        &fence.lease,
+                        &fence.owner_id,
+                        &to_i64(fence.epoch),
+                        &to_i64(ttl_ms),
+                    ],
+                )
+                .await?;
+            Ok(match renewed {
+                Some(row) => Renewal::Renewed {
+                    expires_at_ms: row.get(0),
+                },
+                None => Renewal::Lost {
+                    holder: connection
+                        .query_opt(SELECT_LEASE, &[&fence.lease])
+                        .await?
+                        .map(|row| lease_row(&row)),
+                },
+            })
+        })
+        .await
+    }
+
+    async fn release_lease(&self, fence: &Fence) -> DbResult<()> {
+        let pool = self.pool.clone();
+        let fence = fence.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            connection
+                .execute(
+                    &format!(
+                        "UPDATE leases SET expires_at_ms = {NOW_MS}
+                         WHERE name = $1 AND owner_id = $2 AND epoch = $3"
+                    ),
+                    &[&fence.lease, &fence.owner_id, &to_i64(fence.epoch)],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn register_standby(&self, name: &str, me: &Claimant, ttl_ms: u64) -> DbResult<()> {
+        let pool = self.pool.clone();
+        let (name, me) = (name.to_string(), me.clone());
+        self.run(async move {
+            let connection = pool.get().await?;
+            connection
+                .execute(
+                    &format!(
+                        "INSERT INTO lease_standbys (owner_id, lease, host, pid, since_ms, expires_at_ms)
+                         VALUES ($1, $2, $3, $4, {NOW_MS}, {NOW_MS} + $5)
+                         ON CONFLICT (owner_id) DO UPDATE SET expires_at_ms = EXCLUDED.expires_at_ms"
+                    ),
+                    &[&me.owner_id, &name, &me.host, &i64::from(me.pid), &to_i64(ttl_ms)],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_standby(&self, me: &Claimant) -> DbResult<()> {
+        let pool = self.pool.clone();
+        let owner_id = me.owner_id.clone();
+        self.run(async move {
+            let connection = pool.get().await?;
+            connection
+                .execute(
+                    "DELETE FROM lease_standbys WHERE owner_id = $1",
+                    &[&owner_id],
                 )
                 .await?;
             Ok(())
@@ -762,11 +1033,13 @@ impl StateStore for PostgresStore {
         .await
     }
 
-    async fn compact(&self, max_chunks: usize) -> DbResult<u64> {
+    async fn compact(&self, fence: &Fence, max_chunks: usize) -> DbResult<u64> {
         let pool = self.pool.clone();
+        let fence = fence.clone();
         self.run(async move {
             let mut connection = pool.get().await?;
             let tx = connection.transaction().await?;
+            check_fence(&tx, &fence).await?;
             // One compaction at a time. Commits go on meanwhile: they only
             // add deltas of later chunks, which this one does not read.
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMPACT_LOCK])
@@ -840,22 +1113,27 @@ impl StateStore for PostgresStore {
         .await
     }
 
-    async fn commit(&self, batch: &CommitBatch<'_>) -> DbResult<CommitOutcome> {
+    async fn commit(&self, fence: &Fence, batch: &CommitBatch<'_>) -> DbResult<CommitOutcome> {
         let Some(final_chunk) = batch.chunks.last() else {
             return Ok(CommitOutcome::Committed);
         };
         let commit = OwnedCommit::from_batch(batch, &final_chunk.name);
         let pool = self.pool.clone();
+        let fence = fence.clone();
         self.run(async move {
             let mut connection = pool.get().await?;
             let tx = connection.transaction().await?;
-            // Lock and read in one round trip (simple protocol, constant SQL).
-            let replies = tx
-                .simple_query(&format!(
-                    "SELECT pg_advisory_xact_lock({COMMIT_LOCK}); \
-                     SELECT max(chunk_name) FROM processed_chunks"
-                ))
-                .await?;
+            // Lock, read and check the fence in one round trip (the lock
+            // and read in the simple protocol with constant SQL; the fence
+            // check pipelined beside it).
+            let lock_and_read = format!(
+                "SELECT pg_advisory_xact_lock({COMMIT_LOCK}); \
+                 SELECT max(chunk_name) FROM processed_chunks"
+            );
+            let (replies, fenced) =
+                futures::join!(tx.simple_query(&lock_and_read), check_fence(&tx, &fence));
+            let replies = replies?;
+            fenced?;
             let last: Option<String> = replies
                 .iter()
                 .filter_map(|reply| match reply {
@@ -931,12 +1209,20 @@ impl StateStore for PostgresStore {
         .await
     }
 
-    async fn assign_batches(&self, size: u64, include_partial: bool, stamp: &str) -> DbResult<u64> {
+    async fn assign_batches(
+        &self,
+        fence: &Fence,
+        size: u64,
+        include_partial: bool,
+        stamp: &str,
+    ) -> DbResult<u64> {
         let pool = self.pool.clone();
+        let fence = fence.clone();
         let stamp = stamp.to_string();
         self.run(async move {
             let mut connection = pool.get().await?;
             let tx = connection.transaction().await?;
+            check_fence(&tx, &fence).await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BATCH_LOCK]).await?;
             let mut created = 0;
             loop {
@@ -1032,17 +1318,20 @@ impl StateStore for PostgresStore {
         .await
     }
 
-    async fn mark_batch_written(&self, batch_no: u64, at: &str) -> DbResult<()> {
+    async fn mark_batch_written(&self, fence: &Fence, batch_no: u64, at: &str) -> DbResult<()> {
         let pool = self.pool.clone();
+        let fence = fence.clone();
         let at = at.to_string();
         self.run(async move {
-            let connection = pool.get().await?;
-            connection
-                .execute(
-                    "UPDATE detection_batches SET written_at = $2 WHERE batch_no = $1",
-                    &[&to_i64(batch_no), &at],
-                )
-                .await?;
+            let mut connection = pool.get().await?;
+            let tx = connection.transaction().await?;
+            check_fence(&tx, &fence).await?;
+            tx.execute(
+                "UPDATE detection_batches SET written_at = $2 WHERE batch_no = $1",
+                &[&to_i64(batch_no), &at],
+            )
+            .await?;
+            tx.commit().await?;
             Ok(())
         })
         .await
@@ -1142,6 +1431,40 @@ impl StateStore for PostgresStore {
                     reason: row.get(1),
                     restart_count: u32::try_from(row.get::<_, i64>(2)).unwrap_or(u32::MAX),
                     at: row.get(3),
+                })
+                .collect();
+            let row = connection
+                .query_one(
+                    &format!(
+                        "SELECT (SELECT max(seq) FROM processed_chunks),
+                                (SELECT count(*) FROM ignored_objects), {NOW_MS}"
+                    ),
+                    &[],
+                )
+                .await?;
+            report.last_seq = row.get::<_, Option<i64>>(0).map(to_u64);
+            report.ignored_objects = to_u64(row.get(1));
+            report.now_ms = row.get(2);
+            report.owner = connection
+                .query_opt(SELECT_LEASE, &[&lease::PIPELINE_LEASE])
+                .await?
+                .map(|row| lease_row(&row))
+                .filter(|row| row.epoch > 0);
+            report.standbys = connection
+                .query(
+                    "SELECT lease, owner_id, host, pid, since_ms, expires_at_ms FROM lease_standbys
+                     WHERE expires_at_ms > $1 ORDER BY since_ms",
+                    &[&report.now_ms],
+                )
+                .await?
+                .iter()
+                .map(|row| StandbyRow {
+                    lease: row.get(0),
+                    owner_id: row.get(1),
+                    host: row.get(2),
+                    pid: u32::try_from(row.get::<_, i64>(3)).unwrap_or(0),
+                    since_ms: row.get(4),
+                    expires_at_ms: row.get(5),
                 })
                 .collect();
             Ok(report)

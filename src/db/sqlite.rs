@@ -15,9 +15,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::lease::{self, Decision};
 use super::{
-    Batch, ChunkerPosition, CommitBatch, CommitOutcome, DbError, DbResult, DetectionLine,
-    EmittedRow, LookupSource, PairRow, RestartEvent, StateStore, StatusReport, WeightRow,
+    Batch, ChunkClaims, ChunkerPosition, Claimant, CommitBatch, CommitOutcome, DbError, DbResult,
+    DetectionLine, EmittedRow, Fence, IgnoredObject, LeaseGrant, LeaseRow, LookupSource, PairRow,
+    Renewal, RestartEvent, StandbyRow, StateStore, StatusReport, WeightRow,
 };
 use crate::detect::{Gender, Pattern};
 
@@ -176,9 +178,62 @@ fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// The database's clock, in milliseconds since the Unix epoch.
+fn now_ms(connection: &Connection) -> DbResult<i64> {
+    Ok(connection.query_row(
+        "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+        [],
+        |row| row.get(0),
+    )?)
+}
+
+fn read_lease(connection: &Connection, name: &str) -> DbResult<Option<LeaseRow>> {
+    Ok(connection
+        .query_row(
+            "SELECT name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms
+             FROM leases WHERE name = ?1",
+            [name],
+            |row| {
+                Ok(LeaseRow {
+                    name: row.get(0)?,
+                    owner_id: row.get(1)?,
+                    host: row.get(2)?,
+                    pid: row.get(3)?,
+                    epoch: to_u64(row.get(4)?),
+                    acquired_at_ms: row.get(5)?,
+                    expires_at_ms: row.get(6)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Refuses the transaction unless `fence` still holds its lease. Inside a
+/// write transaction (`BEGIN IMMEDIATE`), nobody can take the lease over
+/// before this transaction ends: SQLite has one writer at a time.
+fn check_fence(connection: &Connection, fence: &Fence) -> DbResult<()> {
+    lease::check(fence, read_lease(connection, &fence.lease)?.as_ref()).map_err(DbError::Fenced)
+}
+
 #[async_trait]
 impl StateStore for SqliteStore {
     async fn migrate(&self) -> DbResult<()> {
+        // Two processes started at once must not both apply the same
+        // migration: an exclusive lock on a file beside the database
+        // serializes them (the second then finds nothing left to do).
+        let lock_path = {
+            let mut name = self.path.clone().into_os_string();
+            name.push(".migrate-lock");
+            PathBuf::from(name)
+        };
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| DbError::Failed(format!("cannot open {}: {e}", lock_path.display())))?;
+        lock.lock()
+            .map_err(|e| DbError::Failed(format!("cannot lock {}: {e}", lock_path.display())))?;
         let mut connection = self.lock();
         embedded::migrations::runner()
             .run(&mut *connection)
@@ -205,9 +260,15 @@ impl StateStore for SqliteStore {
             .optional()?)
     }
 
-    async fn load_lookup(&self, source: &LookupSource, rows: &[WeightRow<'_>]) -> DbResult<()> {
+    async fn load_lookup(
+        &self,
+        fence: &Fence,
+        source: &LookupSource,
+        rows: &[WeightRow<'_>],
+    ) -> DbResult<()> {
         let mut connection = self.lock();
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_fence(&tx, fence)?;
         tx.execute("DELETE FROM customer_importance", [])?;
         {
             let mut insert = tx.prepare(
@@ -287,9 +348,15 @@ impl StateStore for SqliteStore {
             .optional()?)
     }
 
-    async fn save_chunker_position(&self, position: &ChunkerPosition) -> DbResult<()> {
-        let connection = self.lock();
-        connection.execute(
+    async fn save_chunker_position(
+        &self,
+        fence: &Fence,
+        position: &ChunkerPosition,
+    ) -> DbResult<()> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_fence(&tx, fence)?;
+        tx.execute(
             "INSERT INTO chunker_position (id, source, rows_per_chunk, next_seq, next_offset,
                  rows_emitted, pending_key, last_key, finished, updated_at)
              VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -309,6 +376,159 @@ impl StateStore for SqliteStore {
                 position.finished,
                 crate::clock::now_ist()
             ],
+        )?;
+        {
+            let mut claim = tx.prepare_cached(
+                "INSERT INTO chunk_keys (seq, chunk_name) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )?;
+            for (seq, key) in position.claimed_keys() {
+                claim.execute(params![to_i64(seq), key])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    async fn chunk_claims(&self, from_seq: u64, limit: usize) -> DbResult<ChunkClaims> {
+        let connection = self.lock();
+        let mut claims = ChunkClaims::default();
+        if let Some((next_seq, finished)) = connection
+            .query_row(
+                "SELECT next_seq, finished FROM chunker_position WHERE id = 1",
+                [],
+                |row| Ok((row.get::<_, i64>(0)?, row.get(1)?)),
+            )
+            .optional()?
+        {
+            claims.chunker_next_seq = to_u64(next_seq);
+            claims.chunker_finished = finished;
+        }
+        let mut statement = connection.prepare_cached(
+            "SELECT seq, chunk_name FROM chunk_keys WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        claims.keys = statement
+            .query_map(params![to_i64(from_seq), limit as i64], |row| {
+                Ok((to_u64(row.get(0)?), row.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(claims)
+    }
+
+    async fn record_ignored(&self, fence: &Fence, object: &IgnoredObject) -> DbResult<bool> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_fence(&tx, fence)?;
+        let inserted = tx.execute(
+            "INSERT INTO ignored_objects (object_key, seq, reason, quarantine_key, seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            params![
+                object.key,
+                object.seq.map(to_i64),
+                object.reason,
+                object.quarantine_key,
+                crate::clock::now_ist()
+            ],
+        )?;
+        tx.commit()?;
+        Ok(inserted == 1)
+    }
+
+    async fn acquire_lease(&self, name: &str, me: &Claimant, ttl_ms: u64) -> DbResult<LeaseGrant> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms(&tx)?;
+        let current = read_lease(&tx, name)?;
+        let expires = now.saturating_add(to_i64(ttl_ms));
+        let epoch = match lease::decide(current.as_ref(), now) {
+            Decision::Held => {
+                let holder = current.expect("held leases exist");
+                return Ok(LeaseGrant::Held {
+                    holder,
+                    now_ms: now,
+                });
+            }
+            Decision::Create => 1,
+            Decision::TakeOver { epoch } => epoch,
+        };
+        tx.execute(
+            "INSERT INTO leases (name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (name) DO UPDATE SET owner_id = excluded.owner_id,
+                 host = excluded.host, pid = excluded.pid, epoch = excluded.epoch,
+                 acquired_at_ms = excluded.acquired_at_ms, expires_at_ms = excluded.expires_at_ms",
+            params![
+                name,
+                me.owner_id,
+                me.host,
+                me.pid,
+                to_i64(epoch),
+                now,
+                expires
+            ],
+        )?;
+        tx.execute(
+            "DELETE FROM lease_standbys WHERE owner_id = ?1",
+            [&me.owner_id],
+        )?;
+        tx.commit()?;
+        Ok(LeaseGrant::Granted(Fence {
+            lease: name.to_string(),
+            owner_id: me.owner_id.clone(),
+            epoch,
+        }))
+    }
+
+    async fn renew_lease(&self, fence: &Fence, ttl_ms: u64) -> DbResult<Renewal> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = read_lease(&tx, &fence.lease)?;
+        if lease::check(fence, current.as_ref()).is_err() {
+            return Ok(Renewal::Lost { holder: current });
+        }
+        let expires_at_ms = now_ms(&tx)?.saturating_add(to_i64(ttl_ms));
+        tx.execute(
+            "UPDATE leases SET expires_at_ms = ?2 WHERE name = ?1",
+            params![fence.lease, expires_at_ms],
+        )?;
+        tx.commit()?;
+        Ok(Renewal::Renewed { expires_at_ms })
+    }
+
+    async fn release_lease(&self, fence: &Fence) -> DbResult<()> {
+        let connection = self.lock();
+        let now = now_ms(&connection)?;
+        connection.execute(
+            "UPDATE leases SET expires_at_ms = ?4
+             WHERE name = ?1 AND owner_id = ?2 AND epoch = ?3",
+            params![fence.lease, fence.owner_id, to_i64(fence.epoch), now],
+        )?;
+        Ok(())
+    }
+
+    async fn register_standby(&self, name: &str, me: &Claimant, ttl_ms: u64) -> DbResult<()> {
+        let connection = self.lock();
+        let now = now_ms(&connection)?;
+        connection.execute(
+            "INSERT INTO lease_standbys (owner_id, lease, host, pid, since_ms, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (owner_id) DO UPDATE SET expires_at_ms = excluded.expires_at_ms",
+            params![
+                me.owner_id,
+                name,
+                me.host,
+                me.pid,
+                now,
+                now.saturating_add(to_i64(ttl_ms))
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn remove_standby(&self, me: &Claimant) -> DbResult<()> {
+        let connection = self.lock();
+        connection.execute(
+            "DELETE FROM lease_standbys WHERE owner_id = ?1",
+            [&me.owner_id],
         )?;
         Ok(())
     }
@@ -395,9 +615,10 @@ impl StateStore for SqliteStore {
         Ok(count as u64)
     }
 
-    async fn compact(&self, max_chunks: usize) -> DbResult<u64> {
+    async fn compact(&self, fence: &Fence, max_chunks: usize) -> DbResult<u64> {
         let mut connection = self.lock();
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_fence(&tx, fence)?;
         let mut merged = super::delta::Merged::default();
         let mut last: Option<String> = None;
         let mut folded = 0u64;
@@ -453,12 +674,13 @@ impl StateStore for SqliteStore {
         Ok(())
     }
 
-    async fn commit(&self, batch: &CommitBatch<'_>) -> DbResult<CommitOutcome> {
+    async fn commit(&self, fence: &Fence, batch: &CommitBatch<'_>) -> DbResult<CommitOutcome> {
         let Some(final_chunk) = batch.chunks.last() else {
             return Ok(CommitOutcome::Committed);
         };
         let mut connection = self.lock();
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_fence(&tx, fence)?;
         let last: Option<String> =
             tx.query_row("SELECT max(chunk_name) FROM processed_chunks", [], |row| {
                 row.get(0)
@@ -515,9 +737,16 @@ impl StateStore for SqliteStore {
         Ok(CommitOutcome::Committed)
     }
 
-    async fn assign_batches(&self, size: u64, include_partial: bool, stamp: &str) -> DbResult<u64> {
+    async fn assign_batches(
+        &self,
+        fence: &Fence,
+        size: u64,
+        include_partial: bool,
+        stamp: &str,
+    ) -> DbResult<u64> {
         let mut connection = self.lock();
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_fence(&tx, fence)?;
         let mut created = 0;
         loop {
             let (count, max_id): (i64, Option<i64>) = tx.query_row(
@@ -598,12 +827,15 @@ impl StateStore for SqliteStore {
         Ok(lines)
     }
 
-    async fn mark_batch_written(&self, batch_no: u64, at: &str) -> DbResult<()> {
-        let connection = self.lock();
-        connection.execute(
+    async fn mark_batch_written(&self, fence: &Fence, batch_no: u64, at: &str) -> DbResult<()> {
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_fence(&tx, fence)?;
+        tx.execute(
             "UPDATE detection_batches SET written_at = ?2 WHERE batch_no = ?1",
             params![to_i64(batch_no), at],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -691,6 +923,34 @@ impl StateStore for SqliteStore {
                     reason: row.get(1)?,
                     restart_count: row.get(2)?,
                     at: row.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        report.last_seq = connection
+            .query_row("SELECT max(seq) FROM processed_chunks", [], |row| {
+                row.get::<_, Option<i64>>(0)
+            })?
+            .map(to_u64);
+        report.ignored_objects = to_u64(connection.query_row(
+            "SELECT count(*) FROM ignored_objects",
+            [],
+            |row| row.get(0),
+        )?);
+        report.now_ms = now_ms(&connection)?;
+        report.owner = read_lease(&connection, lease::PIPELINE_LEASE)?;
+        let mut statement = connection.prepare(
+            "SELECT lease, owner_id, host, pid, since_ms, expires_at_ms FROM lease_standbys
+             WHERE expires_at_ms > ?1 ORDER BY since_ms",
+        )?;
+        report.standbys = statement
+            .query_map([report.now_ms], |row| {
+                Ok(StandbyRow {
+                    lease: row.get(0)?,
+                    owner_id: row.get(1)?,
+                    host: row.get(2)?,
+                    pid: row.get(3)?,
+                    since_ms: row.get(4)?,
+                    expires_at_ms: row.get(5)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

@@ -5,7 +5,7 @@
 //! file and its directory are flushed before the PUT returns. Listing reads
 //! the one directory the prefix names (keys are one level deep).
 
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -61,7 +61,13 @@ impl LocalStore {
         Ok(self.root.join(relative))
     }
 
-    fn write_atomically(&self, path: &Path, body: &[u8]) -> StoreResult<()> {
+    fn write_atomically(&self, path: &Path, mut body: &[u8]) -> StoreResult<()> {
+        self.write_atomically_from(path, &mut body)
+    }
+
+    /// Streams `body` into a temporary file and renames it into place, so
+    /// an object is complete or absent.
+    fn write_atomically_from(&self, path: &Path, body: &mut dyn std::io::Read) -> StoreResult<()> {
         let parent = path.parent().expect("keys have a parent: the root");
         std::fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
         let temp = self.root.join(TEMP_DIR).join(format!(
@@ -71,7 +77,7 @@ impl LocalStore {
         ));
         let result = (|| {
             let mut file = std::fs::File::create(&temp)?;
-            file.write_all(body)?;
+            std::io::copy(body, &mut file)?;
             if self.fsync {
                 file.sync_all()?;
             }
@@ -128,6 +134,17 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error("cannot read", &path, e)),
         }
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> StoreResult<bool> {
+        let (source, target) = (self.path_of(from)?, self.path_of(to)?);
+        let mut reader = match std::fs::File::open(&source) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_error("cannot read", &source, e)),
+        };
+        self.write_atomically_from(&target, &mut reader)?;
+        Ok(true)
     }
 
     async fn list(

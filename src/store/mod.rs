@@ -50,6 +50,11 @@ pub trait ObjectStore: Send + Sync {
     /// Reads a whole object; `None` if it does not exist.
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>>;
 
+    /// Copies an object inside the store (server-side where the store can,
+    /// so the body never passes through this process); `false` if `from`
+    /// does not exist.
+    async fn copy(&self, from: &str, to: &str) -> StoreResult<bool>;
+
     /// Keys that start with `prefix` and sort after `start_after`, in
     /// ascending order, at most `limit` of them.
     async fn list(

@@ -22,6 +22,14 @@ use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
 use super::{ObjectStore, StoreError, StoreResult};
+
+/// What CopySource escapes: everything but unreserved characters and `/`.
+const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 use crate::config::StorageConfig;
 use crate::io_runtime;
 
@@ -213,6 +221,38 @@ impl ObjectStore for S3Store {
                     StoreError::Unavailable(format!("GET {key}: reading body: {e}"))
                 })?;
             Ok(Some(body.into_bytes()))
+        })
+        .await
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> StoreResult<bool> {
+        let store = self.clone();
+        let (from, to) = (from.to_string(), to.to_string());
+        io_runtime::run(async move {
+            // CopySource is "bucket/key", URL-encoded (slashes kept).
+            let source = format!(
+                "{}/{}",
+                store.bucket,
+                percent_encoding::utf8_percent_encode(&store.full_key(&from), COPY_SOURCE)
+            );
+            let copied = store
+                .client
+                .copy_object()
+                .bucket(&store.bucket)
+                .key(store.full_key(&to))
+                .copy_source(source)
+                .send()
+                .await;
+            match copied {
+                Ok(_) => Ok(true),
+                Err(SdkError::ServiceError(service))
+                    if service.raw().status().as_u16() == 404
+                        || service.err().code() == Some("NoSuchKey") =>
+                {
+                    Ok(false)
+                }
+                Err(error) => Err(classify("COPY", &from, error)),
+            }
         })
         .await
     }

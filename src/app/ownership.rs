@@ -1,0 +1,90 @@
+//! Becoming the one active pipeline of a bucket and database, and the
+//! signals that stop a process at any point of its life.
+//!
+//! Before anything else touches the state, `txpipe run` asks for the
+//! `pipeline` lease (see `db::lease`). If another process holds it, this one
+//! waits as a hot standby: it says so once per holder
+//! (`standby: HOST/PID holds the lease until …`), lists itself in
+//! `lease_standbys` for `txpipe status`, and asks again every heartbeat, so
+//! it takes over within one lease TTL of the holder's death (at once after
+//! the holder's graceful stop, which releases the lease). With
+//! `ownership.standby = false` (`--no-standby`) it gives up instead.
+//!
+//! A signal while waiting ends the wait (exit 0, nothing was started).
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::actors::context::retry_db;
+use crate::config::Settings;
+use crate::db::lease::{PIPELINE_LEASE, format_ms};
+use crate::db::{Claimant, Fence, LeaseGrant, StateStore};
+use crate::signals::Signals;
+
+/// How the wait for the lease ended.
+pub enum Ownership {
+    /// This process is the active owner.
+    Owner(Fence),
+    /// Another process holds the lease and waiting was not allowed.
+    Refused(String),
+    /// A signal arrived while waiting.
+    Stopped(&'static str),
+}
+
+/// Takes the pipeline lease, waiting as a standby while someone else holds
+/// it (see the module docs).
+pub async fn acquire(
+    state: &dyn StateStore,
+    settings: &Settings,
+    me: &Claimant,
+    signals: &Signals,
+) -> anyhow::Result<Ownership> {
+    let ownership = &settings.ownership;
+    let attempts = settings.database.max_attempts;
+    let mut announced: Option<String> = None;
+    loop {
+        let grant = retry_db(attempts, "acquire ownership lease", || {
+            state.acquire_lease(PIPELINE_LEASE, me, ownership.lease_ttl_ms)
+        })
+        .await?;
+        match grant {
+            LeaseGrant::Granted(fence) => {
+                info!(
+                    epoch = fence.epoch,
+                    owner = %format!("{}/{}", me.host, me.pid),
+                    "ownership lease acquired; this process is the active pipeline"
+                );
+                return Ok(Ownership::Owner(fence));
+            }
+            LeaseGrant::Held { holder, .. } => {
+                let message = format!(
+                    "standby: {} holds the lease until {}",
+                    holder.holder(),
+                    format_ms(holder.expires_at_ms)
+                );
+                if !ownership.standby {
+                    return Ok(Ownership::Refused(message));
+                }
+                if announced.as_deref() != Some(holder.owner_id.as_str()) {
+                    warn!(epoch = holder.epoch, "{message}; waiting as a hot standby");
+                    announced = Some(holder.owner_id.clone());
+                }
+                if let Err(error) = state
+                    .register_standby(PIPELINE_LEASE, me, ownership.lease_ttl_ms)
+                    .await
+                {
+                    warn!(%error, "could not list this process as a standby");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ownership.heartbeat_ms)) => {}
+            signal = signals.received() => {
+                info!(signal, "received signal while waiting as a standby");
+                let _ = state.remove_standby(me).await;
+                return Ok(Ownership::Stopped(signal));
+            }
+        }
+    }
+}
