@@ -146,6 +146,7 @@ pub struct BatchConfig {
 pub struct WatcherConfig {
     pub poll_interval_ms: u64,
     pub gap_timeout_ms: u64,
+    pub sweep_interval_ms: u64,
     pub max_in_flight: usize,
     pub max_chunks_per_commit: usize,
 }
@@ -362,6 +363,11 @@ impl Settings {
             self.database.shutdown_compact_ms < self.supervisor.shutdown_timeout_ms,
             "database.shutdown_compact_ms",
             "must be less than supervisor.shutdown_timeout_ms",
+        )?;
+        check(
+            self.watcher.sweep_interval_ms >= 100,
+            "watcher.sweep_interval_ms",
+            "must be at least 100",
         )?;
         check(
             self.watcher.max_in_flight >= 1,

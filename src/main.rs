@@ -33,6 +33,10 @@ enum Command {
         /// every detection written (the final partial batch too).
         #[arg(long)]
         exit_when_done: bool,
+        /// Exit with code 6 instead of waiting as a hot standby while another
+        /// process holds the ownership lease.
+        #[arg(long)]
+        no_standby: bool,
         /// Test-only fault injection: ACTOR:N:panic|error[:repeat].
         #[arg(long, hide = true)]
         inject_fault: Vec<FaultRule>,
@@ -73,7 +77,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Print progress from the database: lag, bad rows, detections, restarts.
+    /// Print progress from the database: lag, bad rows, detections, restarts,
+    /// the active owner and any standby. Changes nothing.
     Status {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -111,12 +116,16 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run {
             config,
             exit_when_done,
+            no_standby,
             inject_fault,
             pause_at,
             pause_ms,
             report_json,
         } => {
-            let settings = load(config.as_deref())?;
+            let mut settings = load(config.as_deref())?;
+            if no_standby {
+                settings.ownership.standby = false;
+            }
             if !pause_at.is_empty() {
                 txpipe::pause_points::enable(pause_at, std::time::Duration::from_millis(pause_ms))
                     .map_err(anyhow::Error::msg)?;
@@ -197,7 +206,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let report = runtime.block_on(async {
-                let state = txpipe::db::open(&settings).await?;
+                let state = txpipe::db::open_existing(&settings).await?;
                 anyhow::Ok(state.status(5).await?)
             })?;
             print!("{}", app::report::status(&report));

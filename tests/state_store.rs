@@ -97,7 +97,7 @@ fn claimant(name: &str) -> Claimant {
 /// Takes the pipeline lease for a fresh claimant.
 async fn owner(store: &dyn StateStore, name: &str) -> Fence {
     match store
-        .acquire_lease(PIPELINE_LEASE, &claimant(name), 60_000)
+        .acquire_lease(PIPELINE_LEASE, &claimant(name), 60_000, None)
         .await
         .unwrap()
     {
@@ -393,7 +393,7 @@ async fn contract(store: Arc<dyn StateStore>) {
 async fn leases(store: &dyn StateStore, first: &Fence) {
     let b = claimant("b");
     let LeaseGrant::Held { holder, .. } = store
-        .acquire_lease(PIPELINE_LEASE, &b, 60_000)
+        .acquire_lease(PIPELINE_LEASE, &b, 60_000, None)
         .await
         .unwrap()
     else {
@@ -417,7 +417,7 @@ async fn leases(store: &dyn StateStore, first: &Fence) {
     // Let a's lease run out (30 ms); b takes it over at the next epoch.
     tokio::time::sleep(std::time::Duration::from_millis(80)).await;
     let LeaseGrant::Granted(second) = store
-        .acquire_lease(PIPELINE_LEASE, &b, 60_000)
+        .acquire_lease(PIPELINE_LEASE, &b, 60_000, None)
         .await
         .unwrap()
     else {
@@ -457,7 +457,7 @@ async fn leases(store: &dyn StateStore, first: &Fence) {
     assert!(
         matches!(
             store
-                .acquire_lease(PIPELINE_LEASE, &claimant("c"), 60_000)
+                .acquire_lease(PIPELINE_LEASE, &claimant("c"), 60_000, None)
                 .await
                 .unwrap(),
             LeaseGrant::Held { .. }
@@ -466,7 +466,7 @@ async fn leases(store: &dyn StateStore, first: &Fence) {
     );
     store.release_lease(&second).await.unwrap();
     let LeaseGrant::Granted(third) = store
-        .acquire_lease(PIPELINE_LEASE, &claimant("c"), 60_000)
+        .acquire_lease(PIPELINE_LEASE, &claimant("c"), 60_000, None)
         .await
         .unwrap()
     else {

@@ -25,6 +25,9 @@
 //! Ignored keys are recorded once and never move the listing position: the
 //! watcher lists after the last *applied* key, so an object named to sort
 //! after every chunk (`zz-…`) can never hide the chunks that come later.
+//! Objects that appear with names sorting before the last committed chunk
+//! are found by the watcher's periodic sweep and decided by
+//! [`ChunkGate::passed_over`]: they can only be strangers.
 //! The gate is pure (no I/O): the watcher feeds it listings and the
 //! chunker's claims and acts on its verdicts.
 
@@ -203,6 +206,22 @@ impl ChunkGate {
         }
     }
 
+    /// Decides a key found by a sweep before the last committed chunk that
+    /// was never applied: `None` if it was already ignored.
+    pub fn passed_over(&mut self, key: &str) -> Option<Verdict> {
+        if self.ignored.contains(key) {
+            return None;
+        }
+        let why = match layout::chunk_seq(key) {
+            Some(seq) => Ignored::Duplicate {
+                seq,
+                taken_by: self.claims.get(&seq).cloned(),
+            },
+            None => Ignored::Foreign,
+        };
+        Some(self.ignore(key, why))
+    }
+
     fn applied(&mut self, seq: u64) {
         self.expected = seq + 1;
         self.gap_since = None;
@@ -372,6 +391,30 @@ mod tests {
         let decided = gate.admit(&listing, now, true);
         assert_eq!(ignored(&decided), vec![(key(0, "2099"), "duplicate")]);
         assert_eq!(decided.stop, Stop::Done);
+    }
+
+    #[test]
+    fn objects_found_behind_the_last_commit_are_strangers_once() {
+        let mut gate = ChunkGate::new(Some(&key(5, "a")), TIMEOUT);
+        let late = key(2, "z");
+        assert_eq!(
+            gate.passed_over(&late),
+            Some(Verdict::Ignore {
+                key: late.clone(),
+                why: Ignored::Duplicate {
+                    seq: 2,
+                    taken_by: None
+                }
+            })
+        );
+        assert_eq!(gate.passed_over(&late), None, "decided once");
+        assert!(matches!(
+            gate.passed_over("stream_chunks/a.txt"),
+            Some(Verdict::Ignore {
+                why: Ignored::Foreign,
+                ..
+            })
+        ));
     }
 
     #[test]

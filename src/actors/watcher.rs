@@ -291,6 +291,8 @@ impl MechanismY {
             Duration::from_millis(settings.gap_timeout_ms),
         );
         let mut held_since: Option<Instant> = None;
+        let sweep_interval = Duration::from_millis(settings.sweep_interval_ms);
+        let mut next_sweep_at = Instant::now();
         let poll_interval = Duration::from_millis(settings.poll_interval_ms);
 
         loop {
@@ -361,6 +363,10 @@ impl MechanismY {
                         p.progress.idle_listings.fetch_add(1, Ordering::AcqRel);
                     }
                 }
+                _ = tokio::time::sleep_until(next_sweep_at.into()), if !stopping => {
+                    self.sweep(&mut gate, committed.as_deref()).await?;
+                    next_sweep_at = Instant::now() + sweep_interval;
+                }
                 changed = new_chunks.changed(), if want_list && next_list_at > Instant::now() => {
                     if changed.is_ok() {
                         next_list_at = Instant::now();
@@ -422,6 +428,49 @@ impl MechanismY {
                 continue;
             }
             return Ok(listing);
+        }
+    }
+
+    /// Looks for objects that appeared among the chunks already committed
+    /// (the listing, which goes on after the last applied key, never sees
+    /// them): every key up to `committed` that `processed_chunks` does not
+    /// name was never applied, and is set aside.
+    async fn sweep(&self, gate: &mut ChunkGate, committed: Option<&str>) -> Result<(), EpochEnd> {
+        let Some(committed) = committed else {
+            return Ok(());
+        };
+        let p = &self.pipeline;
+        let mut after: Option<String> = None;
+        loop {
+            let mut keys = p
+                .store("sweep chunks", || {
+                    p.objects
+                        .list(layout::CHUNK_PREFIX, after.as_deref(), LIST_PAGE)
+                })
+                .await
+                .map_err(WatchError::from)?;
+            let page_was_full = keys.len() == LIST_PAGE;
+            keys.retain(|key| key.as_str() <= committed);
+            let (Some(first), Some(last)) = (keys.first(), keys.last()) else {
+                return Ok(());
+            };
+            let applied: std::collections::HashSet<String> = p
+                .db("read processed chunk names", || {
+                    p.state.processed_names_between(first, last)
+                })
+                .await
+                .map_err(WatchError::from)?
+                .into_iter()
+                .collect();
+            for key in keys.iter().filter(|key| !applied.contains(*key)) {
+                if let Some(Verdict::Ignore { key, why }) = gate.passed_over(key) {
+                    self.set_aside(&key, &why).await?;
+                }
+            }
+            if !page_was_full || last.as_str() >= committed {
+                return Ok(());
+            }
+            after = Some(last.clone());
         }
     }
 

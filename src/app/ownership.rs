@@ -7,7 +7,8 @@
 //! (`standby: HOST/PID holds the lease until …`), lists itself in
 //! `lease_standbys` for `txpipe status`, and asks again every heartbeat, so
 //! it takes over within one lease TTL of the holder's death (at once after
-//! the holder's graceful stop, which releases the lease). With
+//! the holder's graceful stop, which releases the lease, or when the holder
+//! is a process of this host that no longer exists). With
 //! `ownership.standby = false` (`--no-standby`) it gives up instead.
 //!
 //! A signal while waiting ends the wait (exit 0, nothing was started).
@@ -18,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::actors::context::retry_db;
 use crate::config::Settings;
-use crate::db::lease::{PIPELINE_LEASE, format_ms};
+use crate::db::lease::{self, PIPELINE_LEASE, format_ms};
 use crate::db::{Claimant, Fence, LeaseGrant, StateStore};
 use crate::signals::Signals;
 
@@ -43,11 +44,25 @@ pub async fn acquire(
     let ownership = &settings.ownership;
     let attempts = settings.database.max_attempts;
     let mut announced: Option<String> = None;
+    let mut dead_epoch = None;
     loop {
         let grant = retry_db(attempts, "acquire ownership lease", || {
-            state.acquire_lease(PIPELINE_LEASE, me, ownership.lease_ttl_ms)
+            state.acquire_lease(PIPELINE_LEASE, me, ownership.lease_ttl_ms, dead_epoch)
         })
-        .await?;
+        .await;
+        let grant = match grant {
+            Ok(grant) => grant,
+            // The database is busy or away (a frozen owner in the middle
+            // of a SQLite write holds every writer back): keep waiting.
+            Err(error) if error.is_transient() => {
+                warn!(%error, "cannot reach the ownership lease; still waiting");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ownership.heartbeat_ms)) => continue,
+                    signal = signals.received() => return Ok(Ownership::Stopped(signal)),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        };
         match grant {
             LeaseGrant::Granted(fence) => {
                 info!(
@@ -56,6 +71,15 @@ pub async fn acquire(
                     "ownership lease acquired; this process is the active pipeline"
                 );
                 return Ok(Ownership::Owner(fence));
+            }
+            LeaseGrant::Held { holder, .. } if lease::holder_is_dead(&holder, me) => {
+                info!(
+                    holder = %holder.holder(),
+                    epoch = holder.epoch,
+                    "the lease's holder is a process of this host that no longer exists; taking over"
+                );
+                dead_epoch = Some(holder.epoch);
+                continue;
             }
             LeaseGrant::Held { holder, .. } => {
                 let message = format!(

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use super::RunReport;
 use crate::db::StatusReport;
+use crate::db::lease::format_ms;
 use crate::detect::Pattern;
 
 /// Percentile of a sample set (nearest rank), in milliseconds.
@@ -139,6 +140,25 @@ pub fn run_summary(report: &RunReport) -> String {
     out
 }
 
+/// Who holds the ownership lease, and whether it is still live.
+fn owner_line(report: &StatusReport) -> String {
+    match &report.owner {
+        None => "none (no process has run yet)".to_string(),
+        Some(lease) if lease.expires_at_ms > report.now_ms => format!(
+            "{} (epoch {}) holds the lease until {}",
+            lease.holder(),
+            lease.epoch,
+            format_ms(lease.expires_at_ms)
+        ),
+        Some(lease) => format!(
+            "none active (last: {}, epoch {}, lease ended {})",
+            lease.holder(),
+            lease.epoch,
+            format_ms(lease.expires_at_ms)
+        ),
+    }
+}
+
 pub fn status(report: &StatusReport) -> String {
     let mut out = String::new();
     let processed = report.chunks_processed + report.chunks_rejected;
@@ -188,6 +208,24 @@ pub fn status(report: &StatusReport) -> String {
         "detection files     {} written, {} pending; {} detections wait for a full batch",
         report.batches_written, report.batches_pending, report.detections_unbatched
     );
+    let _ = writeln!(
+        out,
+        "ignored objects     {} (not chunks, or duplicates of a sequence number; see ignored_objects)",
+        report.ignored_objects
+    );
+    let _ = writeln!(out, "owner               {}", owner_line(report));
+    if report.standbys.is_empty() {
+        let _ = writeln!(out, "standbys            none");
+    }
+    for standby in &report.standbys {
+        let _ = writeln!(
+            out,
+            "standby             {}/{} waiting since {}",
+            standby.host,
+            standby.pid,
+            format_ms(standby.since_ms)
+        );
+    }
     if report.recent_restarts.is_empty() {
         let _ = writeln!(out, "recent restarts     none recorded");
     } else {

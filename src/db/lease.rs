@@ -124,15 +124,31 @@ pub enum Decision {
 
 /// Who may take a lease. A lease whose expiry has passed is free, even if
 /// its holder is still alive: the holder's next fenced write will be
-/// refused, because taking over bumps the epoch.
-pub fn decide(current: Option<&LeaseRow>, now_ms: i64) -> Decision {
+/// refused, because taking over bumps the epoch. So is a lease whose holder
+/// the claimant knows to be dead (`dead_epoch`: the epoch it saw that
+/// holder hold; if the lease changed hands since, that knowledge is stale).
+pub fn decide(current: Option<&LeaseRow>, now_ms: i64, dead_epoch: Option<u64>) -> Decision {
     match current {
         None => Decision::Create,
-        Some(row) if row.expires_at_ms <= now_ms => Decision::TakeOver {
-            epoch: row.epoch + 1,
-        },
+        Some(row) if row.expires_at_ms <= now_ms || dead_epoch == Some(row.epoch) => {
+            Decision::TakeOver {
+                epoch: row.epoch + 1,
+            }
+        }
         Some(_) => Decision::Held,
     }
+}
+
+/// Whether the holder of a lease is certainly dead: a process of this host
+/// whose pid no longer exists (killed, crashed). Only an optimisation that
+/// spares a restarted process one lease TTL of waiting: taking a lease from
+/// a live holder by mistake would still be safe, since its writes are
+/// fenced.
+pub fn holder_is_dead(holder: &LeaseRow, me: &Claimant) -> bool {
+    holder.host == me.host
+        && holder.pid != me.pid
+        && holder.pid != 0
+        && !std::path::Path::new(&format!("/proc/{}", holder.pid)).exists()
 }
 
 /// Whether a stored lease still proves `fence`; the message says why not.
@@ -178,12 +194,22 @@ mod tests {
 
     #[test]
     fn a_lease_is_created_taken_over_once_expired_and_otherwise_held() {
-        assert_eq!(decide(None, 100), Decision::Create);
+        assert_eq!(decide(None, 100, None), Decision::Create);
         assert_eq!(
-            decide(Some(&row("a", 3, 100)), 100),
+            decide(Some(&row("a", 3, 100)), 100, None),
             Decision::TakeOver { epoch: 4 }
         );
-        assert_eq!(decide(Some(&row("a", 3, 101)), 100), Decision::Held);
+        assert_eq!(decide(Some(&row("a", 3, 101)), 100, None), Decision::Held);
+        assert_eq!(
+            decide(Some(&row("a", 3, 101)), 100, Some(3)),
+            Decision::TakeOver { epoch: 4 },
+            "a holder known to be dead"
+        );
+        assert_eq!(
+            decide(Some(&row("a", 4, 101)), 100, Some(3)),
+            Decision::Held,
+            "the lease changed hands since the holder was seen dead"
+        );
     }
 
     #[test]

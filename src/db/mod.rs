@@ -296,9 +296,16 @@ pub trait StateStore: Send + Sync {
     ) -> DbResult<()>;
 
     /// Takes `lease` for `me` if it is free (never held, expired or
-    /// released), bumping its epoch; otherwise says who holds it. Either
-    /// way `me` stops being listed as a standby if it was granted.
-    async fn acquire_lease(&self, lease: &str, me: &Claimant, ttl_ms: u64) -> DbResult<LeaseGrant>;
+    /// released, or its holder at `dead_epoch` is known to be dead), bumping
+    /// its epoch; otherwise says who holds it. A granted `me` stops being
+    /// listed as a standby.
+    async fn acquire_lease(
+        &self,
+        lease: &str,
+        me: &Claimant,
+        ttl_ms: u64,
+        dead_epoch: Option<u64>,
+    ) -> DbResult<LeaseGrant>;
     /// Extends the lease by `ttl_ms` from now if `fence` still holds it.
     async fn renew_lease(&self, fence: &Fence, ttl_ms: u64) -> DbResult<Renewal>;
     /// Lets the lease go at once (a graceful stop), if `fence` holds it.
@@ -318,6 +325,8 @@ pub trait StateStore: Send + Sync {
     /// Up to `limit` claimed keys from `from_seq` on, and where the chunker
     /// stands.
     async fn chunk_claims(&self, from_seq: u64, limit: usize) -> DbResult<ChunkClaims>;
+    /// The `processed_chunks` names between `first` and `last` (inclusive).
+    async fn processed_names_between(&self, first: &str, last: &str) -> DbResult<Vec<String>>;
     /// Records an object that is not applied; `false` if it was recorded
     /// before.
     async fn record_ignored(&self, fence: &Fence, object: &IgnoredObject) -> DbResult<bool>;
@@ -368,13 +377,49 @@ pub trait StateStore: Send + Sync {
     async fn status(&self, recent_restarts: usize) -> DbResult<StatusReport>;
 }
 
+/// Opens the state store of an existing pipeline without changing or
+/// creating anything (for `txpipe status`): a SQLite file must exist, and
+/// no migration runs.
+pub async fn open_existing(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {
+    Ok(match DatabaseKind::of(&settings.database.url) {
+        Some(DatabaseKind::Sqlite) => {
+            let path = sqlite::path_of(&settings.database.url)?;
+            if !path.is_file() {
+                anyhow::bail!(
+                    "no database at {} (database.url): nothing has run with this \
+                     configuration yet, or the path is mistyped",
+                    path.display()
+                );
+            }
+            Arc::new(sqlite::SqliteStore::open(&settings.database.url)?)
+        }
+        Some(DatabaseKind::Postgres) => {
+            Arc::new(postgres::PostgresStore::connect(&settings.database.url, 1).await?)
+        }
+        None => anyhow::bail!("unsupported database.url"),
+    })
+}
+
+/// How long PostgreSQL lets one of our transactions sit idle before it ends
+/// it: long enough for any pause between two statements of a healthy
+/// transaction (a compaction merges deltas between its read and its write),
+/// short enough that a frozen owner's locks do not hold the lease row, and
+/// a standby's takeover, for long.
+pub fn stalled_transaction_timeout(settings: &Settings) -> std::time::Duration {
+    std::time::Duration::from_millis((settings.ownership.lease_ttl_ms * 3).max(30_000))
+}
+
 /// Opens the state store a configuration selects and applies migrations.
 pub async fn open(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {
     let store: Arc<dyn StateStore> = match DatabaseKind::of(&settings.database.url) {
         Some(DatabaseKind::Sqlite) => Arc::new(sqlite::SqliteStore::open(&settings.database.url)?),
         Some(DatabaseKind::Postgres) => Arc::new(
-            postgres::PostgresStore::connect(&settings.database.url, settings.database.pool_size)
-                .await?,
+            postgres::PostgresStore::connect_with(
+                &settings.database.url,
+                settings.database.pool_size,
+                Some(stalled_transaction_timeout(settings)),
+            )
+            .await?,
         ),
         None => anyhow::bail!("unsupported database.url"),
     };

@@ -103,20 +103,38 @@ impl ErrorSink<tokio_postgres::Error> for LastError {
     }
 }
 
-/// Creates the per-connection temporary table the commits COPY into.
+/// Sets up every new connection: the temporary table the commits COPY
+/// into, and how long a transaction may sit idle before the server ends it.
 #[derive(Debug)]
-struct TempTables;
+struct SessionSetup {
+    setup: String,
+}
 
-impl CustomizeConnection<Client, tokio_postgres::Error> for TempTables {
+impl SessionSetup {
+    fn new(idle_in_transaction: Option<Duration>) -> SessionSetup {
+        let mut setup = "CREATE TEMP TABLE IF NOT EXISTS pair_delta (
+                 merchant TEXT, customer TEXT, txn_count BIGINT, amount_cents BIGINT, gender TEXT
+             ) ON COMMIT DELETE ROWS;"
+            .to_string();
+        if let Some(timeout) = idle_in_transaction {
+            // A process frozen in the middle of a transaction (SIGSTOP, a
+            // paused VM) would otherwise hold its locks, and with them the
+            // ownership lease row, for as long as it stays frozen.
+            setup.push_str(&format!(
+                "SET idle_in_transaction_session_timeout = {};",
+                timeout.as_millis()
+            ));
+        }
+        SessionSetup { setup }
+    }
+}
+
+impl CustomizeConnection<Client, tokio_postgres::Error> for SessionSetup {
     fn on_acquire<'a>(
         &'a self,
         client: &'a mut Client,
     ) -> Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>> {
-        Box::pin(client.batch_execute(
-            "CREATE TEMP TABLE IF NOT EXISTS pair_delta (
-                 merchant TEXT, customer TEXT, txn_count BIGINT, amount_cents BIGINT, gender TEXT
-             ) ON COMMIT DELETE ROWS",
-        ))
+        Box::pin(client.batch_execute(&self.setup))
     }
 }
 
@@ -386,6 +404,16 @@ impl PostgresStore {
     /// Builds the pool; connections open lazily (the first call, usually
     /// the migrations, reports an unreachable server).
     pub async fn connect(url: &str, pool_size: u32) -> DbResult<PostgresStore> {
+        PostgresStore::connect_with(url, pool_size, None).await
+    }
+
+    /// [`PostgresStore::connect`], with sessions whose transactions the
+    /// server ends after `idle_in_transaction` without a statement.
+    pub async fn connect_with(
+        url: &str,
+        pool_size: u32,
+        idle_in_transaction: Option<Duration>,
+    ) -> DbResult<PostgresStore> {
         let (url, connector) = tls_settings(url)?;
         let mut config: tokio_postgres::Config = url
             .parse()
@@ -407,7 +435,7 @@ impl PostgresStore {
                 .test_on_check_out(false)
                 .retry_connection(false)
                 .error_sink(Box::new(sink))
-                .connection_customizer(Box::new(TempTables))
+                .connection_customizer(Box::new(SessionSetup::new(idle_in_transaction)))
                 .build_unchecked(manager)
         })
         .await;
@@ -698,6 +726,24 @@ impl StateStore for PostgresStore {
         .await
     }
 
+    async fn processed_names_between(&self, first: &str, last: &str) -> DbResult<Vec<String>> {
+        let pool = self.pool.clone();
+        let (first, last) = (first.to_string(), last.to_string());
+        self.run(async move {
+            let connection = pool.get().await?;
+            Ok(connection
+                .query(
+                    "SELECT chunk_name FROM processed_chunks WHERE chunk_name BETWEEN $1 AND $2",
+                    &[&first, &last],
+                )
+                .await?
+                .iter()
+                .map(|row| row.get(0))
+                .collect())
+        })
+        .await
+    }
+
     async fn record_ignored(&self, fence: &Fence, object: &IgnoredObject) -> DbResult<bool> {
         let pool = self.pool.clone();
         let (fence, object) = (fence.clone(), object.clone());
@@ -724,7 +770,13 @@ impl StateStore for PostgresStore {
         .await
     }
 
-    async fn acquire_lease(&self, name: &str, me: &Claimant, ttl_ms: u64) -> DbResult<LeaseGrant> {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        me: &Claimant,
+        ttl_ms: u64,
+        dead_epoch: Option<u64>,
+    ) -> DbResult<LeaseGrant> {
         let pool = self.pool.clone();
         let (name, me) = (name.to_string(), me.clone());
         self.run(async move {
@@ -745,7 +797,7 @@ impl StateStore for PostgresStore {
                 .await
                 .map(|row| lease_row(&row))?;
             let now: i64 = tx.query_one(&format!("SELECT {NOW_MS}"), &[]).await?.get(0);
-            let epoch = match lease::decide(Some(&current), now) {
+            let epoch = match lease::decide(Some(&current), now, dead_epoch) {
                 Decision::Held => return Ok(LeaseGrant::Held { holder: current, now_ms: now }),
                 Decision::Create => 1,
                 Decision::TakeOver { epoch } => epoch,

@@ -93,10 +93,8 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 impl SqliteStore {
     /// Opens (creating if needed) the database of a `sqlite://PATH` URL.
     pub fn open(url: &str) -> DbResult<SqliteStore> {
-        let path = Path::new(
-            url.strip_prefix("sqlite://")
-                .ok_or_else(|| DbError::Failed(format!("not a sqlite:// URL: {url}")))?,
-        );
+        let path = path_of(url)?;
+        let path = path.as_path();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 DbError::Failed(format!("cannot create directory {}: {e}", parent.display()))
@@ -159,6 +157,14 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The database file of a `sqlite://PATH` URL.
+pub fn path_of(url: &str) -> DbResult<PathBuf> {
+    url.strip_prefix("sqlite://")
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| DbError::Failed(format!("not a sqlite://PATH URL: {url}")))
 }
 
 /// PASSIVE: copies what it can without waiting for, or blocking, the
@@ -414,6 +420,17 @@ impl StateStore for SqliteStore {
         Ok(claims)
     }
 
+    async fn processed_names_between(&self, first: &str, last: &str) -> DbResult<Vec<String>> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT chunk_name FROM processed_chunks WHERE chunk_name BETWEEN ?1 AND ?2",
+        )?;
+        let names = statement
+            .query_map([first, last], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(names)
+    }
+
     async fn record_ignored(&self, fence: &Fence, object: &IgnoredObject) -> DbResult<bool> {
         let mut connection = self.lock();
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -433,13 +450,19 @@ impl StateStore for SqliteStore {
         Ok(inserted == 1)
     }
 
-    async fn acquire_lease(&self, name: &str, me: &Claimant, ttl_ms: u64) -> DbResult<LeaseGrant> {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        me: &Claimant,
+        ttl_ms: u64,
+        dead_epoch: Option<u64>,
+    ) -> DbResult<LeaseGrant> {
         let mut connection = self.lock();
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms(&tx)?;
         let current = read_lease(&tx, name)?;
         let expires = now.saturating_add(to_i64(ttl_ms));
-        let epoch = match lease::decide(current.as_ref(), now) {
+        let epoch = match lease::decide(current.as_ref(), now, dead_epoch) {
             Decision::Held => {
                 let holder = current.expect("held leases exist");
                 return Ok(LeaseGrant::Held {
