@@ -147,6 +147,7 @@ pub struct WatcherConfig {
     pub poll_interval_ms: u64,
     pub gap_timeout_ms: u64,
     pub sweep_interval_ms: u64,
+    pub max_chunk_bytes: u64,
     pub max_in_flight: usize,
     pub max_chunks_per_commit: usize,
 }
@@ -363,6 +364,11 @@ impl Settings {
             self.database.shutdown_compact_ms < self.supervisor.shutdown_timeout_ms,
             "database.shutdown_compact_ms",
             "must be less than supervisor.shutdown_timeout_ms",
+        )?;
+        check(
+            self.watcher.max_chunk_bytes >= 1 << 20,
+            "watcher.max_chunk_bytes",
+            "must be at least 1048576",
         )?;
         check(
             self.watcher.sweep_interval_ms >= 100,

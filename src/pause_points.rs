@@ -14,6 +14,7 @@
 //! | `commit` | state store: everything written, transaction not yet committed |
 //! | `batch-assigned` | batch writer: batch assigned, file not yet PUT |
 //! | `batch-put` | batch writer: file PUT, batch not yet marked written |
+//! | `lookup-load` | start-up: the lookup file is about to be read and loaded |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -25,7 +26,7 @@ struct Enabled {
 
 static ENABLED: OnceLock<Enabled> = OnceLock::new();
 
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     "chunk-put",
     "chunk-saved",
     "temp-written",
@@ -33,6 +34,7 @@ pub const ALL: [&str; 7] = [
     "commit",
     "batch-assigned",
     "batch-put",
+    "lookup-load",
 ];
 
 /// Enables `points` (or every point with `all`) for the whole process.

@@ -108,3 +108,224 @@ fn configuration_errors_name_the_key() {
         text(&out.stderr)
     );
 }
+
+/// A small generated dataset in `dir/var/data` (the embedded defaults'
+/// paths).
+fn small_dataset(dir: &Path) {
+    let out = txpipe(
+        &[
+            "generate",
+            "--rows",
+            "6000",
+            "--customers",
+            "300",
+            "--merchants",
+            "10",
+            "--seed",
+            "5",
+            "var/data",
+        ],
+        dir,
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+const CATCH_UP: (&str, &str) = ("TXPIPE__CHUNKER__INTERVAL_MS", "0");
+
+/// Every exit code of the README's table that a run can give, from the
+/// binary itself (3, the restart limit, is in tests/faults.rs and
+/// tests/restart.rs; 6 and 7 in tests/ownership.rs).
+#[test]
+fn exit_codes_mean_what_the_readme_says() {
+    let dir = tempfile::tempdir().unwrap();
+    small_dataset(dir.path());
+    // 2: usage.
+    let out = txpipe(&["run", "--no-such-flag"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // 0: done.
+    let out = txpipe(&["run", "--exit-when-done"], dir.path(), &[CATCH_UP]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // 4: the database belongs to another chunk size, master or lookup file.
+    let out = txpipe(
+        &["run", "--exit-when-done"],
+        dir.path(),
+        &[CATCH_UP, ("TXPIPE__CHUNKER__ROWS_PER_CHUNK", "500")],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("rows_per_chunk = 500"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::copy(
+        dir.path().join("var/data/transactions.csv"),
+        dir.path().join("other.csv"),
+    )
+    .unwrap();
+    let out = txpipe(
+        &["run", "--exit-when-done"],
+        dir.path(),
+        &[CATCH_UP, ("TXPIPE__SOURCE__TRANSACTIONS", "other.csv")],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let lookup = dir.path().join("var/data/customer_importance.csv");
+    let mut changed = std::fs::read(&lookup).unwrap();
+    changed.extend_from_slice(b"'C1','M1','1.00','es_food',0\n");
+    std::fs::write(dir.path().join("net2.csv"), changed).unwrap();
+    let out = txpipe(
+        &["run", "--exit-when-done"],
+        dir.path(),
+        &[
+            CATCH_UP,
+            ("TXPIPE__SOURCE__CUSTOMER_IMPORTANCE", "net2.csv"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("CustomerImportance"),
+        "{}",
+        text(&out.stderr)
+    );
+    // 5: a graceful stop that cannot drain in time (a chunk read held up
+    // for longer than the shutdown bound).
+    let fresh = tempfile::tempdir().unwrap();
+    small_dataset(fresh.path());
+    let mut running = support::child::spawn_in(
+        fresh.path(),
+        &["run", "--pause-at", "chunk-fetch", "--pause-ms", "4000"],
+        &[
+            (
+                "TXPIPE__SUPERVISOR__SHUTDOWN_TIMEOUT_MS".into(),
+                "500".into(),
+            ),
+            ("TXPIPE__DATABASE__SHUTDOWN_COMPACT_MS".into(), "100".into()),
+            ("TXPIPE__CHUNKER__INTERVAL_MS".into(), "0".into()),
+        ],
+    );
+    match running.wait_for(
+        "pause point reached: chunk-fetch",
+        1,
+        std::time::Duration::from_secs(30),
+    ) {
+        support::child::Waited::Seen => running.signal("TERM"),
+        _ => panic!("{}", running.log.join("\n")),
+    }
+    let (status, log) = running.wait(std::time::Duration::from_secs(30));
+    assert_eq!(status.and_then(|s| s.code()), Some(5), "{}", log.join("\n"));
+}
+
+/// Inputs and URLs that cannot work are refused at start-up with a message
+/// that says why, and `status` never creates anything.
+#[test]
+fn unusable_inputs_and_urls_are_refused_and_status_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    small_dataset(dir.path());
+    for url in [
+        "sqlite://:memory:",
+        "sqlite://",
+        "sqlite://file::memory:?cache=shared",
+    ] {
+        let out = txpipe(
+            &["run", "--exit-when-done"],
+            dir.path(),
+            &[CATCH_UP, ("TXPIPE__DATABASE__URL", url)],
+        );
+        assert_eq!(out.status.code(), Some(1), "{url}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("database.url"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let fifo = dir.path().join("master.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = txpipe(
+        &["run", "--exit-when-done"],
+        dir.path(),
+        &[
+            CATCH_UP,
+            ("TXPIPE__SOURCE__TRANSACTIONS", fifo.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is not a regular file (a FIFO)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = txpipe(
+        &["run", "--exit-when-done"],
+        dir.path(),
+        &[
+            CATCH_UP,
+            ("TXPIPE__SOURCE__CUSTOMER_IMPORTANCE", "/dev/zero"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("(a device)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = txpipe(
+        &["status"],
+        dir.path(),
+        &[("TXPIPE__DATABASE__URL", "sqlite://typo/state.sqlite")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no database at"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !dir.path().join("typo").exists(),
+        "status created a directory"
+    );
+}
+
+/// SIGTERM or SIGHUP while the lookup table loads takes the graceful path:
+/// exit 0, a log line, and the next run starts normally.
+#[test]
+fn a_signal_during_start_up_stops_gracefully() {
+    for signal in ["TERM", "HUP"] {
+        let dir = tempfile::tempdir().unwrap();
+        small_dataset(dir.path());
+        let mut running = support::child::spawn_in(
+            dir.path(),
+            &["run", "--pause-at", "lookup-load", "--pause-ms", "1500"],
+            &[("RUST_LOG".into(), "info".into())],
+        );
+        match running.wait_for(
+            "pause point reached: lookup-load",
+            1,
+            std::time::Duration::from_secs(30),
+        ) {
+            support::child::Waited::Seen => running.signal(signal),
+            _ => panic!("{}", running.log.join("\n")),
+        }
+        let (status, log) = running.wait(std::time::Duration::from_secs(30));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{signal}: {}",
+            log.join("\n")
+        );
+        assert!(
+            log.iter()
+                .any(|l| l.contains("received signal during start-up")),
+            "{signal}: {}",
+            log.join("\n")
+        );
+        let out = txpipe(&["run", "--exit-when-done"], dir.path(), &[CATCH_UP]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+}

@@ -14,6 +14,7 @@ use support::child::{self, Running, Waited};
 use support::outputs::Outputs;
 use support::pg::TestDb;
 use support::s3_server::S3TestServer;
+use txpipe::actors::supervisor::RunMode;
 
 const ROWS_PER_CHUNK: u64 = 2_000;
 const BATCH: u64 = 5;
@@ -398,4 +399,112 @@ fn strangers_in_stream_chunks_are_set_aside_and_hide_nothing() {
     support::assert_same_outputs(&outputs, &reference(), &tx, ROWS_PER_CHUNK, BATCH);
     let text = status(&config, &[]);
     assert!(text.contains("ignored objects     4"), "{text}");
+}
+
+/// A master of three chunks of 2 rows, and a database with nothing yet.
+fn tiny_master(dir: &Path) -> (PathBuf, PathBuf) {
+    let tx = dir.join("tx.csv");
+    let net = dir.join("net.csv");
+    let mut master = String::from(
+        "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n",
+    );
+    for i in 0..6 {
+        master.push_str(&format!("0,'C{i}','4','F','1','M1','1','es_food',1.00,0\n"));
+    }
+    std::fs::write(&tx, master).unwrap();
+    std::fs::write(&net, "Source,Target,Weight,typeTrans,fraud\n").unwrap();
+    (tx, net)
+}
+
+fn tiny_settings(dir: &Path) -> txpipe::config::Settings {
+    let (tx, net) = tiny_master(dir);
+    let mut settings = support::embedded_settings(dir, &tx, &net);
+    settings.chunker.rows_per_chunk = 2;
+    settings.watcher.gap_timeout_ms = 200;
+    settings.watcher.max_chunk_bytes = 1 << 20;
+    settings
+}
+
+/// `(seq, status, rows, reason)` of every processed chunk.
+fn chunk_rows(dir: &Path) -> Vec<(i64, String, i64, Option<String>)> {
+    let db = rusqlite::Connection::open(dir.join("state.sqlite")).unwrap();
+    db.prepare("SELECT seq, status, rows, reason FROM processed_chunks ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_chunk_object_larger_than_the_bound_is_rejected_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = tiny_settings(dir.path());
+    let chunks = dir.path().join("bucket/stream_chunks");
+    std::fs::create_dir_all(&chunks).unwrap();
+    // A third-party chunk for number 3 (the chunker stops at 2): 2 MiB.
+    let huge = vec![b'x'; 2 << 20];
+    std::fs::write(chunks.join("chunk-0000000003-x.csv"), &huge).unwrap();
+    let report = txpipe::app::run(settings, RunMode::UntilDone, Vec::new()).unwrap();
+    assert_eq!(report.exit_code, 0, "{:?}", report.error);
+    let rows = chunk_rows(dir.path());
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert_eq!(
+        rows[3],
+        (
+            3,
+            "rejected".to_string(),
+            0,
+            Some("object of 2097152 bytes is larger than watcher.max_chunk_bytes (1048576)".into())
+        )
+    );
+    let copy = std::fs::read(
+        dir.path()
+            .join("bucket/quarantine/chunk-0000000003-x.rejected.csv"),
+    )
+    .unwrap();
+    assert_eq!(copy, huge, "quarantined whole, by copy");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+
+    /// Random bytes under any kind of name (a duplicate of a chunk's
+    /// number, a number the chunker never reaches, a foreign name) never
+    /// panic, never wedge the run, and never keep a real chunk from being
+    /// applied.
+    #[test]
+    fn random_objects_never_panic_wedge_or_hide_real_chunks(
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+        kind in 0..3usize,
+        stamp in "[0-9A-Za-z]{1,12}",
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = tiny_settings(dir.path());
+        let chunks = dir.path().join("bucket/stream_chunks");
+        std::fs::create_dir_all(&chunks).unwrap();
+        let name = match kind {
+            0 => format!("chunk-0000000001-{stamp}.csv"),
+            1 => format!("chunk-0000000003-{stamp}"),
+            _ => format!("zz-{stamp}.bin"),
+        };
+        std::fs::write(chunks.join(&name), &body).unwrap();
+        let started = Instant::now();
+        let report = txpipe::app::run(settings, RunMode::UntilDone, Vec::new()).unwrap();
+        proptest::prop_assert_eq!(report.exit_code, 0, "{:?}", report.error);
+        proptest::prop_assert!(started.elapsed() < Duration::from_secs(30));
+        let db = rusqlite::Connection::open(dir.path().join("state.sqlite")).unwrap();
+        let restarts: i64 = db
+            .query_row("SELECT count(*) FROM restart_events", [], |r| r.get(0))
+            .unwrap();
+        proptest::prop_assert_eq!(restarts, 0, "nothing failed");
+        let rows = chunk_rows(dir.path());
+        let real: Vec<_> = rows.iter().filter(|r| r.0 < 3).collect();
+        proptest::prop_assert_eq!(real.len(), 3);
+        proptest::prop_assert!(real.iter().all(|r| r.1 == "processed" && r.2 == 2), "{:?}", rows);
+        let ignored: i64 = db
+            .query_row("SELECT count(*) FROM ignored_objects", [], |r| r.get(0))
+            .unwrap();
+        proptest::prop_assert_eq!(ignored, if kind == 1 { 0 } else { 1 });
+    }
 }

@@ -204,6 +204,15 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
                 cut_all = true;
                 break;
             }
+            let limit = p.settings.watcher.max_chunk_bytes;
+            if cut.body.len() as u64 > limit {
+                return Err(ChunkerError::Fatal(format!(
+                    "chunk {next_seq} would be {} bytes, more than watcher.max_chunk_bytes \
+                     ({limit}), which Mechanism Y rejects unread; lower chunker.rows_per_chunk \
+                     or raise watcher.max_chunk_bytes",
+                    cut.body.len()
+                )));
+            }
             let key = reused.pop_front().unwrap_or_else(|| {
                 layout::chunk_key(next_seq, &crate::clock::name_stamp(chrono::Utc::now()))
             });

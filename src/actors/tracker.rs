@@ -172,7 +172,7 @@ async fn commit(
     match outcome {
         CommitOutcome::Committed => {}
         CommitOutcome::AlreadyCommitted => {
-            tracing::info!(chunk = %last, "commit had already gone through");
+            tracing::info!(chunk = ?last, "commit had already gone through");
             return Ok(CommitReceipt { last });
         }
         CommitOutcome::Conflict { last: actual } => {

@@ -45,7 +45,7 @@ use crate::db::{ChunkRecord, ChunkStatus, DbError, IgnoredObject};
 use crate::detect::{Cents, DetectionKey, PairState, PairTotals, Snapshot};
 use crate::input::transactions::{BadRow, ChunkParser, ParsedChunk, RejectReason};
 use crate::layout;
-use crate::store::StoreError;
+use crate::store::{Sized, StoreError};
 
 /// Epochs are numbered process-wide, so a restarted watcher never reuses
 /// the number of an epoch whose messages may still be queued.
@@ -530,7 +530,7 @@ impl MechanismY {
         let (parsed, encoded) = match fetched.content {
             Ok(content) => content,
             Err(reason) => {
-                warn!(chunk = %fetched.key, %reason, "chunk rejected");
+                warn!(chunk = ?fetched.key, %reason, "chunk rejected");
                 let outcome = ChunkOutcome {
                     record: ChunkRecord {
                         name: fetched.key.to_string(),
@@ -603,13 +603,24 @@ async fn fetch(
 ) -> Result<Fetched, WatchError> {
     let p = &*pipeline;
     crate::pause_points::reached("chunk-fetch");
+    let limit = p.settings.watcher.max_chunk_bytes;
     let body = match p.recent_chunks.take(&key) {
-        Some(body) => Some(body),
-        None => p.store("read chunk", || p.objects.get(&key)).await?,
+        Some(body) => Some(Sized::Body(body)),
+        None => {
+            p.store("read chunk", || p.objects.get_at_most(&key, limit))
+                .await?
+        }
     };
     let content = match body {
         None => Err(RejectReason::Vanished),
-        Some(body) => {
+        Some(Sized::TooLarge { size }) => {
+            // Quarantined by a copy inside the store: never in memory.
+            let target = layout::rejected_key(&key);
+            p.store("quarantine chunk", || p.objects.copy(&key, &target))
+                .await?;
+            Err(RejectReason::TooLarge { size, limit })
+        }
+        Some(Sized::Body(body)) => {
             // Parsing is the heaviest step: it runs on the blocking pool so
             // that several chunks parse at once, beside this thread.
             let (names, data) = (p.names.clone(), body.clone());
@@ -629,7 +640,7 @@ async fn fetch(
                         p.objects.put(&target, report.clone())
                     })
                     .await?;
-                    info!(chunk = %key, bad_rows = chunk.bad_rows.len(), quarantine = %target,
+                    info!(chunk = ?key, bad_rows = chunk.bad_rows.len(), quarantine = ?target,
                           "bad rows quarantined");
                 }
                 Err(_) => {

@@ -73,14 +73,16 @@ pub async fn ensure_loaded(
             return weight_table(state, names).await;
         }
         if state.last_chunk().await?.is_some() {
-            anyhow::bail!(
+            return Err(super::Mismatch(format!(
                 "CustomerImportance file {location} differs from the one loaded before ({}); \
                  chunks were already processed with the old weights. Use a fresh database \
                  and bucket to change the lookup table",
                 existing.source
-            );
+            ))
+            .into());
         }
     }
+    crate::pause_points::reached("lookup-load");
     let (importance, fingerprint) = tokio::task::spawn_blocking({
         let (location, sources, names) = (location.clone(), sources.clone(), names.clone());
         move || -> anyhow::Result<_> {

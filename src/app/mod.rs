@@ -17,7 +17,7 @@ use tracing::info;
 use crate::actors::context::{Lifecycle, PipelineContext, Progress};
 use crate::actors::faults::{FaultPlan, FaultRule};
 use crate::actors::supervisor::{
-    EXIT_LOST_LEASE, EXIT_STANDBY_REFUSED, RunMode, Supervision, SupervisorActor,
+    EXIT_FATAL, EXIT_LOST_LEASE, EXIT_STANDBY_REFUSED, RunMode, Supervision, SupervisorActor,
 };
 use crate::config::{LogFormat, Settings};
 use crate::db::{Claimant, Fence, StateStore};
@@ -155,7 +155,7 @@ pub async fn prepare(
             &settings.source.transactions,
             settings.chunker.rows_per_chunk,
         )
-        .map_err(anyhow::Error::msg)?;
+        .map_err(Mismatch)?;
     }
     let names = Arc::new(Names::new());
     let weights =
@@ -186,6 +186,12 @@ pub async fn prepare(
         recent_chunks: crate::actors::context::RecentChunks::new(RECENT_CHUNKS_BYTES),
     }))
 }
+
+/// The database belongs to another master file, chunk size or lookup file:
+/// no restart can fix it (exit code 4).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Mismatch(pub String);
 
 /// A running pipeline, as seen from outside the actor system (tests use it
 /// to stop a run part-way).
@@ -248,6 +254,9 @@ pub fn run_observed(
         }
         Err(error) => {
             release(&system, &*state, &fence);
+            if let Some(Mismatch(message)) = error.downcast_ref::<Mismatch>() {
+                return Ok(early_exit(EXIT_FATAL, Some(message.clone())));
+            }
             return Err(error.context("start-up failed"));
         }
     };

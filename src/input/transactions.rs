@@ -64,6 +64,9 @@ pub enum RejectReason {
     MissingColumns(Vec<&'static str>),
     #[error("object vanished between listing and reading")]
     Vanished,
+    /// Not read: larger than `watcher.max_chunk_bytes`.
+    #[error("object of {size} bytes is larger than watcher.max_chunk_bytes ({limit})")]
+    TooLarge { size: u64, limit: u64 },
 }
 
 /// A chunk folded into a pair delta.

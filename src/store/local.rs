@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectStore, StoreError, StoreResult};
+use super::{ObjectStore, Sized, StoreError, StoreResult};
 
 const TEMP_DIR: &str = ".txpipe-tmp";
 
@@ -23,7 +23,7 @@ pub struct LocalStore {
 }
 
 fn io_error(what: &str, path: &Path, error: std::io::Error) -> StoreError {
-    let message = format!("{what} {}: {error}", path.display());
+    let message = format!("{what} {path:?}: {error}");
     match error.kind() {
         ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock => {
             StoreError::Unavailable(message)
@@ -136,6 +136,35 @@ impl ObjectStore for LocalStore {
         }
     }
 
+    async fn get_at_most(&self, key: &str, limit: u64) -> StoreResult<Option<Sized>> {
+        use std::io::Read as _;
+        let path = self.path_of(key)?;
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("cannot read", &path, e)),
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| io_error("cannot read", &path, e))?
+            .len();
+        if size > limit {
+            return Ok(Some(Sized::TooLarge { size }));
+        }
+        // The file may grow after the size was read: never read past the
+        // limit.
+        let mut body = Vec::with_capacity(size as usize);
+        file.take(limit + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| io_error("cannot read", &path, e))?;
+        if body.len() as u64 > limit {
+            return Ok(Some(Sized::TooLarge {
+                size: body.len() as u64,
+            }));
+        }
+        Ok(Some(Sized::Body(Bytes::from(body))))
+    }
+
     async fn copy(&self, from: &str, to: &str) -> StoreResult<bool> {
         let (source, target) = (self.path_of(from)?, self.path_of(to)?);
         let mut reader = match std::fs::File::open(&source) {
@@ -190,6 +219,28 @@ impl ObjectStore for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bounded_reads_and_copies_never_hold_a_large_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path(), false).unwrap();
+        store
+            .put("p/big", Bytes::from(vec![7u8; 5000]))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_at_most("p/big", 4999).await.unwrap(),
+            Some(Sized::TooLarge { size: 5000 })
+        );
+        assert_eq!(
+            store.get_at_most("p/big", 5000).await.unwrap(),
+            Some(Sized::Body(Bytes::from(vec![7u8; 5000])))
+        );
+        assert_eq!(store.get_at_most("p/none", 10).await.unwrap(), None);
+        assert!(store.copy("p/big", "q/big.copy").await.unwrap());
+        assert_eq!(store.get("q/big.copy").await.unwrap().unwrap().len(), 5000);
+        assert!(!store.copy("p/none", "q/none").await.unwrap());
+    }
 
     #[tokio::test]
     async fn put_get_list_round_trip() {

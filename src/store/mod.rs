@@ -39,6 +39,16 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// An object read with a size limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sized {
+    Body(Bytes),
+    /// Larger than the limit: not read.
+    TooLarge {
+        size: u64,
+    },
+}
+
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
     /// Where the store points, for logs (never includes credentials).
@@ -49,6 +59,10 @@ pub trait ObjectStore: Send + Sync {
 
     /// Reads a whole object; `None` if it does not exist.
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>>;
+
+    /// Reads a whole object if it has at most `limit` bytes; a larger one
+    /// is not read at all (memory stays bounded whatever the bucket holds).
+    async fn get_at_most(&self, key: &str, limit: u64) -> StoreResult<Option<Sized>>;
 
     /// Copies an object inside the store (server-side where the store can,
     /// so the body never passes through this process); `false` if `from`

@@ -21,7 +21,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use super::{ObjectStore, StoreError, StoreResult};
+use super::{ObjectStore, Sized, StoreError, StoreResult};
 
 /// What CopySource escapes: everything but unreserved characters and `/`.
 const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -110,7 +110,7 @@ where
         }
         _ => false,
     };
-    let message = format!("{operation} {key}: {}", describe(&error));
+    let message = format!("{operation} {key:?}: {}", describe(&error));
     if retryable {
         StoreError::Unavailable(message)
     } else {
@@ -218,9 +218,41 @@ impl ObjectStore for S3Store {
             };
             let body =
                 response.body.collect().await.map_err(|e| {
-                    StoreError::Unavailable(format!("GET {key}: reading body: {e}"))
+                    StoreError::Unavailable(format!("GET {key:?}: reading body: {e}"))
                 })?;
             Ok(Some(body.into_bytes()))
+        })
+        .await
+    }
+
+    async fn get_at_most(&self, key: &str, limit: u64) -> StoreResult<Option<Sized>> {
+        let store = self.clone();
+        let key = key.to_string();
+        io_runtime::run(async move {
+            let response = store
+                .client
+                .get_object()
+                .bucket(&store.bucket)
+                .key(store.full_key(&key))
+                .send()
+                .await;
+            let response = match response {
+                Ok(response) => response,
+                Err(SdkError::ServiceError(service)) if service.err().is_no_such_key() => {
+                    return Ok(None);
+                }
+                Err(error) => return Err(classify("GET", &key, error)),
+            };
+            let size = response.content_length().map_or(0, |n| n.max(0) as u64);
+            if size > limit {
+                // Dropping the unread body closes the connection.
+                return Ok(Some(Sized::TooLarge { size }));
+            }
+            let body =
+                response.body.collect().await.map_err(|e| {
+                    StoreError::Unavailable(format!("GET {key:?}: reading body: {e}"))
+                })?;
+            Ok(Some(Sized::Body(body.into_bytes())))
         })
         .await
     }

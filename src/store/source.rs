@@ -67,6 +67,19 @@ impl Sources {
             })?;
             return super::s3::open_object_at(client, bucket, key, offset);
         }
+        // Only regular files: a FIFO would block the open until a writer
+        // comes, and a device (`/dev/zero`) never ends.
+        let metadata = std::fs::metadata(location)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot open {location}: {e}")))?;
+        if !metadata.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{location} is not a regular file ({}); give the path of a file",
+                    describe_file_type(&metadata.file_type())
+                ),
+            ));
+        }
         let mut file = File::open(location)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot open {location}: {e}")))?;
         if offset > 0 {
@@ -76,9 +89,48 @@ impl Sources {
     }
 }
 
+fn describe_file_type(file_type: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_char_device() || file_type.is_block_device() {
+        "a device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_open() {
+        let sources = Sources::local();
+        for (path, kind) in [("/dev/zero", "a device"), ("/tmp", "a directory")] {
+            let error = sources.open_at(path, 0).err().unwrap().to_string();
+            assert!(error.contains(kind), "{error}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let error = sources
+            .open_at(fifo.to_str().unwrap(), 0)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("a FIFO"), "{error}");
+    }
 
     #[test]
     fn parses_s3_urls() {

@@ -2,6 +2,7 @@
 //! while it runs, so a test can kill it at a moment it announces.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
@@ -13,7 +14,13 @@ pub struct Running {
 }
 
 pub fn spawn(args: &[&str], env: &[(String, String)]) -> Running {
+    spawn_in(Path::new("."), args, env)
+}
+
+/// [`spawn`] with `dir` as the working directory.
+pub fn spawn_in(dir: &Path, args: &[&str], env: &[(String, String)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_txpipe"))
+        .current_dir(dir)
         .args(args)
         .env("RUST_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
