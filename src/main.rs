@@ -72,6 +72,18 @@ enum Command {
         seed: u64,
         out_dir: PathBuf,
     },
+    /// Record the next chunk as rejected without applying it: the way past
+    /// a chunk the database refuses for a reason no retry fixes (the error
+    /// names it). Refused while another process holds the ownership lease.
+    SkipChunk {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Why (kept in processed_chunks.reason).
+        #[arg(long)]
+        reason: String,
+        /// The chunk's key, e.g. stream_chunks/chunk-0000000042-….csv.
+        key: String,
+    },
     /// Apply database migrations and exit.
     Migrate {
         #[arg(long)]
@@ -190,6 +202,28 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", generated.transactions.display());
             println!("{}", generated.customer_importance.display());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::SkipChunk {
+            config,
+            reason,
+            key,
+        } => {
+            let settings = load(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match runtime.block_on(app::skip::skip_chunk(&settings, &key, &reason))? {
+                app::skip::Skipped::Recorded { seq } => {
+                    println!("chunk {seq} ({key:?}) recorded as rejected; it will not be applied");
+                    Ok(ExitCode::SUCCESS)
+                }
+                app::skip::Skipped::Busy(message) => {
+                    eprintln!("error: {message}");
+                    Ok(ExitCode::from(
+                        txpipe::actors::supervisor::EXIT_STANDBY_REFUSED as u8,
+                    ))
+                }
+            }
         }
         Command::Migrate { config } => {
             let settings = load(config.as_deref())?;

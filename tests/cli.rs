@@ -329,3 +329,44 @@ fn a_signal_during_start_up_stops_gracefully() {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     }
 }
+
+/// The way past a chunk the database would refuse: `skip-chunk` records the
+/// next chunk as rejected with the operator's reason, only the next one,
+/// and the pipeline then goes on after it.
+#[test]
+fn skip_chunk_records_the_next_chunk_as_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    small_dataset(dir.path());
+    let out = txpipe(
+        &["run", "--exit-when-done"],
+        dir.path(),
+        &[CATCH_UP, ("TXPIPE__CHUNKER__ROWS_PER_CHUNK", "2000")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let skip = |key: &str| {
+        txpipe(
+            &["skip-chunk", "--reason", "refused by the database", key],
+            dir.path(),
+            &[("TXPIPE__CHUNKER__ROWS_PER_CHUNK", "2000")],
+        )
+    };
+    let out = skip("stream_chunks/chunk-0000000007-x.csv");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("only sequence number 3 can be skipped"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = skip("stream_chunks/chunk-0000000003-x.csv");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let db = rusqlite::Connection::open(dir.path().join("var/txpipe.sqlite")).unwrap();
+    let (status, reason): (String, String) = db
+        .query_row(
+            "SELECT status, reason FROM processed_chunks WHERE seq = 3",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "rejected");
+    assert_eq!(reason, "skipped by the operator: refused by the database");
+}

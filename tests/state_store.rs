@@ -384,13 +384,95 @@ async fn contract(store: Arc<dyn StateStore>) {
     assert_eq!((report.last_seq, report.ignored_objects), (Some(2), 1));
     assert_eq!(report.owner.map(|o| o.host), Some("host-a".to_string()));
 
-    leases(&*store, fence).await;
+    let owner = leases(&*store, fence).await;
+    long_names(&*store, &owner).await;
+}
+
+/// A name that compresses badly: `bytes` long.
+fn incompressible_name(bytes: usize) -> String {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut name = String::from("C");
+    while name.len() < bytes {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        name.push_str(&format!("{state:016x}"));
+    }
+    name.truncate(bytes);
+    name
+}
+
+/// Names of any length the contract allows are stored and read back as
+/// they are, on both backends (a PostgreSQL index entry holds at most about
+/// 2,700 bytes), and so is a name that looks like the tokens standing for
+/// long names.
+async fn long_names(store: &dyn StateStore, fence: &Fence) {
+    let long = incompressible_name(20_000);
+    let marked = "\u{1}C9";
+    let blob = delta(&[
+        ("M9", long.as_str(), 80, 100, Gender::Male),
+        ("M9", marked, 1, 5, Gender::Female),
+    ]);
+    let chunks = [chunk("c4", 4)];
+    let deltas = [DeltaBlob {
+        chunk: "c4",
+        blob: &blob,
+    }];
+    let detections = [detection(Pattern::Child, &long, "M9", "c4")];
+    let batch = CommitBatch {
+        expected_last: Some("c3"),
+        chunks: &chunks,
+        deltas: &deltas,
+        detections: &detections,
+        processed_at: "2026-11-22T15:04:10.000+05:30",
+    };
+    assert_eq!(
+        store.commit(fence, &batch).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    assert!(store.compact(fence, 10).await.unwrap() >= 1);
+    let all = pairs(store).await;
+    assert!(all.contains(&("M9".into(), long.clone(), 80, 100, Gender::Male)));
+    assert!(all.contains(&("M9".into(), marked.into(), 1, 5, Gender::Female)));
+    let mut emitted = Vec::new();
+    store
+        .scan_emitted(&mut |e| emitted.push(e.customer.to_string()))
+        .await
+        .unwrap();
+    assert!(emitted.contains(&long));
+    store.assign_batches(fence, 1, true, "S5").await.unwrap();
+    let batches = store.unwritten_batches().await.unwrap();
+    let lines = store
+        .batch_lines(batches.last().unwrap().batch_no)
+        .await
+        .unwrap();
+    assert_eq!(lines[0].customer, long);
+    let source = LookupSource {
+        source: "net2.csv".into(),
+        fingerprint: "f2".into(),
+        rows: 1,
+        bad_rows: 0,
+        pairs: 1,
+    };
+    let weights = [WeightRow {
+        merchant: "M9",
+        customer: &long,
+        weight_sum: 7,
+        rows: 1,
+    }];
+    store.load_lookup(fence, &source, &weights).await.unwrap();
+    let mut loaded = Vec::new();
+    store
+        .scan_weights(&mut |w| loaded.push(w.customer.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(loaded, vec![long]);
 }
 
 /// The ownership lease: one holder; a second claimant waits and is listed
 /// as a standby; a takeover bumps the epoch and fences the old holder out
 /// of every write; a released lease is free at once.
-async fn leases(store: &dyn StateStore, first: &Fence) {
+async fn leases(store: &dyn StateStore, first: &Fence) -> Fence {
     let b = claimant("b");
     let LeaseGrant::Held { holder, .. } = store
         .acquire_lease(PIPELINE_LEASE, &b, 60_000, None)
@@ -473,6 +555,7 @@ async fn leases(store: &dyn StateStore, first: &Fence) {
         panic!("a released lease was not free");
     };
     assert_eq!(third.epoch, second.epoch + 1);
+    third
 }
 
 #[tokio::test]

@@ -168,7 +168,14 @@ async fn commit(
             pipeline.state.commit(&pipeline.fence, &batch)
         })
         .await
-        .map_err(|e| CommitFailure::Stage(StageError::Failed(e.to_string())))?;
+        .map_err(|e| {
+            // Name the chunks: an error no retry fixes must say which
+            // chunk the operator may have to skip (`txpipe skip-chunk`).
+            let first = chunks.first().map_or("", |c| c.name.as_str());
+            CommitFailure::Stage(StageError::Failed(format!(
+                "commit of chunk {first:?} to {last:?}: {e}"
+            )))
+        })?;
     match outcome {
         CommitOutcome::Committed => {}
         CommitOutcome::AlreadyCommitted => {

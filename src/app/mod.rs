@@ -5,6 +5,7 @@ pub mod demo;
 pub mod lookup;
 pub mod ownership;
 pub mod report;
+pub mod skip;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -239,6 +239,89 @@ fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// Longest name stored as itself in a key column (see `V6__long_names.sql`):
+/// two such names and the rest of an index entry stay well below the
+/// B-tree's limit of about 2,700 bytes.
+const KEY_NAME_BYTES: usize = 1000;
+
+/// Marks a token standing for a long name in a key column.
+const TOKEN_MARK: char = '\u{1}';
+
+/// A name as key columns hold it: itself, or a token for a long one (or for
+/// one that begins with the token mark, so that a token is never a name).
+fn key_name(name: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::Digest as _;
+    if name.len() <= KEY_NAME_BYTES && !name.starts_with(TOKEN_MARK) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let mut token = String::with_capacity(65);
+    token.push(TOKEN_MARK);
+    for byte in digest.iter() {
+        token.push_str(&format!("{byte:02x}"));
+    }
+    std::borrow::Cow::Owned(token)
+}
+
+/// Collects the `(token, name)` rows that long names need in `long_names`.
+#[derive(Default)]
+struct LongNames {
+    tokens: Vec<String>,
+    names: Vec<String>,
+}
+
+impl LongNames {
+    /// The key column value of `name`, remembering it if it is a token.
+    fn key<'a>(&mut self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        let key = key_name(name);
+        if let std::borrow::Cow::Owned(token) = &key {
+            self.tokens.push(token.clone());
+            self.names.push(name.to_string());
+        }
+        key
+    }
+
+    /// Saves them in the transaction that writes their tokens.
+    async fn save(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
+        if !self.tokens.is_empty() {
+            tx.execute(
+                "INSERT INTO long_names (token, name)
+                 SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                &[&self.tokens, &self.names],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// SQL that reads a key column as the name it stands for.
+macro_rules! name_of {
+    ($column:literal) => {
+        concat!(
+            "CASE WHEN starts_with(",
+            $column,
+            ", chr(1)) THEN (SELECT name FROM long_names WHERE token = ",
+            $column,
+            ") ELSE ",
+            $column,
+            " END"
+        )
+    };
+}
+
+/// Every pair of `pair_state`, names as they are.
+const SELECT_PAIRS: &str = concat!(
+    "SELECT ",
+    name_of!("merchant"),
+    ", ",
+    name_of!("customer"),
+    ", txn_count, amount_cents, gender FROM pair_state"
+);
+
 const UPSERT_PAIRS: &str = "\
 INSERT INTO pair_state (merchant, customer, txn_count, amount_cents, gender)
 SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_delta
@@ -275,6 +358,7 @@ struct OwnedCommit {
     delta_blobs: Vec<Vec<u8>>,
     chunks: ChunkColumns,
     detections: DetectionColumns,
+    long_names: LongNames,
 }
 
 #[derive(Default)]
@@ -317,11 +401,16 @@ impl OwnedCommit {
             chunks.detections.push(to_i64(chunk.detections));
             chunks.reason.push(chunk.reason.clone());
         }
+        let mut long_names = LongNames::default();
         let mut detections = DetectionColumns::default();
         for d in batch.detections {
             let e = &d.evidence;
-            detections.customer.push(d.customer.to_string());
-            detections.merchant.push(d.merchant.to_string());
+            detections
+                .customer
+                .push(long_names.key(d.customer).into_owned());
+            detections
+                .merchant
+                .push(long_names.key(d.merchant).into_owned());
             detections.txn_count.push(e.txn_count.map(to_i64));
             detections.avg_weight.push(e.weight.map(|w| w.as_f64()));
             detections.avg_amount.push(e.avg_amount());
@@ -344,6 +433,7 @@ impl OwnedCommit {
             delta_blobs: batch.deltas.iter().map(|d| d.blob.to_vec()).collect(),
             chunks,
             detections,
+            long_names,
         }
     }
 }
@@ -542,12 +632,13 @@ impl StateStore for PostgresStore {
         let pool = self.pool.clone();
         let fence = fence.clone();
         let source = source.clone();
+        let mut long = LongNames::default();
         let rows: Vec<(String, String, i64, i64)> = rows
             .iter()
             .map(|r| {
                 (
-                    r.merchant.to_string(),
-                    r.customer.to_string(),
+                    long.key(r.merchant).into_owned(),
+                    long.key(r.customer).into_owned(),
                     r.weight_sum,
                     to_i64(r.rows),
                 )
@@ -558,6 +649,7 @@ impl StateStore for PostgresStore {
             let tx = connection.transaction().await?;
             check_fence(&tx, &fence).await?;
             tx.execute("DELETE FROM customer_importance", &[]).await?;
+            long.save(&tx).await?;
             let sink = tx
                 .copy_in(
                     "COPY customer_importance (merchant, customer, weight_sum_cents, weight_rows) \
@@ -598,7 +690,13 @@ impl StateStore for PostgresStore {
         visit: &mut (dyn for<'r> FnMut(WeightRow<'r>) + Send),
     ) -> DbResult<()> {
         self.scan(
-            "SELECT merchant, customer, weight_sum_cents, weight_rows FROM customer_importance",
+            concat!(
+                "SELECT ",
+                name_of!("merchant"),
+                ", ",
+                name_of!("customer"),
+                ", weight_sum_cents, weight_rows FROM customer_importance"
+            ),
             |row| {
                 Ok((
                     row.get::<_, String>(0),
@@ -965,10 +1063,7 @@ impl StateStore for PostgresStore {
                     return Ok(());
                 }
                 let rows = tx
-                    .query_raw(
-                        "SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_state",
-                        std::iter::empty::<i64>(),
-                    )
+                    .query_raw(SELECT_PAIRS, std::iter::empty::<i64>())
                     .await?;
                 pin_mut!(rows);
                 let mut batch = Vec::with_capacity(SCAN_BATCH);
@@ -1032,7 +1127,7 @@ impl StateStore for PostgresStore {
         visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
     ) -> DbResult<()> {
         self.scan(
-            "SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_state",
+            SELECT_PAIRS,
             |row| {
                 Ok((
                     row.get::<_, String>(0),
@@ -1120,12 +1215,13 @@ impl StateStore for PostgresStore {
                 &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT],
             );
             pin_mut!(writer);
+            let mut long = LongNames::default();
             for pair in merged.iter() {
                 writer
                     .as_mut()
                     .write(&[
-                        &pair.merchant,
-                        &pair.customer,
+                        &&*long.key(pair.merchant),
+                        &&*long.key(pair.customer),
                         &to_i64(pair.count),
                         &pair.amount,
                         &pair.gender.code(),
@@ -1133,6 +1229,7 @@ impl StateStore for PostgresStore {
                     .await?;
             }
             writer.finish().await?;
+            long.save(&tx).await?;
             tx.execute(UPSERT_PAIRS, &[]).await?;
             tx.execute("DELETE FROM chunk_deltas WHERE chunk_name <= $1", &[&last])
                 .await?;
@@ -1147,7 +1244,13 @@ impl StateStore for PostgresStore {
         visit: &mut (dyn for<'r> FnMut(EmittedRow<'r>) + Send),
     ) -> DbResult<()> {
         self.scan(
-            "SELECT patternId, merchant, customer FROM detected_patterns",
+            concat!(
+                "SELECT patternId, ",
+                name_of!("merchant"),
+                ", ",
+                name_of!("customer"),
+                " FROM detected_patterns"
+            ),
             |row| {
                 let id: &str = row.get(0);
                 let pattern = Pattern::from_id(id)
@@ -1251,6 +1354,7 @@ impl StateStore for PostgresStore {
                     &commit.processed_at,
                 ];
                 tx.execute(INSERT_DETECTIONS, &params).await?;
+                commit.long_names.save(&tx).await?;
                 Ok(())
             };
             futures::try_join!(deltas, chunks, detections)?;
@@ -1350,8 +1454,13 @@ impl StateStore for PostgresStore {
             let connection = pool.get().await?;
             let rows = connection
                 .query(
-                    "SELECT y_start_time, detection_time, patternId, actionType, customer, merchant
-                     FROM detected_patterns WHERE batch_no = $1 ORDER BY id",
+                    concat!(
+                        "SELECT y_start_time, detection_time, patternId, actionType, ",
+                        name_of!("customer"),
+                        ", ",
+                        name_of!("merchant"),
+                        " FROM detected_patterns WHERE batch_no = $1 ORDER BY id"
+                    ),
                     &[&to_i64(batch_no)],
                 )
                 .await?;
