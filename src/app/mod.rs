@@ -44,6 +44,8 @@ pub struct RunReport {
     pub chunks_rejected: u64,
     pub rows_committed: u64,
     pub bad_rows: u64,
+    /// Objects under `stream_chunks/` this run recorded as not applied.
+    pub objects_ignored: u64,
     pub detections: [u64; 3],
     pub commits: u64,
     pub batches_written: u64,
@@ -75,6 +77,7 @@ impl RunReport {
             chunks_rejected: get(&progress.chunks_rejected),
             rows_committed: get(&progress.rows_committed),
             bad_rows: get(&progress.bad_rows),
+            objects_ignored: get(&progress.objects_ignored),
             detections: [
                 get(&progress.detections[0]),
                 get(&progress.detections[1]),

@@ -116,6 +116,7 @@ pub fn run_summary(report: &RunReport) -> String {
     );
     let _ = writeln!(out, "rows processed      {}", report.rows_committed);
     let _ = writeln!(out, "bad rows            {}", report.bad_rows);
+    let _ = writeln!(out, "ignored objects     {}", report.objects_ignored);
     for pattern in Pattern::ALL {
         let _ = writeln!(
             out,
