@@ -508,3 +508,53 @@ proptest::proptest! {
         proptest::prop_assert_eq!(ignored, if kind == 1 { 0 } else { 1 });
     }
 }
+
+/// The same rules through S3 and PostgreSQL: a foreign object and a
+/// duplicate are copied aside inside the store (CopyObject) and recorded;
+/// every real chunk is applied.
+#[test]
+fn strangers_in_an_s3_bucket_are_copied_aside_and_recorded_in_postgres() {
+    let Some(db) = TestDb::create() else { return };
+    let (tx, net) = dataset();
+    let server = S3TestServer::start("txpipe-data");
+    support::configs::upload_inputs(&server, &tx, &net);
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "prod", "");
+    let chunks = server.root().join("txpipe-data/prod/stream_chunks");
+    std::fs::create_dir_all(&chunks).unwrap();
+    let evil = "zz-evil\nname.bin";
+    std::fs::write(chunks.join(evil), b"\x00\x01binary").unwrap();
+    std::fs::write(
+        chunks.join("chunk-0000000000-00000000T000000000Z.csv"),
+        b"not the chunker's",
+    )
+    .unwrap();
+    let mut env = server.env();
+    env.extend(overrides(0));
+    let log = finish(run(&config, &env, &[]));
+    let warned: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("is not applied"))
+        .collect();
+    assert_eq!(warned.len(), 2, "{}", log.join("\n"));
+    assert!(
+        warned.iter().any(|l| l.contains(r"zz-evil\nname.bin")),
+        "the key is escaped in the log line: {warned:?}"
+    );
+    let rows =
+        db.query("SELECT object_key, quarantine_key FROM ignored_objects ORDER BY object_key");
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        let key: String = row.get(0);
+        let quarantine: Option<String> = row.get(1);
+        let quarantine = quarantine.unwrap_or_else(|| panic!("{key:?} not copied"));
+        let copy = std::fs::read(server.root().join("txpipe-data/prod").join(&quarantine)).unwrap();
+        let original = std::fs::read(server.root().join("txpipe-data/prod").join(&key)).unwrap();
+        assert_eq!(copy, original, "{quarantine:?}");
+    }
+    for name in [evil, "chunk-0000000000-00000000T000000000Z.csv"] {
+        std::fs::remove_file(chunks.join(name)).unwrap();
+    }
+    let outputs = Outputs::read_postgres(&db.url, server.root().join("txpipe-data/prod"));
+    support::assert_same_outputs(&outputs, &reference(), &tx, ROWS_PER_CHUNK, BATCH);
+}

@@ -293,6 +293,7 @@ impl MechanismY {
         let mut held_since: Option<Instant> = None;
         let sweep_interval = Duration::from_millis(settings.sweep_interval_ms);
         let mut next_sweep_at = Instant::now();
+        let mut sweep_position: Option<String> = None;
         let poll_interval = Duration::from_millis(settings.poll_interval_ms);
 
         loop {
@@ -364,7 +365,7 @@ impl MechanismY {
                     }
                 }
                 _ = tokio::time::sleep_until(next_sweep_at.into()), if !stopping => {
-                    self.sweep(&mut gate, committed.as_deref()).await?;
+                    self.sweep(&mut gate, committed.as_deref(), &mut sweep_position).await?;
                     next_sweep_at = Instant::now() + sweep_interval;
                 }
                 changed = new_chunks.changed(), if want_list && next_list_at > Instant::now() => {
@@ -433,45 +434,49 @@ impl MechanismY {
 
     /// Looks for objects that appeared among the chunks already committed
     /// (the listing, which goes on after the last applied key, never sees
-    /// them): every key up to `committed` that `processed_chunks` does not
-    /// name was never applied, and is set aside.
-    async fn sweep(&self, gate: &mut ChunkGate, committed: Option<&str>) -> Result<(), EpochEnd> {
+    /// them), one page of keys per call: every key up to `committed` that
+    /// `processed_chunks` does not name was never applied, and is set
+    /// aside. `position` is where the sweep stands; it starts over once it
+    /// reaches `committed`, so the cost is one LIST and one query per call
+    /// however long the bucket's history.
+    async fn sweep(
+        &self,
+        gate: &mut ChunkGate,
+        committed: Option<&str>,
+        position: &mut Option<String>,
+    ) -> Result<(), EpochEnd> {
         let Some(committed) = committed else {
             return Ok(());
         };
         let p = &self.pipeline;
-        let mut after: Option<String> = None;
-        loop {
-            let mut keys = p
-                .store("sweep chunks", || {
-                    p.objects
-                        .list(layout::CHUNK_PREFIX, after.as_deref(), LIST_PAGE)
-                })
-                .await
-                .map_err(WatchError::from)?;
-            let page_was_full = keys.len() == LIST_PAGE;
-            keys.retain(|key| key.as_str() <= committed);
-            let (Some(first), Some(last)) = (keys.first(), keys.last()) else {
-                return Ok(());
-            };
-            let applied: std::collections::HashSet<String> = p
-                .db("read processed chunk names", || {
-                    p.state.processed_names_between(first, last)
-                })
-                .await
-                .map_err(WatchError::from)?
-                .into_iter()
-                .collect();
-            for key in keys.iter().filter(|key| !applied.contains(*key)) {
-                if let Some(Verdict::Ignore { key, why }) = gate.passed_over(key) {
-                    self.set_aside(&key, &why).await?;
-                }
+        let mut keys = p
+            .store("sweep chunks", || {
+                p.objects
+                    .list(layout::CHUNK_PREFIX, position.as_deref(), LIST_PAGE)
+            })
+            .await
+            .map_err(WatchError::from)?;
+        let page_was_full = keys.len() == LIST_PAGE;
+        keys.retain(|key| key.as_str() <= committed);
+        let (Some(first), Some(last)) = (keys.first(), keys.last()) else {
+            *position = None;
+            return Ok(());
+        };
+        let applied: std::collections::HashSet<String> = p
+            .db("read processed chunk names", || {
+                p.state.processed_names_between(first, last)
+            })
+            .await
+            .map_err(WatchError::from)?
+            .into_iter()
+            .collect();
+        for key in keys.iter().filter(|key| !applied.contains(*key)) {
+            if let Some(Verdict::Ignore { key, why }) = gate.passed_over(key) {
+                self.set_aside(&key, &why).await?;
             }
-            if !page_was_full || last.as_str() >= committed {
-                return Ok(());
-            }
-            after = Some(last.clone());
         }
+        *position = (page_was_full && last.as_str() < committed).then(|| last.clone());
+        Ok(())
     }
 
     /// Copies an object that is not applied to `quarantine/` and records
