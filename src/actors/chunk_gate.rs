@@ -144,6 +144,13 @@ impl ChunkGate {
         self.chunker_finished = claims.chunker_finished;
     }
 
+    /// Notes a claim known without asking the database: a key this
+    /// process's chunker wrote (it saved the claim before the PUT). A claim
+    /// already known is kept.
+    pub fn note_claim(&mut self, seq: u64, key: &str) {
+        self.claims.entry(seq).or_insert_with(|| key.to_string());
+    }
+
     /// Decides the keys of a listing, in order. `claims_fresh` says the
     /// claims were just read: a key they leave undecided then waits instead
     /// of asking for them again.

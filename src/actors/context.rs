@@ -93,6 +93,13 @@ impl RecentChunks {
         }
     }
 
+    /// Whether this process's chunker wrote `key` moments ago (it claimed
+    /// the key's sequence number before the PUT).
+    pub fn contains(&self, key: &str) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.iter().any(|(k, _)| k == key)
+    }
+
     /// Takes a chunk's body out, if it is here.
     pub fn take(&self, key: &str) -> Option<bytes::Bytes> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());

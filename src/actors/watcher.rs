@@ -396,6 +396,15 @@ impl MechanismY {
                 .await
                 .map_err(WatchError::from)?;
             let now = Instant::now();
+            // Chunks this process just wrote are claimed: no need to ask.
+            for key in &keys {
+                if let Some(seq) = layout::chunk_seq(key)
+                    && seq >= gate.expected()
+                    && p.recent_chunks.contains(key)
+                {
+                    gate.note_claim(seq, key);
+                }
+            }
             let mut decided = 0;
             let applied_before = listing.applied.len();
             let stop = loop {

@@ -64,22 +64,30 @@ fn lease_row(row: &tokio_postgres::Row) -> LeaseRow {
     }
 }
 
+/// The transaction-scoped advisory lock of a lease: fenced transactions
+/// hold it shared, a takeover exclusively.
+const LEASE_LOCK_SHARED: &str = "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))";
+const LEASE_LOCK_EXCLUSIVE: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+
 /// Refuses the transaction unless `fence` still holds its lease.
 ///
-/// `FOR KEY SHARE` makes the check race-free under READ COMMITTED: a
-/// takeover locks the lease row `FOR UPDATE` before it bumps the epoch, so
-/// it waits until this transaction ends, and a transaction that checks after
-/// a takeover reads the new epoch (a locking read sees the latest committed
-/// row). Heartbeats, plain updates of the expiry, do not wait for it.
+/// Race-free under READ COMMITTED: the transaction first takes the lease's
+/// advisory lock shared, then reads the lease row in a second statement
+/// (with a snapshot taken after the lock). A takeover takes the same lock
+/// exclusively before it bumps the epoch, so it waits for every fenced
+/// transaction in flight, and every fenced transaction that starts after it
+/// reads the new epoch. The lock lives in the server's lock table, so a
+/// commit writes nothing to the lease row (a row lock would, on every
+/// commit); heartbeats, plain updates of the expiry, do not wait for it.
+/// Both statements go out together (tokio-postgres pipelines them).
 async fn check_fence(tx: &tokio_postgres::Transaction<'_>, fence: &Fence) -> DbResult<()> {
-    let row = tx
-        .query_opt(
-            "SELECT name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms
-             FROM leases WHERE name = $1 FOR KEY SHARE",
-            &[&fence.lease],
-        )
-        .await?;
-    lease::check(fence, row.map(|row| lease_row(&row)).as_ref()).map_err(DbError::Fenced)
+    let name: [&(dyn ToSql + Sync); 1] = [&fence.lease];
+    let (locked, row) = futures::join!(
+        tx.execute(LEASE_LOCK_SHARED, &name),
+        tx.query_opt(SELECT_LEASE, &name)
+    );
+    locked?;
+    lease::check(fence, row?.map(|row| lease_row(&row)).as_ref()).map_err(DbError::Fenced)
 }
 
 #[derive(Clone)]
@@ -890,6 +898,9 @@ impl StateStore for PostgresStore {
                 &[&name],
             )
             .await?;
+            // Waits for the fenced transactions in flight (see
+            // `check_fence`); held until this transaction ends.
+            tx.execute(LEASE_LOCK_EXCLUSIVE, &[&name]).await?;
             let current = tx
                 .query_one(&format!("{SELECT_LEASE} FOR UPDATE"), &[&name])
                 .await
@@ -932,9 +943,9 @@ impl StateStore for PostgresStore {
         let fence = fence.clone();
         self.run(async move {
             let connection = pool.get().await?;
-            // Waits only for a takeover in progress (FOR UPDATE), never for
-            // commits (FOR KEY SHARE), and re-checks owner and epoch on the
-            // row version a takeover leaves.
+            // Waits only for a takeover in progress (its row lock), never
+            // for commits, and re-checks owner and epoch on the row version
+            // a takeover leaves.
             let renewed = connection
                 .query_opt(
                     &format!(
