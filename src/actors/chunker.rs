@@ -240,6 +240,8 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
                 p.state.save_chunker_position(&p.fence, &position)
             })
             .await?;
+            p.recent_chunks
+                .claim(position.pending_keys.iter().map(String::as_str));
             dirty = false;
         }
         for (key, body) in fresh {

@@ -72,14 +72,40 @@ pub struct PipelineContext {
 pub struct RecentChunks {
     budget: usize,
     entries: Mutex<std::collections::VecDeque<(String, bytes::Bytes)>>,
+    /// The last keys the chunker claimed (saved as pending) in this process.
+    claimed: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// Claimed keys remembered for the watcher.
+const CLAIMS_KEPT: usize = 256;
 
 impl RecentChunks {
     pub fn new(budget: usize) -> RecentChunks {
         RecentChunks {
             budget,
             entries: Mutex::default(),
+            claimed: Mutex::default(),
         }
+    }
+
+    /// Notes keys whose claims the database has just committed, so that the
+    /// watcher need not ask for them (see `ChunkGate::note_claim`).
+    pub fn claim<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            if !claimed.iter().any(|k| k == key) {
+                claimed.push_back(key.to_string());
+            }
+        }
+        while claimed.len() > CLAIMS_KEPT {
+            claimed.pop_front();
+        }
+    }
+
+    /// Whether this process's chunker claimed `key`.
+    pub fn is_claimed(&self, key: &str) -> bool {
+        let claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        claimed.iter().rev().any(|k| k == key)
     }
 
     pub fn put(&self, key: &str, body: bytes::Bytes) {
@@ -91,13 +117,6 @@ impl RecentChunks {
         {
             size -= dropped.len();
         }
-    }
-
-    /// Whether this process's chunker wrote `key` moments ago (it claimed
-    /// the key's sequence number before the PUT).
-    pub fn contains(&self, key: &str) -> bool {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.iter().any(|(k, _)| k == key)
     }
 
     /// Takes a chunk's body out, if it is here.

@@ -396,11 +396,11 @@ impl MechanismY {
                 .await
                 .map_err(WatchError::from)?;
             let now = Instant::now();
-            // Chunks this process just wrote are claimed: no need to ask.
+            // Chunks this process's chunker claimed: no need to ask.
             for key in &keys {
                 if let Some(seq) = layout::chunk_seq(key)
                     && seq >= gate.expected()
-                    && p.recent_chunks.contains(key)
+                    && p.recent_chunks.is_claimed(key)
                 {
                     gate.note_claim(seq, key);
                 }
