@@ -123,6 +123,21 @@ fn corpus(scratch: &Path) -> Vec<(String, PathBuf, Outcome)> {
             "28-overlong-amount-digits.csv",
             processed(5, &[(3, TOO_MANY_DIGITS), (4, TOO_MANY_DIGITS)]),
         ),
+        (
+            "29-column-named-twice.csv",
+            Rejected("header names column amount twice"),
+        ),
+        (
+            "30-nul-in-names.csv",
+            processed(
+                5,
+                &[
+                    (3, "NUL in customer"),
+                    (4, "NUL in merchant"),
+                    (5, "NUL in category"),
+                ],
+            ),
+        ),
     ];
     let files: Vec<String> = std::fs::read_dir(corpus_dir())
         .unwrap()
@@ -316,10 +331,18 @@ fn every_case_with_a_header_works_as_a_master_file_too() {
         settings.chunker.rows_per_chunk = 2;
         let result = txpipe::app::run(settings, RunMode::UntilDone, Vec::new());
         match outcome {
-            Outcome::Rejected(_) => {
-                // A master file without a usable header is a start-up error.
+            Outcome::Rejected(reason) => {
+                // A master file without a usable header is a start-up error
+                // that names the file, and what is wrong with its header.
                 let error = format!("{:#}", result.unwrap_err());
                 assert!(error.contains("master file"), "{name}: {error}");
+                assert!(
+                    error.contains(&path.display().to_string()),
+                    "{name}: {error}"
+                );
+                if reason.starts_with("header") {
+                    assert!(error.contains(reason), "{name}: {error}");
+                }
             }
             Outcome::Processed { rows, bad } => {
                 let report = result.unwrap();
