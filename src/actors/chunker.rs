@@ -8,6 +8,12 @@
 //! the same rows on restart, so no chunk is ever written under two names
 //! and no row is skipped or repeated. Reading and cutting run on a blocking
 //! thread so a large master file streams through a fixed buffer.
+//!
+//! No master record longer than `input.max_record_bytes` is held whole: a
+//! record that is too long, or whose double quote is never closed, takes
+//! its row in the chunk as a placeholder line
+//! ([`crate::input::placeholder`]) that the watcher quarantines as a bad
+//! row, and is reported here with a warning.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -22,7 +22,10 @@
 //!   and is skipped without being kept ([`Cause::TooLong`]).
 //!
 //! Both rules look at the bytes only, so a resumed splitter finds the same
-//! records as one that read the file from the start.
+//! records as one that read the file from the start. Memory holds at most
+//! one bound of a record (twice, while an unterminated quote's lines are
+//! put back to be read again); time is linear in the input, plus up to the
+//! bound parsed again for each record cut short.
 
 use std::fmt;
 use std::io::{self, Read};
