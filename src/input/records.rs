@@ -79,7 +79,8 @@ impl fmt::Display for Oversized {
     }
 }
 
-/// Where a record handed out by [`RecordSplitter::next_record`] was.
+/// Where a record handed out by [`RecordSplitter::next_record`] was
+/// ([`RecordSplitter::last_record`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
     /// Absolute offset of its first byte.
@@ -117,6 +118,8 @@ pub struct RecordSplitter<R> {
     /// It would then take a byte order mark for the file's own and skip it,
     /// which is right only at offset 0 (see [`mid_file_input`]).
     csv_fresh: bool,
+    /// The record last handed out.
+    last: Record,
 }
 
 impl<R: Read> RecordSplitter<R> {
@@ -138,6 +141,11 @@ impl<R: Read> RecordSplitter<R> {
             plain_lines: true,
             max_record: max_record_bytes.max(1),
             csv_fresh: true,
+            last: Record {
+                start: offset,
+                line: 1,
+                oversized: None,
+            },
         }
     }
 
@@ -155,34 +163,47 @@ impl<R: Read> RecordSplitter<R> {
     }
 
     /// Appends the next record to `out`: its bytes with their line
-    /// terminator, or a prefix of an oversized record. `None` at the end of
-    /// the input.
-    pub fn next_record(&mut self, out: &mut Vec<u8>) -> io::Result<Option<Record>> {
-        if self.plain_lines
-            && let Some(record) = self.next_plain_line(out)?
-        {
-            return Ok(Some(record));
+    /// terminator, or a prefix of an oversized record; [`Self::last_record`]
+    /// then says where it was and whether it was cut short. `false` at the
+    /// end of the input. (A flag, not the [`Record`]: the chunker's loop
+    /// runs once per row, and returning the struct cost it a tenth.)
+    #[inline]
+    pub fn next_record(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+        if self.plain_lines && self.next_plain_line(out)? {
+            return Ok(true);
         }
-        self.next_csv_record(out)
+        match self.next_csv_record(out)? {
+            Some(record) => {
+                self.last = record;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
-    /// The next record if it is a plain line wholly in the buffer; blank
-    /// lines before it are skipped. `None` when the CSV state machine must
-    /// decide.
-    fn next_plain_line(&mut self, out: &mut Vec<u8>) -> io::Result<Option<Record>> {
+    /// The record last handed out by [`Self::next_record`].
+    pub fn last_record(&self) -> Record {
+        self.last
+    }
+
+    /// Hands out the next record if it is a plain line wholly in the
+    /// buffer; blank lines before it are skipped. `false` when the CSV state
+    /// machine must decide.
+    #[inline]
+    fn next_plain_line(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
         loop {
             if self.start == self.end {
                 if self.source_done {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 self.fill()?;
                 if self.start == self.end {
-                    return Ok(None);
+                    return Ok(false);
                 }
             }
             let window = &self.buf[self.start..self.end];
             let Some(newline) = memchr::memchr(b'\n', window) else {
-                return Ok(None);
+                return Ok(false);
             };
             let line = &window[..newline];
             let content = line.strip_suffix(b"\r").unwrap_or(line);
@@ -196,23 +217,38 @@ impl<R: Read> RecordSplitter<R> {
             if memchr::memchr2(b'"', b'\r', content).is_some()
                 || (self.offset == 0 && content.starts_with(BOM))
             {
-                return Ok(None);
+                return Ok(false);
             }
-            let mut record = Record {
+            if content.len() > self.max_record {
+                self.plain_line_too_long(out, newline);
+                return Ok(true);
+            }
+            self.last = Record {
                 start: self.offset,
                 line: self.line,
                 oversized: None,
             };
-            if content.len() > self.max_record {
-                out.extend_from_slice(&content[..self.max_record]);
-                record.oversized = Some(self.oversized(Cause::TooLong, content.len()));
-            } else {
-                out.extend_from_slice(&window[..=newline]);
-            }
+            out.extend_from_slice(&window[..=newline]);
             self.consume(newline + 1);
             self.line += 1;
-            return Ok(Some(record));
+            return Ok(true);
         }
+    }
+
+    /// Hands out the prefix of a plain line at the start of the buffer,
+    /// ending at `newline`, that is longer than the bound.
+    #[cold]
+    fn plain_line_too_long(&mut self, out: &mut Vec<u8>, newline: usize) {
+        let line = &self.buf[self.start..self.start + newline];
+        let length = line.strip_suffix(b"\r").unwrap_or(line).len();
+        out.extend_from_slice(&line[..self.max_record]);
+        self.last = Record {
+            start: self.offset,
+            line: self.line,
+            oversized: Some(self.oversized(Cause::TooLong, length)),
+        };
+        self.consume(newline + 1);
+        self.line += 1;
     }
 
     /// The next record by the CSV state machine, fed at most the bound
@@ -391,6 +427,7 @@ impl<R: Read> RecordSplitter<R> {
         self.line -= count_lines(bytes);
     }
 
+    #[inline]
     fn consume(&mut self, bytes: usize) {
         self.start += bytes;
         self.offset += bytes as u64;
@@ -532,9 +569,10 @@ impl<R: Read> ChunkCutter<R> {
         let (mut lines, mut counted) = (1, 0);
         while taken < rows {
             let mark = body.len();
-            let Some(record) = self.splitter.next_record(&mut body)? else {
+            if !self.splitter.next_record(&mut body)? {
                 break;
-            };
+            }
+            let record = self.splitter.last_record();
             if let Some(cut_short) = record.oversized {
                 let prefix = body.split_off(mark);
                 super::placeholder::write(&mut body, &cut_short, &prefix);
@@ -567,16 +605,15 @@ pub fn read_header<R: Read>(
 ) -> io::Result<Option<(Vec<u8>, u64)>> {
     let mut splitter = RecordSplitter::new(source, 0, max_record_bytes);
     let mut header = Vec::new();
-    match splitter.next_record(&mut header)? {
-        None => Ok(None),
-        Some(Record {
-            oversized: Some(oversized),
-            ..
-        }) => Err(io::Error::new(
+    if !splitter.next_record(&mut header)? {
+        return Ok(None);
+    }
+    match splitter.last_record().oversized {
+        Some(oversized) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("header: {oversized}"),
         )),
-        Some(_) => Ok(Some((header, splitter.offset()))),
+        None => Ok(Some((header, splitter.offset()))),
     }
 }
 
@@ -619,9 +656,10 @@ impl<R: Read> RawRecords<R> {
     /// record); `None` at the end.
     pub fn next_into(&mut self, fields: &mut csv::ByteRecord) -> io::Result<Option<RawRecord<'_>>> {
         self.record.clear();
-        let Some(record) = self.splitter.next_record(&mut self.record)? else {
+        if !self.splitter.next_record(&mut self.record)? {
             return Ok(None);
-        };
+        }
+        let record = self.splitter.last_record();
         if record.oversized.is_some() {
             fields.clear();
         } else {
@@ -656,6 +694,18 @@ impl FieldSplitter {
     /// order mark is the document's, not data).
     fn split(&mut self, record: &[u8], at_start: bool, fields: &mut csv::ByteRecord) {
         fields.clear();
+        // Without double quotes (and a byte order mark the state machine
+        // would skip) a whole record's fields are the text between commas.
+        if memchr::memchr(b'"', record).is_none() && !(at_start && record.starts_with(BOM)) {
+            let content = without_terminator(record);
+            let mut from = 0;
+            for comma in memchr::memchr_iter(b',', content) {
+                fields.push_field(&content[from..comma]);
+                from = comma + 1;
+            }
+            fields.push_field(&content[from..]);
+            return;
+        }
         // A record without a line terminator is the document's last; a line
         // feed ends it as the end of the input would.
         let mut input = mid_file_input(record, !at_start);
@@ -728,8 +778,8 @@ mod tests {
     fn records(mut splitter: RecordSplitter<Chunky<'_>>) -> (Vec<Found>, u64) {
         let mut out = Vec::new();
         let mut all = Vec::new();
-        while let Some(record) = splitter.next_record(&mut out).unwrap() {
-            all.push((std::mem::take(&mut out), record.oversized));
+        while splitter.next_record(&mut out).unwrap() {
+            all.push((std::mem::take(&mut out), splitter.last_record().oversized));
         }
         (all, splitter.offset())
     }
@@ -894,8 +944,11 @@ mod tests {
         assert_eq!(offset, 6);
         let mut resumed = RecordSplitter::new(&data[offset as usize..], offset, BIG);
         out.clear();
-        let record = resumed.next_record(&mut out).unwrap().unwrap();
-        assert_eq!((out.as_slice(), record.start), (&b"2\r\n"[..], 6));
+        assert!(resumed.next_record(&mut out).unwrap());
+        assert_eq!(
+            (out.as_slice(), resumed.last_record().start),
+            (&b"2\r\n"[..], 6)
+        );
     }
 
     #[test]
