@@ -176,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn nul_names_long_records_and_unterminated_quotes_are_bad_rows() {
+    fn nul_names_long_records_unterminated_quotes_and_long_weights_are_bad_rows() {
         let long = "7".repeat(2000);
         let data = format!(
             "Source,Target,Weight,typeTrans,fraud\n\
@@ -185,11 +185,13 @@ mod tests {
              'C1','M1',{long},'es_food',0\n\
              'C1','M1',2,'es_\0food',0\n\
              'C2',\"'M1,1,'es_food',0\n\
-             'C2','M1',3,'es_food',0\n"
+             'C2','M1',3,'es_food',0\n\
+             'C2','M1',000000000000000000000000001.00,'es_food',0\n"
         );
         let names = Names::new();
         let summary = read_importance(data.as_bytes(), &names, 1024).unwrap();
-        assert_eq!((summary.rows, summary.bad_rows), (6, 4));
+        // The last: leading zeros count among the 15 digits before the point.
+        assert_eq!((summary.rows, summary.bad_rows), (7, 5));
         let entries: Vec<(&str, &str, i64)> = summary
             .entries
             .iter()
