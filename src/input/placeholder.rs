@@ -2,9 +2,9 @@
 //! not kept whole ([`super::records::Oversized`]: too long, or an
 //! unterminated quote).
 //!
-//! The chunker writes it ([`write`]) so that the chunk keeps one row per
+//! The chunker writes it ([`write()`]) so that the chunk keeps one row per
 //! master record, as the contract's chunking needs; the chunk parser reads
-//! it back ([`read`]) as a bad row whose reason says what happened and
+//! it back ([`read()`]) as a bad row whose reason says what happened and
 //! whose raw line, kept in quarantine, is the record's prefix.
 //!
 //! It is one CSV record, every field double-quoted:
