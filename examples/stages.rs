@@ -27,6 +27,8 @@ use txpipe::input::transactions::ChunkParser;
 use txpipe::names::Names;
 
 const CHUNK_ROWS: usize = 10_000;
+/// `input.max_record_bytes` of the embedded defaults.
+const MAX_RECORD_BYTES: usize = 1 << 20;
 
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data")
@@ -75,7 +77,8 @@ fn chunks(transactions: &Path) -> Vec<Vec<u8>> {
 
 fn weights(importance: &Path, names: &Names) -> WeightTable {
     let file = std::fs::File::open(importance).unwrap();
-    let importance = txpipe::input::importance::read_importance(file, names).unwrap();
+    let importance =
+        txpipe::input::importance::read_importance(file, names, MAX_RECORD_BYTES).unwrap();
     WeightTable::from_entries(
         importance
             .entries
@@ -92,7 +95,7 @@ struct Timings {
 }
 
 fn run(chunks: &[Vec<u8>], weights: &Arc<WeightTable>, names: &Names) -> Timings {
-    let mut parser = ChunkParser::new();
+    let mut parser = ChunkParser::new(MAX_RECORD_BYTES);
     let started = Instant::now();
     let deltas: Vec<ChunkDelta> = chunks
         .iter()

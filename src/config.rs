@@ -19,6 +19,7 @@ pub const ENV_PREFIX: &str = "TXPIPE";
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub source: SourceConfig,
+    pub input: InputConfig,
     pub chunker: ChunkerConfig,
     pub storage: StorageConfig,
     pub database: DatabaseConfig,
@@ -50,6 +51,22 @@ pub struct SourceConfig {
     pub transactions: String,
     pub customer_importance: String,
 }
+
+/// Bounds on what one input record may cost.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// Longest record (bytes, without its line terminator) of the master
+    /// file, a chunk object or the lookup file that is held in memory; a
+    /// longer one is a bad row kept cut to this length.
+    pub max_record_bytes: usize,
+}
+
+/// Smallest `input.max_record_bytes`: room for a BankSim row many times
+/// over, and for the placeholder line that stands for a longer record.
+pub const MIN_RECORD_BYTES: usize = 1024;
+/// Largest `input.max_record_bytes` (1 GiB).
+pub const MAX_RECORD_BYTES: usize = 1 << 30;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -265,6 +282,11 @@ impl Settings {
             !self.source.customer_importance.is_empty(),
             "source.customer_importance",
             "must not be empty",
+        )?;
+        check(
+            (MIN_RECORD_BYTES..=MAX_RECORD_BYTES).contains(&self.input.max_record_bytes),
+            "input.max_record_bytes",
+            "must be between 1024 and 1073741824",
         )?;
         check(
             self.chunker.rows_per_chunk >= 1,
@@ -501,6 +523,22 @@ mod tests {
         assert_eq!(settings.storage.kind, StorageKind::Local);
         assert_eq!(settings.batch.size, 50);
         assert!(settings.database.url.starts_with("sqlite://"));
+        assert_eq!(settings.input.max_record_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn the_record_bound_is_configurable_within_sane_limits() {
+        let settings = load(None, &[("TXPIPE__INPUT__MAX_RECORD_BYTES", "4096")]).unwrap();
+        assert_eq!(settings.input.max_record_bytes, 4096);
+        let settings = load(Some("[input]\nmax_record_bytes = 1024\n"), &[]).unwrap();
+        assert_eq!(settings.input.max_record_bytes, 1024);
+        for value in ["1023", "0", "1073741825", "lots"] {
+            let err = load(None, &[("TXPIPE__INPUT__MAX_RECORD_BYTES", value)]).unwrap_err();
+            assert!(
+                err.to_string().contains("input.max_record_bytes"),
+                "{value}: {err}"
+            );
+        }
     }
 
     #[test]

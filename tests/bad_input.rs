@@ -14,6 +14,13 @@ const HEADER: &str =
     "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n";
 const MISSING_ALL: &str = "header lacks column(s) customer, gender, merchant, category, amount";
 const BAD_AMOUNT: &str = "bad amount: amount is not plain decimal notation";
+const TOO_MANY_DIGITS: &str = "bad amount: amount has more than 15 digits before the point";
+/// The default `input.max_record_bytes`.
+const MAX_RECORD_BYTES: usize = 1 << 20;
+const TEN_MEGABYTE_LINE: &str = "record of 10485808 bytes exceeds input.max_record_bytes (1048576)";
+const UNCLOSED_QUOTE: &str = "unterminated quote: no closing quote within \
+    input.max_record_bytes (1048576) or before the end of the input; the record ends at its \
+    first line break (52 bytes)";
 
 /// What a case must give.
 #[derive(Debug)]
@@ -89,13 +96,7 @@ fn corpus(scratch: &Path) -> Vec<(String, PathBuf, Outcome)> {
         ),
         (
             "18-ten-megabyte-line.csv",
-            processed(
-                3,
-                &[(
-                    3,
-                    "bad amount: amount has more than 15 digits before the point",
-                )],
-            ),
+            processed(3, &[(3, TEN_MEGABYTE_LINE)]),
         ),
         (
             "19-binary-garbage.bin",
@@ -115,17 +116,26 @@ fn corpus(scratch: &Path) -> Vec<(String, PathBuf, Outcome)> {
         ("25-cr-only-line-ends.csv", processed(3, &[])),
         (
             "26-unclosed-quote.csv",
-            processed(2, &[(3, "expected 10 fields, found 6")]),
+            processed(4, &[(3, UNCLOSED_QUOTE)]),
         ),
         ("27-e-u-and-empty-genders.csv", processed(4, &[])),
         (
             "28-overlong-amount-digits.csv",
+            processed(5, &[(3, TOO_MANY_DIGITS), (4, TOO_MANY_DIGITS)]),
+        ),
+        (
+            "29-column-named-twice.csv",
+            Rejected("header names column amount twice"),
+        ),
+        (
+            "30-nul-in-names.csv",
             processed(
-                4,
-                &[(
-                    3,
-                    "bad amount: amount has more than 15 digits before the point",
-                )],
+                5,
+                &[
+                    (3, "NUL in customer"),
+                    (4, "NUL in merchant"),
+                    (5, "NUL in category"),
+                ],
             ),
         ),
     ];
@@ -275,10 +285,9 @@ fn every_case_as_a_chunk_object_gives_its_documented_outcome() {
                         "{name}: raw lines kept"
                     );
                     if name.starts_with("18-") {
-                        assert!(
-                            lines[0].2.len() > 10 * 1024 * 1024,
-                            "the 10 MB line is kept whole"
-                        );
+                        let raw = &lines[0].2;
+                        assert_eq!(raw.len(), MAX_RECORD_BYTES, "kept cut to the bound");
+                        assert!(raw.starts_with(b"0,'C9','3','F','28007','M1'"));
                     }
                     if name.starts_with("11-") {
                         assert!(
@@ -322,10 +331,18 @@ fn every_case_with_a_header_works_as_a_master_file_too() {
         settings.chunker.rows_per_chunk = 2;
         let result = txpipe::app::run(settings, RunMode::UntilDone, Vec::new());
         match outcome {
-            Outcome::Rejected(_) => {
-                // A master file without a usable header is a start-up error.
+            Outcome::Rejected(reason) => {
+                // A master file without a usable header is a start-up error
+                // that names the file, and what is wrong with its header.
                 let error = format!("{:#}", result.unwrap_err());
                 assert!(error.contains("master file"), "{name}: {error}");
+                assert!(
+                    error.contains(&path.display().to_string()),
+                    "{name}: {error}"
+                );
+                if reason.starts_with("header") {
+                    assert!(error.contains(reason), "{name}: {error}");
+                }
             }
             Outcome::Processed { rows, bad } => {
                 let report = result.unwrap();

@@ -94,10 +94,15 @@ fn a_large_master_file_streams_from_s3_in_bounded_memory() {
     };
     let sources = Sources::with_s3_client(client);
     let location = "s3://txpipe-input/master/big.csv";
-    let (header, offset) = read_header(sources.open_at(location, 0).unwrap())
+    let (header, offset) = read_header(sources.open_at(location, 0).unwrap(), 1 << 20)
         .unwrap()
         .unwrap();
-    let mut cutter = ChunkCutter::new(sources.open_at(location, offset).unwrap(), offset, header);
+    let mut cutter = ChunkCutter::new(
+        sources.open_at(location, offset).unwrap(),
+        offset,
+        header,
+        1 << 20,
+    );
     let (mut rows, mut chunks) = (0, 0);
     // Resume half way, as the chunker does after a restart.
     let mut resume_at = None;
@@ -114,11 +119,16 @@ fn a_large_master_file_streams_from_s3_in_bounded_memory() {
         }
     }
     let (offset, done_rows) = resume_at.unwrap();
-    let header = read_header(sources.open_at(location, 0).unwrap())
+    let header = read_header(sources.open_at(location, 0).unwrap(), 1 << 20)
         .unwrap()
         .unwrap()
         .0;
-    let mut cutter = ChunkCutter::new(sources.open_at(location, offset).unwrap(), offset, header);
+    let mut cutter = ChunkCutter::new(
+        sources.open_at(location, offset).unwrap(),
+        offset,
+        header,
+        1 << 20,
+    );
     rows = done_rows;
     loop {
         let cut = cutter.cut(10_000).unwrap();

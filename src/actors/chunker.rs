@@ -8,6 +8,12 @@
 //! the same rows on restart, so no chunk is ever written under two names
 //! and no row is skipped or repeated. Reading and cutting run on a blocking
 //! thread so a large master file streams through a fixed buffer.
+//!
+//! No master record longer than `input.max_record_bytes` is held whole: a
+//! record that is too long, or whose double quote is never closed, takes
+//! its row in the chunk as a placeholder line
+//! ([`crate::input::placeholder`]) that the watcher quarantines as a bad
+//! row, and is reported here with a warning.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,12 +25,12 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::context::{PipelineContext, contain_async};
 use super::supervisor::Lifeline;
 use crate::db::{ChunkerPosition, DbError};
-use crate::input::records::{ChunkCutter, Cut, read_header};
+use crate::input::records::{Cause, ChunkCutter, Cut, CutShort, read_header};
 use crate::input::transactions::Schema;
 use crate::layout;
 use crate::store::StoreError;
@@ -88,9 +94,13 @@ impl Supervised for ChunkerActor {
 
 /// Reads the master file's header, checks it, and returns it with the
 /// offset of the first data row.
-pub fn master_header(sources: &Sources, location: &str) -> Result<(Vec<u8>, u64), String> {
+pub fn master_header(
+    sources: &Sources,
+    location: &str,
+    max_record_bytes: usize,
+) -> Result<(Vec<u8>, u64), String> {
     let reader = sources.open_at(location, 0).map_err(|e| e.to_string())?;
-    let (header, offset) = read_header(reader)
+    let (header, offset) = read_header(reader, max_record_bytes)
         .map_err(|e| format!("cannot read {location}: {e}"))?
         .ok_or_else(|| format!("master file {location} is empty (no header line)"))?;
     let mut fields = csv::ByteRecord::new();
@@ -139,9 +149,10 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
     let source = p.settings.source.transactions.clone();
     let rows_per_chunk = p.settings.chunker.rows_per_chunk;
     let interval = Duration::from_millis(p.settings.chunker.interval_ms);
+    let max_record_bytes = p.settings.input.max_record_bytes;
     let (header, data_offset) = {
         let (sources, source) = (p.sources.clone(), source.clone());
-        tokio::task::spawn_blocking(move || master_header(&sources, &source))
+        tokio::task::spawn_blocking(move || master_header(&sources, &source, max_record_bytes))
             .await
             .map_err(|e| ChunkerError::Fatal(e.to_string()))?
             .map_err(ChunkerError::Fatal)?
@@ -170,7 +181,7 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
         let reader = tokio::task::spawn_blocking(move || sources.open_at(&source, offset))
             .await
             .map_err(|e| ChunkerError::Fatal(e.to_string()))??;
-        ChunkCutter::new(reader, position.next_offset, header)
+        ChunkCutter::new(reader, position.next_offset, header, max_record_bytes)
     };
     info!(
         next_seq = position.next_seq,
@@ -216,6 +227,10 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
             let key = reused.pop_front().unwrap_or_else(|| {
                 layout::chunk_key(next_seq, &crate::clock::name_stamp(chrono::Utc::now()))
             });
+            let first_row = next_seq * rows_per_chunk;
+            for short in &cut.oversized {
+                report_cut_short(&source, &key, first_row, short);
+            }
             in_flight.push_back(InFlight {
                 key: key.clone(),
                 rows: cut.rows,
@@ -291,6 +306,25 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
             _ = tokio::time::sleep_until(next_tick.into()), if can_cut && !stop.is_cancelled() => {}
             _ = stop.cancelled(), if !stop.is_cancelled() => {}
         }
+    }
+}
+
+/// Logs a master record that its chunk holds as a placeholder: where it is
+/// in the master file (byte offset, data row) and in the chunk (line).
+fn report_cut_short(source: &str, key: &str, first_row: u64, short: &CutShort) {
+    let oversized = &short.oversized;
+    let row = first_row + short.row + 1;
+    match oversized.cause {
+        Cause::UnterminatedQuote => warn!(
+            master = %source, offset = short.offset, row, chunk = %key, line = short.line,
+            "unterminated quote in the master file at byte {}, data row {row}: {oversized}",
+            short.offset
+        ),
+        Cause::TooLong => warn!(
+            master = %source, offset = short.offset, row, chunk = %key, line = short.line,
+            "over-long record in the master file at byte {}, data row {row}: {oversized}",
+            short.offset
+        ),
     }
 }
 

@@ -638,11 +638,14 @@ async fn fetch(
             // Parsing is the heaviest step: it runs on the blocking pool so
             // that several chunks parse at once, beside this thread.
             let (names, data) = (p.names.clone(), body.clone());
+            let max_record_bytes = p.settings.input.max_record_bytes;
             let parsed = tokio::task::spawn_blocking(move || {
-                ChunkParser::new().parse(&data, &names).map(|mut chunk| {
-                    let encoded = Bytes::from(std::mem::take(&mut chunk.encoded_delta));
-                    (chunk, encoded)
-                })
+                ChunkParser::new(max_record_bytes)
+                    .parse(&data, &names)
+                    .map(|mut chunk| {
+                        let encoded = Bytes::from(std::mem::take(&mut chunk.encoded_delta));
+                        (chunk, encoded)
+                    })
             })
             .await
             .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));

@@ -59,6 +59,7 @@ pub async fn ensure_loaded(
     names: &Arc<Names>,
 ) -> anyhow::Result<WeightTable> {
     let location = settings.source.customer_importance.clone();
+    let max_record_bytes = settings.input.max_record_bytes;
     let existing = state.lookup_source().await?;
     if let Some(existing) = &existing {
         let (path, sources) = (location.clone(), sources.clone());
@@ -87,7 +88,7 @@ pub async fn ensure_loaded(
         let (location, sources, names) = (location.clone(), sources.clone(), names.clone());
         move || -> anyhow::Result<_> {
             let mut reader = Fingerprinting::new(sources.open_at(&location, 0)?);
-            let importance = read_importance(&mut reader, &names)
+            let importance = read_importance(&mut reader, &names, max_record_bytes)
                 .with_context(|| format!("CustomerImportance file {location}"))?;
             std::io::copy(&mut reader, &mut std::io::sink())?;
             Ok((importance, reader.fingerprint()))

@@ -146,8 +146,9 @@ pub async fn prepare(
     let sources = Sources::for_settings(&settings).await;
     {
         let (sources, source) = (sources.clone(), settings.source.transactions.clone());
+        let max_record_bytes = settings.input.max_record_bytes;
         tokio::task::spawn_blocking(move || {
-            crate::actors::chunker::master_header(&sources, &source)
+            crate::actors::chunker::master_header(&sources, &source, max_record_bytes)
         })
         .await?
         .map_err(anyhow::Error::msg)?;

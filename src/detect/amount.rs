@@ -35,8 +35,9 @@ pub enum ParseAmountError {
 
 const MAX_INTEGER_DIGITS: usize = 15;
 
-/// Parses `DIGITS` or `DIGITS.DIGITS` (no sign, no exponent) and rounds half
-/// away from zero to hundredths.
+/// Parses `DIGITS` or `DIGITS.DIGITS` (no sign, no exponent, at most 15
+/// digits before the point, leading zeros included) and rounds half away
+/// from zero to hundredths.
 pub fn parse_amount(text: &[u8]) -> Result<Cents, ParseAmountError> {
     if text.is_empty() {
         return Err(ParseAmountError::Empty);
@@ -53,11 +54,8 @@ pub fn parse_amount(text: &[u8]) -> Result<Cents, ParseAmountError> {
     {
         return Err(ParseAmountError::NotDecimal);
     }
-    let significant = integer
-        .iter()
-        .position(|&d| d != b'0')
-        .map_or(0, |first| integer.len() - first);
-    if significant > MAX_INTEGER_DIGITS {
+    // Leading zeros count: the text itself is bounded, not only its value.
+    if integer.len() > MAX_INTEGER_DIGITS {
         return Err(ParseAmountError::TooLarge);
     }
     let units = integer
@@ -99,8 +97,17 @@ mod tests {
     #[test]
     fn fifteen_integer_digits_is_the_limit() {
         assert_eq!(cents("999999999999999.99"), Ok(99_999_999_999_999_999));
-        assert_eq!(cents("0000999999999999999"), Ok(99_999_999_999_999_900));
+        assert_eq!(cents("000999999999999"), Ok(99_999_999_999_900));
         assert_eq!(cents("1000000000000000"), Err(ParseAmountError::TooLarge));
+        // Leading zeros count as digits.
+        assert_eq!(
+            cents("0000999999999999999"),
+            Err(ParseAmountError::TooLarge)
+        );
+        assert_eq!(
+            cents("000000000000000000000000001.00"),
+            Err(ParseAmountError::TooLarge)
+        );
     }
 
     #[test]

@@ -91,17 +91,33 @@ pub fn header_name(field: &[u8]) -> &[u8] {
     }
 }
 
-/// Finds each wanted column by name (first occurrence, ASCII case
-/// insensitive). Returns the indices, or the names that are missing.
+/// Why a header cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ColumnError {
+    /// Required columns the header does not name.
+    #[error("header lacks column(s) {}", .0.join(", "))]
+    Missing(Vec<&'static str>),
+    /// A required column the header names more than once: which of them
+    /// holds the value would be a guess.
+    #[error("header names column {0} twice")]
+    Duplicate(&'static str),
+}
+
+/// Finds each wanted column by name (ASCII case insensitive, see
+/// [`header_name`]). Returns the indices, or the first wanted column named
+/// twice, or else the names that are missing.
 pub fn locate_columns<const N: usize>(
     header: &csv::ByteRecord,
     wanted: [&'static str; N],
-) -> Result<[usize; N], Vec<&'static str>> {
+) -> Result<[usize; N], ColumnError> {
     let mut found = [usize::MAX; N];
     for (index, field) in header.iter().enumerate() {
         let name = header_name(field);
         for (slot, want) in found.iter_mut().zip(wanted) {
-            if *slot == usize::MAX && name.eq_ignore_ascii_case(want.as_bytes()) {
+            if name.eq_ignore_ascii_case(want.as_bytes()) {
+                if *slot != usize::MAX {
+                    return Err(ColumnError::Duplicate(want));
+                }
                 *slot = index;
             }
         }
@@ -115,7 +131,7 @@ pub fn locate_columns<const N: usize>(
     if missing.is_empty() {
         Ok(found)
     } else {
-        Err(missing)
+        Err(ColumnError::Missing(missing))
     }
 }
 
@@ -158,7 +174,30 @@ mod tests {
         assert_eq!(locate_columns(&header, ["amount", "step"]), Ok([2, 0]));
         assert_eq!(
             locate_columns(&header, ["merchant", "step"]),
-            Err(vec!["merchant"])
+            Err(ColumnError::Missing(vec!["merchant"]))
+        );
+    }
+
+    #[test]
+    fn a_wanted_column_named_twice_is_refused() {
+        for names in [
+            vec!["amount", "customer", "amount"],
+            vec!["Amount", "customer", "\"AMOUNT\""],
+            vec!["\u{feff}amount", " amount "],
+        ] {
+            let header = csv::ByteRecord::from(names.clone());
+            assert_eq!(
+                locate_columns(&header, ["customer", "amount"]),
+                Err(ColumnError::Duplicate("amount")),
+                "{names:?}"
+            );
+        }
+        // Columns nobody asked for may repeat.
+        let header = csv::ByteRecord::from(vec!["x", "amount", "x"]);
+        assert_eq!(locate_columns(&header, ["amount"]), Ok([1]));
+        assert_eq!(
+            ColumnError::Duplicate("amount").to_string(),
+            "header names column amount twice"
         );
     }
 }

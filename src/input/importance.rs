@@ -1,13 +1,22 @@
 //! Reads the CustomerImportance file (BankSim network format:
 //! `Source,Target,Weight,typeTrans,fraud`) and folds it into one exact
 //! weight per customer and merchant: the mean over all its rows, whatever
-//! the transaction type. Bad rows are skipped and counted.
+//! the transaction type.
+//!
+//! The file is streamed record by record ([`RawRecords`]) with the bound of
+//! `input.max_record_bytes`, so memory holds one record and the aggregate,
+//! whatever the file holds. Bad rows (wrong field count, invalid UTF-8, an
+//! empty or NUL-holding Source or Target, a bad Weight, a record too long
+//! or with an unterminated quote) are skipped and counted; an unterminated
+//! quote is also logged, as it changes how the lines after it are read.
 
 use std::io::Read;
 
 use rustc_hash::FxHashMap;
+use tracing::warn;
 
-use super::fields::{clean, locate_columns};
+use super::fields::{ColumnError, clean, locate_columns};
+use super::records::{Cause, Oversized, RawRecords};
 use crate::detect::{Cents, CustomerId, MerchantId, parse_amount};
 use crate::names::Names;
 
@@ -35,53 +44,81 @@ pub struct Importance {
 pub enum ImportanceError {
     #[error("CustomerImportance file is empty")]
     Empty,
-    #[error("CustomerImportance header lacks column(s) {}", .0.join(", "))]
-    MissingColumns(Vec<&'static str>),
+    #[error("CustomerImportance {0}")]
+    Columns(ColumnError),
+    #[error("CustomerImportance header: {0}")]
+    OversizedHeader(Oversized),
     #[error("reading CustomerImportance: {0}")]
-    Read(#[from] csv::Error),
+    Read(#[from] std::io::Error),
     #[error("weights of customer {customer} at merchant {merchant} sum beyond the supported range")]
     Overflow { customer: String, merchant: String },
 }
 
+/// A good row's values, borrowed from its record.
+struct Row<'r> {
+    customer: &'r str,
+    merchant: &'r str,
+    weight: Cents,
+}
+
+/// The row in `record`'s fields, if it is a good one.
+fn check_row<'r>(
+    record: &'r csv::ByteRecord,
+    header_fields: usize,
+    [source, target, weight]: [usize; 3],
+) -> Option<Row<'r>> {
+    if record.len() != header_fields || std::str::from_utf8(record.as_slice()).is_err() {
+        return None;
+    }
+    let name = |index: usize| {
+        let value = clean(&record[index]);
+        let usable = !value.is_empty() && memchr::memchr(0, value).is_none();
+        // The whole record is valid UTF-8 (checked above), and so is a
+        // field of it split at ASCII bytes.
+        usable.then(|| std::str::from_utf8(value).ok()).flatten()
+    };
+    Some(Row {
+        customer: name(source)?,
+        merchant: name(target)?,
+        weight: parse_amount(clean(&record[weight])).ok()?,
+    })
+}
+
 /// Reads and aggregates a CustomerImportance file; names become ids of
 /// `names`, so a file of millions of rows costs a few bytes per pair.
-pub fn read_importance<R: Read>(source: R, names: &Names) -> Result<Importance, ImportanceError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(source);
+/// Records longer than `max_record_bytes` are bad rows.
+pub fn read_importance<R: Read>(
+    source: R,
+    names: &Names,
+    max_record_bytes: usize,
+) -> Result<Importance, ImportanceError> {
+    let mut records = RawRecords::new(source, max_record_bytes);
     let mut record = csv::ByteRecord::new();
-    if !reader.read_byte_record(&mut record)? {
-        return Err(ImportanceError::Empty);
+    match records.next_into(&mut record)? {
+        None => return Err(ImportanceError::Empty),
+        Some(header) => {
+            if let Some(oversized) = header.oversized {
+                return Err(ImportanceError::OversizedHeader(oversized));
+            }
+        }
     }
     let header_fields = record.len();
-    let [source_col, target_col, weight_col] =
-        locate_columns(&record, REQUIRED_COLUMNS).map_err(ImportanceError::MissingColumns)?;
+    let columns = locate_columns(&record, REQUIRED_COLUMNS).map_err(ImportanceError::Columns)?;
     let mut slots: FxHashMap<(u32, u32), usize> = FxHashMap::default();
     let mut summary = Importance::default();
-    while reader.read_byte_record(&mut record)? {
+    while let Some(raw) = records.next_into(&mut record)? {
         summary.rows += 1;
-        let good = record.len() == header_fields && std::str::from_utf8(record.as_slice()).is_ok();
-        let (customer, merchant, weight) = if good {
-            (
-                clean(&record[source_col]),
-                clean(&record[target_col]),
-                parse_amount(clean(&record[weight_col])),
-            )
-        } else {
-            (
-                &b""[..],
-                &b""[..],
-                Err(crate::detect::ParseAmountError::Empty),
-            )
-        };
-        let (Ok(weight), false, false) = (weight, customer.is_empty(), merchant.is_empty()) else {
+        if let Some(oversized) = raw.oversized
+            && oversized.cause == Cause::UnterminatedQuote
+        {
+            warn!(line = raw.line, "CustomerImportance: {oversized}");
+        }
+        let Some(row) = check_row(&record, header_fields, columns) else {
             summary.bad_rows += 1;
             continue;
         };
-        // Valid UTF-8 was checked for the whole record above.
-        let customer = names.customer(std::str::from_utf8(customer).expect("checked"));
-        let merchant = names.merchant(std::str::from_utf8(merchant).expect("checked"));
+        let customer = names.customer(row.customer);
+        let merchant = names.merchant(row.merchant);
         let entries = &mut summary.entries;
         let slot = *slots.entry((merchant.0, customer.0)).or_insert_with(|| {
             entries.push(ImportanceRow {
@@ -93,12 +130,12 @@ pub fn read_importance<R: Read>(source: R, names: &Names) -> Result<Importance, 
             entries.len() - 1
         });
         let entry = &mut entries[slot];
-        entry.weight_sum = Cents(entry.weight_sum.0.checked_add(weight.0).ok_or_else(|| {
-            ImportanceError::Overflow {
+        entry.weight_sum = Cents(entry.weight_sum.0.checked_add(row.weight.0).ok_or_else(
+            || ImportanceError::Overflow {
                 customer: names.name(customer.0).to_string(),
                 merchant: names.name(merchant.0).to_string(),
-            }
-        })?);
+            },
+        )?);
         entry.rows += 1;
     }
     Ok(summary)
@@ -107,6 +144,8 @@ pub fn read_importance<R: Read>(source: R, names: &Names) -> Result<Importance, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BIG: usize = 1 << 20;
 
     #[test]
     fn averages_every_transaction_type_together() {
@@ -118,7 +157,7 @@ mod tests {
                     'C3','M1',-1,'es_food',0\r\n\
                     'C3','M1',1,'es_food'\r\n";
         let names = Names::new();
-        let summary = read_importance(data.as_bytes(), &names).unwrap();
+        let summary = read_importance(data.as_bytes(), &names, BIG).unwrap();
         assert_eq!(summary.rows, 6);
         assert_eq!(summary.bad_rows, 3);
         let entries: Vec<(&str, &str, i64, u64)> = summary
@@ -137,15 +176,57 @@ mod tests {
     }
 
     #[test]
+    fn nul_names_long_records_unterminated_quotes_and_long_weights_are_bad_rows() {
+        let long = "7".repeat(2000);
+        let data = format!(
+            "Source,Target,Weight,typeTrans,fraud\n\
+             'C\u{0}1','M1',1,'es_food',0\n\
+             'C1','M\0',1,'es_food',0\n\
+             'C1','M1',{long},'es_food',0\n\
+             'C1','M1',2,'es_\0food',0\n\
+             'C2',\"'M1,1,'es_food',0\n\
+             'C2','M1',3,'es_food',0\n\
+             'C2','M1',000000000000000000000000001.00,'es_food',0\n"
+        );
+        let names = Names::new();
+        let summary = read_importance(data.as_bytes(), &names, 1024).unwrap();
+        // The last: leading zeros count among the 15 digits before the point.
+        assert_eq!((summary.rows, summary.bad_rows), (7, 5));
+        let entries: Vec<(&str, &str, i64)> = summary
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    names.name(e.merchant.0),
+                    names.name(e.customer.0),
+                    e.weight_sum.0,
+                )
+            })
+            .collect();
+        assert_eq!(entries, vec![("M1", "C1", 200), ("M1", "C2", 300)]);
+    }
+
+    #[test]
+    fn a_header_naming_a_column_twice_is_an_error() {
+        let names = Names::new();
+        let err =
+            read_importance(&b"Source,Target,Weight,\"source\"\n"[..], &names, BIG).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CustomerImportance header names column source twice"
+        );
+    }
+
+    #[test]
     fn a_wrong_header_is_an_error() {
         let names = Names::new();
-        let err = read_importance(&b"customer,merchant,amount\n"[..], &names).unwrap_err();
+        let err = read_importance(&b"customer,merchant,amount\n"[..], &names, BIG).unwrap_err();
         assert_eq!(
             err.to_string(),
             "CustomerImportance header lacks column(s) source, target, weight"
         );
         assert!(matches!(
-            read_importance(&b""[..], &names),
+            read_importance(&b""[..], &names, BIG),
             Err(ImportanceError::Empty)
         ));
     }

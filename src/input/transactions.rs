@@ -3,17 +3,21 @@
 //!
 //! The header locates the columns by name. Every data row must have as many
 //! fields as the header, be valid UTF-8, have a non-empty customer, merchant
-//! and category and a plain-decimal amount; any other row is a bad row,
-//! kept verbatim with its line number and reason, and the rest of the chunk
-//! still counts. A chunk whose header lacks a required column (or that is
-//! empty, or not text at all) cannot be read and is rejected whole.
+//! and category without NUL bytes and a plain-decimal amount, and be no
+//! longer than `input.max_record_bytes`; any other row is a bad row, kept
+//! with its line number and reason (verbatim, or cut to the bound), and the
+//! rest of the chunk still counts. A chunker's placeholder line (see
+//! [`super::placeholder`]) is a bad row with the placeholder's reason. A
+//! chunk whose header lacks a required column or names one twice (or that
+//! is empty, or not text at all) cannot be read and is rejected whole.
 
 use std::fmt;
 
 use rustc_hash::FxHashMap;
 
-use super::fields::{Delimiters, clean, locate_columns};
-use super::records::RawRecords;
+use super::fields::{ColumnError, Delimiters, clean, locate_columns};
+use super::placeholder;
+use super::records::{Cause, Oversized, RawRecord, RawRecords};
 use crate::detect::{
     Cents, ChunkDelta, CustomerId, Gender, MerchantId, PairDelta, ParseAmountError, parse_amount,
 };
@@ -26,10 +30,17 @@ pub const REQUIRED_COLUMNS: [&str; 5] = ["customer", "gender", "merchant", "cate
 /// Why a row takes no part in any pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BadRowReason {
-    FieldCount { expected: usize, found: usize },
+    FieldCount {
+        expected: usize,
+        found: usize,
+    },
     InvalidUtf8,
     EmptyField(&'static str),
+    /// A NUL byte in a name: no database can key on it.
+    NulInField(&'static str),
     Amount(ParseAmountError),
+    /// Not kept whole: too long, or an unterminated quote.
+    Oversized(Oversized),
 }
 
 impl fmt::Display for BadRowReason {
@@ -40,7 +51,9 @@ impl fmt::Display for BadRowReason {
             }
             BadRowReason::InvalidUtf8 => f.write_str("invalid UTF-8"),
             BadRowReason::EmptyField(column) => write!(f, "empty {column}"),
+            BadRowReason::NulInField(column) => write!(f, "NUL in {column}"),
             BadRowReason::Amount(error) => write!(f, "bad amount: {error}"),
+            BadRowReason::Oversized(oversized) => write!(f, "{oversized}"),
         }
     }
 }
@@ -60,8 +73,10 @@ pub enum RejectReason {
     Empty,
     #[error("header is not valid UTF-8")]
     HeaderNotUtf8,
-    #[error("header lacks column(s) {}", .0.join(", "))]
-    MissingColumns(Vec<&'static str>),
+    #[error("{0}")]
+    Columns(ColumnError),
+    #[error("header: {0}")]
+    OversizedHeader(Oversized),
     #[error("object vanished between listing and reading")]
     Vanished,
     /// Not read: larger than `watcher.max_chunk_bytes`.
@@ -98,7 +113,7 @@ impl Schema {
             return Err(RejectReason::HeaderNotUtf8);
         }
         let [customer, gender, merchant, category, amount] =
-            locate_columns(header, REQUIRED_COLUMNS).map_err(RejectReason::MissingColumns)?;
+            locate_columns(header, REQUIRED_COLUMNS).map_err(RejectReason::Columns)?;
         Ok(Schema {
             fields: header.len(),
             customer,
@@ -133,6 +148,9 @@ fn check_row<'r>(schema: &Schema, fields: &'r csv::ByteRecord) -> Result<Row<'r>
         if value.is_empty() {
             return Err(BadRowReason::EmptyField(column));
         }
+        if memchr::memchr(0, value).is_some() {
+            return Err(BadRowReason::NulInField(column));
+        }
         // The whole record was checked above; a field of valid UTF-8 split
         // at ASCII bytes is valid too.
         std::str::from_utf8(value).map_err(|_| BadRowReason::InvalidUtf8)
@@ -150,36 +168,49 @@ fn check_row<'r>(schema: &Schema, fields: &'r csv::ByteRecord) -> Result<Row<'r>
 }
 
 /// Turns chunks into deltas. Keeps its scratch space between chunks.
-#[derive(Default)]
 pub struct ChunkParser {
     fields: csv::ByteRecord,
     slots: FxHashMap<(u32, u32), usize>,
     bounds: Vec<(usize, usize)>,
+    /// `input.max_record_bytes`: longer rows are bad rows, cut to this.
+    max_record: usize,
 }
 
-/// Whether a chunk body is plain: no double quotes, valid UTF-8, and every
-/// CR part of a CRLF. Then records are exactly its non-empty lines and
-/// fields exactly the text between commas, so the fast path below gives
-/// what the general CSV reader would, several times faster.
+/// Whether a chunk body is plain: no double quotes, no NUL, valid UTF-8,
+/// and every CR part of a CRLF. Then records are exactly its non-empty
+/// lines and fields exactly the text between commas, so the fast path below
+/// gives what the general CSV reader would, several times faster. (A NUL
+/// makes a row bad only in a name; the general path checks where it is.)
 fn is_plain(body: &[u8]) -> bool {
-    memchr::memchr(b'"', body).is_none()
+    memchr::memchr2(b'"', 0, body).is_none()
         && memchr::memchr_iter(b'\r', body).count()
             == memchr::memmem::find_iter(body, b"\r\n").count()
         && std::str::from_utf8(body).is_ok()
 }
 
 impl ChunkParser {
-    pub fn new() -> Self {
-        ChunkParser::default()
+    /// A parser for chunks whose records may be `max_record_bytes` long.
+    pub fn new(max_record_bytes: usize) -> Self {
+        ChunkParser {
+            fields: csv::ByteRecord::new(),
+            slots: FxHashMap::default(),
+            bounds: Vec::new(),
+            max_record: max_record_bytes.max(1),
+        }
     }
 
     pub fn parse(&mut self, data: &[u8], names: &Names) -> Result<ParsedChunk, RejectReason> {
-        let mut records = RawRecords::new(data);
-        if records.next_into(&mut self.fields).is_none() {
-            return Err(RejectReason::Empty);
+        let mut records = RawRecords::new(data, self.max_record);
+        match next_in_memory(&mut records, &mut self.fields) {
+            None => return Err(RejectReason::Empty),
+            Some(RawRecord {
+                oversized: Some(oversized),
+                ..
+            }) => return Err(RejectReason::OversizedHeader(oversized)),
+            Some(_) => {}
         }
         let schema = Schema::from_header(&self.fields)?;
-        let body_start = records.offset().min(data.len());
+        let body_start = (records.offset() as usize).min(data.len());
         let body = &data[body_start..];
         if is_plain(body) {
             let first_line = 1 + memchr::memchr_iter(b'\n', &data[..body_start]).count() as u64;
@@ -191,24 +222,31 @@ impl ChunkParser {
         }
     }
 
-    /// Any CSV: the `csv` crate's reader, one record at a time.
+    /// Any CSV, one record at a time ([`RawRecords`]).
     fn parse_general(
         &mut self,
-        mut records: RawRecords<'_>,
+        mut records: RawRecords<&[u8]>,
         schema: &Schema,
         names: &Names,
     ) -> ParsedChunk {
         let mut parsed = ParsedChunk::default();
         self.slots.clear();
-        while let Some(record) = records.next_into(&mut self.fields) {
+        while let Some(record) = next_in_memory(&mut records, &mut self.fields) {
             parsed.rows += 1;
-            let row = match check_row(schema, &self.fields) {
+            let checked = match record.oversized {
+                Some(oversized) => Err((BadRowReason::Oversized(oversized), record.raw)),
+                None => match placeholder::read(&self.fields) {
+                    Some((oversized, prefix)) => Err((BadRowReason::Oversized(oversized), prefix)),
+                    None => check_row(schema, &self.fields).map_err(|reason| (reason, record.raw)),
+                },
+            };
+            let row = match checked {
                 Ok(row) => row,
-                Err(reason) => {
+                Err((reason, raw)) => {
                     parsed.bad_rows.push(BadRow {
                         line: record.line,
                         reason,
-                        raw: record.raw.to_vec(),
+                        raw: raw.to_vec(),
                     });
                     continue;
                 }
@@ -279,6 +317,7 @@ impl ChunkParser {
         let mut line_number = first_line;
         let mut line_start = 0;
         let mut field_start = 0;
+        let max_record = self.max_record;
         // Field bounds within `body`, for the current line.
         let bounds = &mut self.bounds;
         bounds.clear();
@@ -316,7 +355,13 @@ impl ChunkParser {
                     let (from, to) = bounds[index];
                     clean(&body[from..to])
                 };
-                let checked = if bounds.len() != schema.fields {
+                let checked = if line.len() > max_record {
+                    Err(BadRowReason::Oversized(Oversized {
+                        cause: Cause::TooLong,
+                        length: line.len() as u64,
+                        limit: max_record,
+                    }))
+                } else if bounds.len() != schema.fields {
                     Err(BadRowReason::FieldCount {
                         expected: schema.fields,
                         found: bounds.len(),
@@ -336,7 +381,7 @@ impl ChunkParser {
                         parsed.bad_rows.push(BadRow {
                             line: this_line,
                             reason,
-                            raw: line.to_vec(),
+                            raw: line[..line.len().min(max_record)].to_vec(),
                         });
                         break 'line None;
                     }
@@ -430,6 +475,16 @@ impl ChunkParser {
     }
 }
 
+/// The next record of a chunk in memory, which reading cannot fail.
+fn next_in_memory<'r>(
+    records: &'r mut RawRecords<&[u8]>,
+    fields: &mut csv::ByteRecord,
+) -> Option<RawRecord<'r>> {
+    records
+        .next_into(fields)
+        .expect("reading from memory cannot fail")
+}
+
 /// Text of a field of a plain body, which is valid UTF-8 (checked by
 /// [`is_plain`]) and whose fields end at ASCII bytes.
 fn text(bytes: &[u8]) -> &str {
@@ -449,12 +504,16 @@ mod tests {
     use super::*;
     use crate::detect::Cents;
 
+    const BIG: usize = 1 << 20;
+
     const HEADER: &str =
         "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\r\n";
 
     fn parse(data: &str) -> (ParsedChunk, Names) {
         let names = Names::new();
-        let parsed = ChunkParser::new().parse(data.as_bytes(), &names).unwrap();
+        let parsed = ChunkParser::new(BIG)
+            .parse(data.as_bytes(), &names)
+            .unwrap();
         (parsed, names)
     }
 
@@ -567,7 +626,7 @@ mod tests {
         let mut data = HEADER.as_bytes().to_vec();
         data.extend_from_slice(b"0,'C\xff1','4','F','1','M1','1','es_food',1.00,0\r\n");
         let names = Names::new();
-        let parsed = ChunkParser::new().parse(&data, &names).unwrap();
+        let parsed = ChunkParser::new(BIG).parse(&data, &names).unwrap();
         assert_eq!(parsed.bad_rows.len(), 1);
         assert_eq!(parsed.bad_rows[0].reason, BadRowReason::InvalidUtf8);
         assert_eq!(
@@ -579,7 +638,7 @@ mod tests {
     #[test]
     fn unreadable_chunks_are_rejected() {
         let names = Names::new();
-        let mut parser = ChunkParser::new();
+        let mut parser = ChunkParser::new(BIG);
         assert_eq!(parser.parse(b"", &names).unwrap_err(), RejectReason::Empty);
         assert_eq!(
             parser.parse(b"\r\n\r\n", &names).unwrap_err(),
@@ -589,9 +648,144 @@ mod tests {
             parser
                 .parse(b"step,customer,gender\n1,2,3\n", &names)
                 .unwrap_err(),
-            RejectReason::MissingColumns(vec!["merchant", "category", "amount"])
+            RejectReason::Columns(ColumnError::Missing(vec!["merchant", "category", "amount"]))
         );
         assert!(parser.parse(b"\x00\x9f\x92\x96binary", &names).is_err());
+    }
+
+    #[test]
+    fn a_nul_in_a_name_is_a_bad_row_wherever_else_it_may_be() {
+        let data = format!(
+            "{HEADER}\
+             0,'C\u{0}1','4','F','1','M1','1','es_food',1.00,0\r\n\
+             0,'C1','4','F','1','M\0','1','es_food',1.00,0\r\n\
+             0,'C1','4','F','1','M1','1','es\0food',1.00,0\r\n\
+             \0,'C1','4','F','1','M1','1','es_food',2.00,0\r\n"
+        );
+        let (parsed, names) = parse(&data);
+        assert_eq!(parsed.rows, 4);
+        assert_eq!(
+            reasons(&parsed),
+            vec![
+                (2, "NUL in customer".to_string()),
+                (3, "NUL in merchant".to_string()),
+                (4, "NUL in category".to_string()),
+            ]
+        );
+        // A NUL in a column no pattern reads does not matter.
+        assert_eq!(parsed.delta.pairs.len(), 1);
+        assert_eq!(names.name(parsed.delta.pairs[0].customer.0), "C1");
+        // Short names pack into integer keys on the fast path: a body with
+        // a NUL anywhere takes the general path, which looks at names.
+        assert!(!is_plain(b"0,C\x001,M1\n"));
+    }
+
+    #[test]
+    fn a_header_naming_a_column_twice_is_rejected() {
+        let names = Names::new();
+        for header in [
+            "customer,gender,merchant,category,amount,amount\n",
+            "customer,gender,merchant,category,\"Amount\",AMOUNT\n",
+        ] {
+            let data = format!("{header}C1,F,M1,food,1.00,2.00\n");
+            let error = ChunkParser::new(BIG)
+                .parse(data.as_bytes(), &names)
+                .unwrap_err();
+            assert_eq!(error.to_string(), "header names column amount twice");
+        }
+    }
+
+    /// `(line, reason, raw length)` of each bad row of `data` with a bound of
+    /// `limit`.
+    fn bad_rows(data: &[u8], limit: usize) -> Vec<(u64, String, usize)> {
+        let names = Names::new();
+        let parsed = ChunkParser::new(limit).parse(data, &names).unwrap();
+        parsed
+            .bad_rows
+            .iter()
+            .map(|b| (b.line, b.reason.to_string(), b.raw.len()))
+            .collect()
+    }
+
+    #[test]
+    fn a_row_past_the_bound_is_bad_and_kept_cut_to_it() {
+        let row = "0,'C1','4','F','1','M1','1','es_food',1.00,0\r\n";
+        let long = format!(
+            "0,'C2','4','F','1','M1','1','es_food',1{},0\r\n",
+            "0".repeat(300)
+        );
+        let expected = vec![(
+            3,
+            "record of 341 bytes exceeds input.max_record_bytes (200)".to_string(),
+            200,
+        )];
+        // The plain fast path, and the general path (a quote elsewhere).
+        let plain = format!("{HEADER}{row}{long}{row}");
+        assert!(is_plain(&plain.as_bytes()[HEADER.len()..]));
+        assert_eq!(bad_rows(plain.as_bytes(), 200), expected);
+        let general =
+            format!("{HEADER}{row}{long}\"0\",'C3','4','F','1','M1','1','es_food',1.00,0\r\n");
+        assert_eq!(bad_rows(general.as_bytes(), 200), expected);
+        let error = ChunkParser::new(50)
+            .parse(plain.as_bytes(), &Names::new())
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "header: record of 78 bytes exceeds input.max_record_bytes (50)"
+        );
+    }
+
+    #[test]
+    fn an_unterminated_quote_costs_one_row() {
+        let data = format!(
+            "{HEADER}\
+             0,'C1','4','F','1',\"'M1,'1','es_food',1.00,0\r\n\
+             0,'C2','4','F','1','M1','1','es_food',1.00,0\r\n\
+             0,'C3','4','F','1','M1','1','es_food',1.00,0\r\n"
+        );
+        let found = bad_rows(data.as_bytes(), BIG);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].0, found[0].2), (2, 44));
+        assert!(
+            found[0].1.starts_with("unterminated quote"),
+            "{}",
+            found[0].1
+        );
+        let (parsed, _) = parse(&data);
+        assert_eq!((parsed.rows, parsed.delta.pairs.len()), (3, 2));
+    }
+
+    #[test]
+    fn a_placeholder_is_a_bad_row_with_its_reason_and_prefix() {
+        let oversized = Oversized {
+            cause: Cause::TooLong,
+            length: 314_572_800,
+            limit: 1024,
+        };
+        let mut data = HEADER.as_bytes().to_vec();
+        data.extend_from_slice(b"0,'C1','4','F','1','M1','1','es_food',1.00,0\r\n");
+        placeholder::write(
+            &mut data,
+            &oversized,
+            b"0,'C2','4','F','1','M1','1','es_food',7777",
+        );
+        data.extend_from_slice(b"0,'C3','4','F','1','M1','1','es_food',1.00,0\r\n");
+        let names = Names::new();
+        let parsed = ChunkParser::new(1024).parse(&data, &names).unwrap();
+        assert_eq!(parsed.rows, 3);
+        assert_eq!(parsed.delta.pairs.len(), 2);
+        assert_eq!(
+            parsed.bad_rows,
+            vec![BadRow {
+                line: 3,
+                reason: BadRowReason::Oversized(oversized),
+                raw: b"0,'C2','4','F','1','M1','1','es_food',7777".to_vec(),
+            }]
+        );
+        assert_eq!(
+            parsed.bad_rows[0].reason.to_string(),
+            "record of 314572800 bytes exceeds input.max_record_bytes (1024)"
+        );
     }
 
     /// The plain fast path and the general CSV reader agree on every plain
@@ -653,7 +847,12 @@ mod tests {
 
         proptest! {
             #[test]
-            fn on_random_plain_bodies(lines in prop::collection::vec(line(), 0..40), crlf in any::<bool>(), tail in any::<bool>()) {
+            fn on_random_plain_bodies(
+                lines in prop::collection::vec(line(), 0..40),
+                crlf in any::<bool>(),
+                tail in any::<bool>(),
+                limit in prop_oneof![Just(BIG), 45usize..80],
+            ) {
                 let end = if crlf { "\r\n" } else { "\n" };
                 let mut data = format!("customer,merchant,gender,amount,category{end}");
                 data.push_str(&lines.join(end));
@@ -662,11 +861,11 @@ mod tests {
                 }
                 let data = data.as_bytes();
                 let names = Names::new();
-                let mut parser = ChunkParser::new();
-                let mut records = RawRecords::new(data);
-                records.next_into(&mut parser.fields).unwrap();
+                let mut parser = ChunkParser::new(limit);
+                let mut records = RawRecords::new(data, limit);
+                next_in_memory(&mut records, &mut parser.fields).unwrap();
                 let schema = Schema::from_header(&parser.fields).unwrap();
-                let body_start = records.offset().min(data.len());
+                let body_start = (records.offset() as usize).min(data.len());
                 prop_assert!(is_plain(&data[body_start..]));
                 let first_line = 1 + memchr::memchr_iter(b'\n', &data[..body_start]).count() as u64;
                 let plain = parser.parse_plain(&data[body_start..], first_line, &schema, &names);
@@ -692,7 +891,9 @@ mod tests {
         }
         data.push_str("C1,M69999,F,2.00,food\nC2,M69999,M,3.00,food\nC1,M7,F,4.00,food\n");
         let names = Names::new();
-        let parsed = ChunkParser::new().parse(data.as_bytes(), &names).unwrap();
+        let parsed = ChunkParser::new(BIG)
+            .parse(data.as_bytes(), &names)
+            .unwrap();
         assert_eq!(parsed.rows, 70_003);
         assert_eq!(parsed.delta.pairs.len(), 70_001);
         let pair = |merchant: &str, customer: &str| {

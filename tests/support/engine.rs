@@ -15,6 +15,9 @@ use txpipe::names::Names;
 
 use super::oracle::Emission;
 
+/// `input.max_record_bytes` of the embedded defaults.
+const MAX_RECORD_BYTES: usize = 1 << 20;
+
 pub const HEADER: &str =
     "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud";
 
@@ -55,7 +58,9 @@ pub fn run_with_restart(
     restart_after: Option<usize>,
 ) -> Vec<Emission> {
     let names = Names::new();
-    let entries = read_importance(network.as_bytes(), &names).unwrap().entries;
+    let entries = read_importance(network.as_bytes(), &names, MAX_RECORD_BYTES)
+        .unwrap()
+        .entries;
     let table = WeightTable::from_entries(
         entries
             .into_iter()
@@ -81,7 +86,7 @@ pub fn run_with_restart(
     // What the state store would hold: cumulative pairs and emitted keys.
     let mut committed: BTreeMap<(MerchantId, CustomerId), PairState> = BTreeMap::new();
     let mut emitted: Vec<DetectionKey> = Vec::new();
-    let mut parser = ChunkParser::new();
+    let mut parser = ChunkParser::new(MAX_RECORD_BYTES);
     let mut out = Vec::new();
     for (k, chunk) in rows.chunks(chunk_rows.max(1)).enumerate() {
         let mut text = String::from(HEADER);

@@ -43,7 +43,7 @@ pub fn cents(text: &str) -> Option<i64> {
     {
         return None;
     }
-    if int.trim_start_matches('0').len() > 15 {
+    if int.len() > 15 {
         return None;
     }
     let int: i64 = if int.trim_start_matches('0').is_empty() {
