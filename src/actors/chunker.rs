@@ -182,6 +182,9 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
             .await
             .map_err(|e| ChunkerError::Fatal(e.to_string()))??;
         ChunkCutter::new(reader, position.next_offset, header, max_record_bytes)
+            .with_max_chunk_bytes(
+                usize::try_from(p.settings.watcher.max_chunk_bytes).unwrap_or(usize::MAX),
+            )
     };
     info!(
         next_seq = position.next_seq,
@@ -215,13 +218,15 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
                 cut_all = true;
                 break;
             }
-            let limit = p.settings.watcher.max_chunk_bytes;
-            if cut.body.len() as u64 > limit {
+            if cut.too_large {
                 return Err(ChunkerError::Fatal(format!(
-                    "chunk {next_seq} would be {} bytes, more than watcher.max_chunk_bytes \
-                     ({limit}), which Mechanism Y rejects unread; lower chunker.rows_per_chunk \
-                     or raise watcher.max_chunk_bytes",
-                    cut.body.len()
+                    "chunk {next_seq} would be larger than watcher.max_chunk_bytes ({}) \
+                     (more than {} bytes after {} of its rows), and Mechanism Y rejects such \
+                     chunks unread; lower chunker.rows_per_chunk or raise \
+                     watcher.max_chunk_bytes",
+                    p.settings.watcher.max_chunk_bytes,
+                    cut.body.len(),
+                    cut.rows
                 )));
             }
             let key = reused.pop_front().unwrap_or_else(|| {

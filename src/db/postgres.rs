@@ -762,9 +762,29 @@ impl StateStore for PostgresStore {
         self.run(async move {
             let mut connection = pool.get().await?;
             let tx = connection.transaction().await?;
-            check_fence(&tx, &fence).await?;
-            tx.execute(
-                "INSERT INTO chunker_position (id, source, rows_per_chunk, next_seq, next_offset,
+            let now = crate::clock::now_ist();
+            let position_params: [&(dyn ToSql + Sync); 9] = [
+                &p.source,
+                &to_i64(p.rows_per_chunk),
+                &to_i64(p.next_seq),
+                &to_i64(p.next_offset),
+                &to_i64(p.rows_emitted),
+                &p.pending_column(),
+                &p.last_key,
+                &p.finished,
+                &now,
+            ];
+            let (seqs, keys): (Vec<i64>, Vec<&str>) = p
+                .claimed_keys()
+                .map(|(seq, key)| (to_i64(seq), key))
+                .unzip();
+            // The fence check and both writes go out together: the writes
+            // count only if the check passes, as the transaction commits
+            // only then (the chunker waits for this before every PUT).
+            let (fenced, saved, claimed) = futures::join!(
+                check_fence(&tx, &fence),
+                tx.execute(
+                    "INSERT INTO chunker_position (id, source, rows_per_chunk, next_seq, next_offset,
                          rows_emitted, pending_key, last_key, finished, updated_at)
                      VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9)
                      ON CONFLICT (id) DO UPDATE SET source = EXCLUDED.source,
@@ -772,31 +792,23 @@ impl StateStore for PostgresStore {
                          next_offset = EXCLUDED.next_offset, rows_emitted = EXCLUDED.rows_emitted,
                          pending_key = EXCLUDED.pending_key, last_key = EXCLUDED.last_key,
                          finished = EXCLUDED.finished, updated_at = EXCLUDED.updated_at",
-                &[
-                    &p.source,
-                    &to_i64(p.rows_per_chunk),
-                    &to_i64(p.next_seq),
-                    &to_i64(p.next_offset),
-                    &to_i64(p.rows_emitted),
-                    &p.pending_column(),
-                    &p.last_key,
-                    &p.finished,
-                    &crate::clock::now_ist(),
-                ],
-            )
-            .await?;
-            let (seqs, keys): (Vec<i64>, Vec<&str>) = p
-                .claimed_keys()
-                .map(|(seq, key)| (to_i64(seq), key))
-                .unzip();
-            if !seqs.is_empty() {
-                tx.execute(
-                    "INSERT INTO chunk_keys (seq, chunk_name)
-                     SELECT * FROM UNNEST($1::bigint[], $2::text[]) ON CONFLICT DO NOTHING",
-                    &[&seqs, &keys],
-                )
-                .await?;
-            }
+                    &position_params,
+                ),
+                async {
+                    if seqs.is_empty() {
+                        return Ok(0);
+                    }
+                    tx.execute(
+                        "INSERT INTO chunk_keys (seq, chunk_name)
+                         SELECT * FROM UNNEST($1::bigint[], $2::text[]) ON CONFLICT DO NOTHING",
+                        &[&seqs, &keys],
+                    )
+                    .await
+                }
+            );
+            fenced?;
+            saved?;
+            claimed?;
             tx.commit().await?;
             Ok(())
         })

@@ -524,6 +524,8 @@ fn without_terminator(mut raw: &[u8]) -> &[u8] {
 pub struct ChunkCutter<R> {
     splitter: RecordSplitter<R>,
     header: Vec<u8>,
+    /// A chunk body past this size is not cut further (see `Cut::too_large`).
+    max_chunk_bytes: usize,
 }
 
 /// One chunk body and where the master file continues after it.
@@ -533,6 +535,10 @@ pub struct Cut {
     pub end_offset: u64,
     /// The records replaced by placeholders, in order.
     pub oversized: Vec<CutShort>,
+    /// The body grew past the cutter's chunk size limit before it held
+    /// `rows` rows: cutting stopped there, so memory stays bounded, and the
+    /// chunk must not be written.
+    pub too_large: bool,
 }
 
 /// A record of a chunk that is a placeholder.
@@ -558,7 +564,15 @@ impl<R: Read> ChunkCutter<R> {
         ChunkCutter {
             splitter: RecordSplitter::new(source, offset, max_record_bytes),
             header,
+            max_chunk_bytes: usize::MAX,
         }
+    }
+
+    /// Stops a cut once its body is larger than `limit` (see
+    /// [`Cut::too_large`]).
+    pub fn with_max_chunk_bytes(mut self, limit: usize) -> Self {
+        self.max_chunk_bytes = limit;
+        self
     }
 
     pub fn cut(&mut self, rows: u64) -> io::Result<Cut> {
@@ -586,8 +600,12 @@ impl<R: Read> ChunkCutter<R> {
                 });
             }
             taken += 1;
+            if body.len() > self.max_chunk_bytes {
+                break;
+            }
         }
         Ok(Cut {
+            too_large: body.len() > self.max_chunk_bytes,
             body,
             rows: taken,
             end_offset: self.splitter.offset(),
@@ -970,6 +988,27 @@ mod tests {
         assert_eq!(second.end_offset, data.len() as u64);
         let last = cutter.cut(2).unwrap();
         assert_eq!(last.rows, 0);
+    }
+
+    #[test]
+    fn a_cut_stops_once_its_body_passes_the_chunk_limit() {
+        let row = [b'x'; 99];
+        let mut data = b"h\n".to_vec();
+        for _ in 0..50 {
+            data.extend_from_slice(&row);
+            data.push(b'\n');
+        }
+        let (header, offset) = read_header(&data[..], BIG).unwrap().unwrap();
+        let mut cutter = ChunkCutter::new(&data[offset as usize..], offset, header.clone(), BIG)
+            .with_max_chunk_bytes(1_000);
+        let cut = cutter.cut(50).unwrap();
+        assert!(cut.too_large);
+        assert_eq!(cut.rows, 10, "stopped at the first row past the limit");
+        let mut cutter = ChunkCutter::new(&data[offset as usize..], offset, header, BIG)
+            .with_max_chunk_bytes(1_000);
+        let small = cutter.cut(5).unwrap();
+        assert!(!small.too_large);
+        assert_eq!(small.rows, 5);
     }
 
     #[test]
