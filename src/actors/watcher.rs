@@ -347,18 +347,23 @@ impl MechanismY {
                     }
                     let found = !listing.applied.is_empty();
                     queue.extend(listing.applied.into_iter().map(|key| (key, now)));
+                    if found || !listing.held {
+                        held_since = None;
+                    }
                     next_list_at = if listing.held {
                         // Look again very soon while a chunk is about to
-                        // appear, then at the polling pace.
+                        // appear (a PUT in flight), then at the polling pace
+                        // (a number the chunker may claim much later).
                         let since = *held_since.get_or_insert(now);
                         now + if now.duration_since(since) < poll_interval {
                             GAP_RECHECK
                         } else {
                             poll_interval
                         }
+                    } else if found {
+                        now
                     } else {
-                        held_since = None;
-                        if found { now } else { now + poll_interval }
+                        now + poll_interval
                     };
                     if !found && !listing.held && !listing.recorded && !busy {
                         p.progress.idle_listings.fetch_add(1, Ordering::AcqRel);
