@@ -15,11 +15,13 @@
 //!   *third-party chunk*.
 //! - A chunk-shaped key whose number was already taken is a duplicate.
 //! - A later number waits for the missing ones (the chunker's PUTs run in
-//!   parallel and may become visible out of order). After `gap_timeout` a
-//!   missing number the chunker claimed is applied anyway, so that reading
-//!   its object finds it gone and records it as rejected; a missing number
-//!   nobody claimed is skipped, but only once the chunker can no longer
-//!   claim it.
+//!   parallel and may become visible out of order). A missing number the
+//!   chunker claimed waits as long as its PUT may be under way; once the
+//!   chunker has recorded the PUT as done and `gap_timeout` has passed, it
+//!   is applied anyway, so that reading its object finds it gone (deleted
+//!   by hand) and records it as rejected. A missing number nobody claimed
+//!   is skipped after `gap_timeout`, but only once the chunker can no
+//!   longer claim it.
 //! - Any other name is *foreign* and is ignored.
 //!
 //! Ignored keys are recorded once and never move the listing position: the
@@ -257,6 +259,15 @@ impl ChunkGate {
             return GapStep::Wait(Stop::Held);
         }
         if let Some(claimed) = self.claims.get(&self.expected) {
+            // Only once the chunker has recorded the PUT as done (its
+            // position moved past the number): until then the PUT may
+            // still be under way, retried, or redone by the next owner.
+            if !claims_fresh {
+                return GapStep::Wait(Stop::NeedClaims);
+            }
+            if self.chunker_next_seq <= self.expected {
+                return GapStep::Wait(Stop::Held);
+            }
             tracing::error!(
                 missing = self.expected,
                 chunk = ?claimed,
@@ -442,6 +453,14 @@ mod tests {
         let listing = vec![key(1, "a")];
         assert_eq!(gate.admit(&listing, start, true).stop, Stop::Held);
         let later = start + TIMEOUT;
+        assert_eq!(
+            gate.admit(&listing, later, true).stop,
+            Stop::Held,
+            "chunk 0's PUT may still be under way: the chunker has not recorded it"
+        );
+        // The chunker's position moved past 0: its PUT was done, the
+        // object is gone.
+        gate.update_claims(claims(&[(0, "a"), (1, "a")], 2, false));
         let admission = gate.admit(&listing, later, true);
         assert_eq!(
             applied(&admission),
