@@ -4,7 +4,6 @@
 //! refused at start-up with a message that names the key.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
@@ -441,10 +440,6 @@ impl Settings {
             });
         }
         Ok(())
-    }
-
-    pub fn chunk_interval(&self) -> Duration {
-        Duration::from_millis(self.chunker.interval_ms)
     }
 }
 

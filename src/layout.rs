@@ -32,11 +32,6 @@ pub fn chunk_seq(key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Key prefix shared by every object of chunk `seq` (whatever its stamp).
-pub fn chunk_seq_prefix(seq: u64) -> String {
-    format!("{CHUNK_PREFIX}chunk-{seq:010}-")
-}
-
 pub fn batch_key(batch_no: u64, stamp: &str) -> String {
     format!("{DETECTION_PREFIX}batch-{batch_no:010}-{stamp}.csv")
 }
@@ -74,7 +69,6 @@ mod tests {
         assert_eq!(a, "stream_chunks/chunk-0000000009-20261122T093405123Z.csv");
         assert_eq!(chunk_seq(&a), Some(9));
         assert_eq!(chunk_seq("stream_chunks/other.csv"), None);
-        assert!(a.starts_with(&chunk_seq_prefix(9)));
         assert_eq!(
             bad_rows_key(&a),
             "quarantine/chunk-0000000009-20261122T093405123Z.bad-rows.csv"

@@ -80,10 +80,6 @@ impl FaultPlan {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
     /// Counts one unit of work of `actor` and fires a matching fault.
     pub fn hit(&self, actor: &str) -> Result<(), InjectedFault> {
         if self.rules.is_empty() {

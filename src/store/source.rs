@@ -21,11 +21,6 @@ pub fn parse_s3_url(location: &str) -> Option<(&str, &str)> {
 }
 
 impl Sources {
-    /// Local paths only.
-    pub fn local() -> Sources {
-        Sources::default()
-    }
-
     /// S3 sources read through `client`.
     pub fn with_s3_client(client: aws_sdk_s3::Client) -> Sources {
         Sources { s3: Some(client) }
@@ -110,7 +105,7 @@ mod tests {
 
     #[test]
     fn only_regular_files_open() {
-        let sources = Sources::local();
+        let sources = Sources::default();
         for (path, kind) in [("/dev/zero", "a device"), ("/tmp", "a directory")] {
             let error = sources.open_at(path, 0).err().unwrap().to_string();
             assert!(error.contains(kind), "{error}");
