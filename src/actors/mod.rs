@@ -23,6 +23,11 @@
 //! restarted in place by actix's `Supervisor` (see [`supervisor`]). Data
 //! only moves with `send().await` on bounded mailboxes, and the watcher
 //! keeps at most `watcher.max_in_flight` chunks between listing and commit.
+//!
+//! The topology runs only in the process that holds the ownership lease
+//! (`db::lease`): the supervisor renews it, every state change carries its
+//! fence, and losing it stops the process at once. Which listed objects are
+//! chunks is decided by [`chunk_gate`], a pure rule set the watcher feeds.
 
 pub mod batch_writer;
 pub mod chunk_gate;
