@@ -62,14 +62,20 @@ enum Command {
     },
     /// Write deterministic BankSim-like data (transactions and network files).
     Generate {
+        /// Transactions to write (data rows of transactions.csv).
         #[arg(long)]
         rows: u64,
+        /// Distinct customers they are drawn from.
         #[arg(long)]
         customers: u32,
+        /// Distinct merchants (drawn by a Zipf law: a few huge ones).
         #[arg(long)]
         merchants: u32,
+        /// The same seed (and other arguments) always gives the same bytes.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Directory for transactions.csv and customer_importance.csv
+        /// (created if missing).
         out_dir: PathBuf,
     },
     /// Record the next chunk as rejected without applying it: the way past
@@ -179,6 +185,10 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("  quarantine        {}/quarantine/", demo.bucket.display());
             println!(
                 "  database          {} (tables detected_patterns, processed_chunks, ...)",
+                demo.database.display()
+            );
+            println!(
+                "status of this run: TXPIPE__DATABASE__URL=sqlite://{} txpipe status",
                 demo.database.display()
             );
             Ok(ExitCode::from(demo.report.exit_code.clamp(0, 255) as u8))
