@@ -254,11 +254,11 @@ pub fn run_observed(
     let pipeline = match prepared {
         Ok(Some(pipeline)) => pipeline,
         Ok(None) => {
-            release(&system, &*state, &fence);
+            release(&*state, &fence);
             return Ok(early_exit(0, None));
         }
         Err(error) => {
-            release(&system, &*state, &fence);
+            release(&*state, &fence);
             if let Some(Mismatch(message)) = error.downcast_ref::<Mismatch>() {
                 return Ok(early_exit(EXIT_FATAL, Some(message.clone())));
             }
@@ -277,7 +277,7 @@ pub fn run_observed(
     let exit_code = system.run_with_code()?;
     let elapsed = started.elapsed();
     if exit_code != EXIT_LOST_LEASE {
-        release_after(&*state, &fence);
+        release(&*state, &fence);
     }
     let error = pipeline.supervision.fatal_message();
     Ok(RunReport::from_progress(
@@ -288,15 +288,10 @@ pub fn run_observed(
     ))
 }
 
-/// Lets the lease go so that a standby takes over at once.
-fn release(system: &actix::SystemRunner, state: &dyn StateStore, fence: &Fence) {
-    if let Err(error) = system.block_on(state.release_lease(fence)) {
-        tracing::warn!(%error, "could not release the ownership lease; it expires by itself");
-    }
-}
-
-/// [`release`] once the actor system (and its runtime) is gone.
-fn release_after(state: &dyn StateStore, fence: &Fence) {
+/// Lets the lease go so that a standby takes over at once. Runs on a
+/// runtime of its own: called outside the actor system's (before it runs,
+/// or after it is gone).
+fn release(state: &dyn StateStore, fence: &Fence) {
     let released = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::actors::context::retry_db;
 use crate::config::Settings;
-use crate::db::lease::{self, PIPELINE_LEASE, format_ms};
+use crate::db::lease::{self, PIPELINE_LEASE};
 use crate::db::{Claimant, Fence, LeaseGrant, StateStore};
 use crate::signals::Signals;
 
@@ -82,11 +82,7 @@ pub async fn acquire(
                 continue;
             }
             LeaseGrant::Held { holder, .. } => {
-                let message = format!(
-                    "standby: {} holds the lease until {}",
-                    holder.holder(),
-                    format_ms(holder.expires_at_ms)
-                );
+                let message = holder.standby_message();
                 if !ownership.standby {
                     return Ok(Ownership::Refused(message));
                 }

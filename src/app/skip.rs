@@ -13,7 +13,7 @@
 use anyhow::{Context as _, bail};
 
 use crate::config::Settings;
-use crate::db::lease::{PIPELINE_LEASE, format_ms};
+use crate::db::lease::PIPELINE_LEASE;
 use crate::db::{ChunkRecord, ChunkStatus, Claimant, CommitBatch, CommitOutcome, LeaseGrant};
 use crate::layout;
 
@@ -40,9 +40,8 @@ pub async fn skip_chunk(settings: &Settings, key: &str, reason: &str) -> anyhow:
         LeaseGrant::Granted(fence) => fence,
         LeaseGrant::Held { holder, .. } => {
             return Ok(Skipped::Busy(format!(
-                "standby: {} holds the lease until {}; stop it first",
-                holder.holder(),
-                format_ms(holder.expires_at_ms)
+                "{}; stop it first",
+                holder.standby_message()
             )));
         }
     };

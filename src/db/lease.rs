@@ -75,6 +75,15 @@ impl LeaseRow {
     pub fn holder(&self) -> String {
         format!("{}/{}", self.host, self.pid)
     }
+
+    /// What a process that cannot take the lease says about it.
+    pub fn standby_message(&self) -> String {
+        format!(
+            "standby: {} holds the lease until {}",
+            self.holder(),
+            format_ms(self.expires_at_ms)
+        )
+    }
 }
 
 /// A process waiting for a lease.

@@ -199,30 +199,14 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
-        let store = self.clone();
-        let key = key.to_string();
-        io_runtime::run(async move {
-            let response = store
-                .client
-                .get_object()
-                .bucket(&store.bucket)
-                .key(store.full_key(&key))
-                .send()
-                .await;
-            let response = match response {
-                Ok(response) => response,
-                Err(SdkError::ServiceError(service)) if service.err().is_no_such_key() => {
-                    return Ok(None);
-                }
-                Err(error) => return Err(classify("GET", &key, error)),
-            };
-            let body =
-                response.body.collect().await.map_err(|e| {
-                    StoreError::Unavailable(format!("GET {key:?}: reading body: {e}"))
-                })?;
-            Ok(Some(body.into_bytes()))
+        Ok(match self.get_at_most(key, u64::MAX).await? {
+            Some(Sized::Body(body)) => Some(body),
+            // No object is larger than u64::MAX bytes.
+            Some(Sized::TooLarge { size }) => {
+                return Err(StoreError::Failed(format!("GET {key:?}: {size} bytes")));
+            }
+            None => None,
         })
-        .await
     }
 
     async fn get_at_most(&self, key: &str, limit: u64) -> StoreResult<Option<Sized>> {
