@@ -103,6 +103,65 @@ fn status(config: &Path, env: &[(String, String)]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// A pipeline on S3 (the test server, inputs uploaded, prefix `prod`) and a
+/// fresh PostgreSQL database, run with `overrides(interval_ms)`.
+struct S3Postgres {
+    db: TestDb,
+    server: S3TestServer,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Postgres {
+    fn start(interval_ms: u64) -> Option<S3Postgres> {
+        let db = TestDb::create()?;
+        let (tx, net) = dataset();
+        let server = S3TestServer::start("txpipe-data");
+        support::configs::upload_inputs(&server, &tx, &net);
+        let dir = tempfile::tempdir().unwrap();
+        let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "prod", "");
+        let mut env = server.env();
+        env.extend(overrides(interval_ms));
+        Some(S3Postgres {
+            db,
+            server,
+            config,
+            env,
+            _dir: dir,
+        })
+    }
+
+    /// The bucket's directory on the test server's disk.
+    fn bucket(&self) -> PathBuf {
+        self.server.root().join("txpipe-data/prod")
+    }
+
+    /// The outputs must be those of one uninterrupted run.
+    fn assert_exact(&self) {
+        let outputs = Outputs::read_postgres(&self.db.url, self.bucket());
+        support::assert_same_outputs(&outputs, &reference(), &dataset().0, ROWS_PER_CHUNK, BATCH);
+    }
+}
+
+/// Starts the owner, waits until it holds the lease, then starts a second
+/// process and waits until it reports standby.
+fn owner_and_standby(config: &Path, env: &[(String, String)]) -> (Running, Running) {
+    let mut owner = run(config, env, &[]);
+    expect_line(
+        &mut owner,
+        "ownership lease acquired",
+        Duration::from_secs(30),
+    );
+    let mut standby = run(config, env, &[]);
+    expect_line(
+        &mut standby,
+        "holds the lease until",
+        Duration::from_secs(30),
+    );
+    (owner, standby)
+}
+
 /// Two processes started at once: one runs, the other reports standby and
 /// takes over once the first is done; the outputs are those of one run.
 fn two_at_once(config: &Path, env: &[(String, String)]) -> [Vec<String>; 2] {
@@ -134,17 +193,11 @@ fn two_processes_started_at_once_on_sqlite_give_the_outputs_of_one() {
 
 #[test]
 fn two_processes_started_at_once_on_s3_and_postgres_give_the_outputs_of_one() {
-    let Some(db) = TestDb::create() else { return };
-    let (tx, net) = dataset();
-    let server = S3TestServer::start("txpipe-data");
-    support::configs::upload_inputs(&server, &tx, &net);
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "prod", "");
-    let mut env = server.env();
-    env.extend(overrides(20));
-    two_at_once(&config, &env);
-    let outputs = Outputs::read_postgres(&db.url, server.root().join("txpipe-data/prod"));
-    support::assert_same_outputs(&outputs, &reference(), &tx, ROWS_PER_CHUNK, BATCH);
+    let Some(s3pg) = S3Postgres::start(20) else {
+        return;
+    };
+    two_at_once(&s3pg.config, &s3pg.env);
+    s3pg.assert_exact();
 }
 
 #[test]
@@ -153,18 +206,7 @@ fn a_hot_standby_takes_over_from_a_killed_owner_within_one_lease() {
     let dir = tempfile::tempdir().unwrap();
     let config = support::configs::embedded(dir.path(), &tx, &net, "");
     let env = overrides(100);
-    let mut owner = run(&config, &env, &[]);
-    expect_line(
-        &mut owner,
-        "ownership lease acquired",
-        Duration::from_secs(30),
-    );
-    let mut standby = run(&config, &env, &[]);
-    expect_line(
-        &mut standby,
-        "holds the lease until",
-        Duration::from_secs(30),
-    );
+    let (mut owner, mut standby) = owner_and_standby(&config, &env);
     let text = status(&config, &[]);
     assert!(
         text.contains(&format!("/{} (epoch 1) holds the lease", owner.pid())),
@@ -205,18 +247,7 @@ fn a_hot_standby_takes_over_from_a_killed_owner_within_one_lease() {
 /// server ends the idle transaction): then the standby cannot take over
 /// until it thaws. Such a try is undone (SIGCONT) and repeated later.
 fn freeze_until_taken_over(config: &Path, env: &[(String, String)], committed: impl Fn() -> usize) {
-    let mut owner = run(config, env, &[]);
-    expect_line(
-        &mut owner,
-        "ownership lease acquired",
-        Duration::from_secs(30),
-    );
-    let mut standby = run(config, env, &[]);
-    expect_line(
-        &mut standby,
-        "holds the lease until",
-        Duration::from_secs(30),
-    );
+    let (mut owner, mut standby) = owner_and_standby(config, env);
     expect_line(&mut owner, "chunk written", Duration::from_secs(30));
     let mut tries = 0;
     loop {
@@ -273,20 +304,14 @@ fn a_frozen_owner_whose_lease_passed_on_writes_nothing_more_on_sqlite() {
 
 #[test]
 fn a_frozen_owner_whose_lease_passed_on_writes_nothing_more_on_postgres() {
-    let Some(db) = TestDb::create() else { return };
-    let (tx, net) = dataset();
-    let server = S3TestServer::start("txpipe-data");
-    support::configs::upload_inputs(&server, &tx, &net);
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "prod", "");
-    let mut env = server.env();
-    env.extend(overrides(100));
-    freeze_until_taken_over(&config, &env, || {
-        let count: i64 = db.query("SELECT count(*) FROM processed_chunks")[0].get(0);
+    let Some(s3pg) = S3Postgres::start(100) else {
+        return;
+    };
+    freeze_until_taken_over(&s3pg.config, &s3pg.env, || {
+        let count: i64 = s3pg.db.query("SELECT count(*) FROM processed_chunks")[0].get(0);
         count as usize
     });
-    let outputs = Outputs::read_postgres(&db.url, server.root().join("txpipe-data/prod"));
-    support::assert_same_outputs(&outputs, &reference(), &tx, ROWS_PER_CHUNK, BATCH);
+    s3pg.assert_exact();
 }
 
 #[test]
@@ -514,13 +539,11 @@ proptest::proptest! {
 /// every real chunk is applied.
 #[test]
 fn strangers_in_an_s3_bucket_are_copied_aside_and_recorded_in_postgres() {
-    let Some(db) = TestDb::create() else { return };
-    let (tx, net) = dataset();
-    let server = S3TestServer::start("txpipe-data");
-    support::configs::upload_inputs(&server, &tx, &net);
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "prod", "");
-    let chunks = server.root().join("txpipe-data/prod/stream_chunks");
+    let Some(s3pg) = S3Postgres::start(0) else {
+        return;
+    };
+    let bucket = s3pg.bucket();
+    let chunks = bucket.join("stream_chunks");
     std::fs::create_dir_all(&chunks).unwrap();
     let evil = "zz-evil\nname.bin";
     std::fs::write(chunks.join(evil), b"\x00\x01binary").unwrap();
@@ -529,9 +552,7 @@ fn strangers_in_an_s3_bucket_are_copied_aside_and_recorded_in_postgres() {
         b"not the chunker's",
     )
     .unwrap();
-    let mut env = server.env();
-    env.extend(overrides(0));
-    let log = finish(run(&config, &env, &[]));
+    let log = finish(run(&s3pg.config, &s3pg.env, &[]));
     let warned: Vec<&String> = log
         .iter()
         .filter(|l| l.contains("is not applied"))
@@ -541,20 +562,20 @@ fn strangers_in_an_s3_bucket_are_copied_aside_and_recorded_in_postgres() {
         warned.iter().any(|l| l.contains(r"zz-evil\nname.bin")),
         "the key is escaped in the log line: {warned:?}"
     );
-    let rows =
-        db.query("SELECT object_key, quarantine_key FROM ignored_objects ORDER BY object_key");
+    let rows = s3pg
+        .db
+        .query("SELECT object_key, quarantine_key FROM ignored_objects ORDER BY object_key");
     assert_eq!(rows.len(), 2);
     for row in &rows {
         let key: String = row.get(0);
         let quarantine: Option<String> = row.get(1);
         let quarantine = quarantine.unwrap_or_else(|| panic!("{key:?} not copied"));
-        let copy = std::fs::read(server.root().join("txpipe-data/prod").join(&quarantine)).unwrap();
-        let original = std::fs::read(server.root().join("txpipe-data/prod").join(&key)).unwrap();
+        let copy = std::fs::read(bucket.join(&quarantine)).unwrap();
+        let original = std::fs::read(bucket.join(&key)).unwrap();
         assert_eq!(copy, original, "{quarantine:?}");
     }
     for name in [evil, "chunk-0000000000-00000000T000000000Z.csv"] {
         std::fs::remove_file(chunks.join(name)).unwrap();
     }
-    let outputs = Outputs::read_postgres(&db.url, server.root().join("txpipe-data/prod"));
-    support::assert_same_outputs(&outputs, &reference(), &tx, ROWS_PER_CHUNK, BATCH);
+    s3pg.assert_exact();
 }
