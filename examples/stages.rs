@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use txpipe::detect::{
-    ChunkDelta, PairTotals, Pattern, PatternEngine, Shard, Thresholds, WeightTable, engine_for,
+    ChunkDelta, Engine, Pattern, PatternEngine, Snapshot, Thresholds, WeightTable,
 };
 use txpipe::input::transactions::ChunkParser;
 use txpipe::names::Names;
@@ -103,13 +103,13 @@ fn run(chunks: &[Vec<u8>], weights: &Arc<WeightTable>, names: &Names) -> Timings
         .collect();
     let parse = started.elapsed();
 
-    let mut totals = PairTotals::new(weights);
-    let mut engines: Vec<(Box<dyn PatternEngine>, Duration)> = Pattern::ALL
-        .into_iter()
-        .map(|pattern| {
-            let engine = engine_for(pattern, Shard::ALL, Thresholds::default(), weights.clone());
-            (engine, Duration::ZERO)
-        })
+    // The pipeline's composition, one shard per pattern, timed part by part.
+    let composition = Engine::new(Thresholds::default(), weights.clone(), [1, 1, 1]);
+    let start = Snapshot::default();
+    let mut totals = composition.pair_table(&start);
+    let mut engines: Vec<(Box<dyn PatternEngine>, Duration)> = composition
+        .parts()
+        .map(|(pattern, shard)| (composition.detector(pattern, shard, &start), Duration::ZERO))
         .collect();
     let mut fold = Duration::ZERO;
     let mut out = Vec::new();

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod input;
 pub mod io_runtime;
 pub mod layout;
+pub mod metrics;
 pub mod names;
 pub mod pause_points;
 pub mod signals;

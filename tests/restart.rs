@@ -6,7 +6,6 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::outputs::Outputs;
@@ -71,9 +70,10 @@ fn assert_same_as_uninterrupted(dir: &Path) {
 fn run_and_stop_after(dir: &Path, chunks: u64) {
     let report = app::run_observed(settings(dir), RunMode::UntilDone, Vec::new(), |handle| {
         std::thread::spawn(move || {
-            let progress = &handle.pipeline.progress;
-            while progress.chunks_committed.load(Ordering::Acquire) < chunks
-                && !progress.flushed.load(Ordering::Acquire)
+            // Bounded, in case the run ends first.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while handle.metrics.chunks_committed.get() < chunks
+                && std::time::Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -211,8 +211,7 @@ fn run_paced_and_stop_after_writes(dir: &Path, chunks: u64) {
     settings.chunker.interval_ms = 60_000;
     let report = app::run_observed(settings, RunMode::UntilDone, Vec::new(), |handle| {
         std::thread::spawn(move || {
-            let progress = &handle.pipeline.progress;
-            while progress.chunks_written.load(Ordering::Acquire) < chunks {
+            while handle.metrics.chunks_written.get() < chunks {
                 std::thread::sleep(Duration::from_millis(1));
             }
             handle.system.stop_with_code(9);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use aws_sdk_s3::config::Credentials;
 use bytes::Bytes;
 use support::s3_server::{Faults, S3TestServer};
-use txpipe::actors::context::retry_store;
+use txpipe::actors::wiring::retry_store;
 use txpipe::config::{Settings, StorageKind};
 use txpipe::store::ObjectStore;
 use txpipe::store::s3::{S3Store, client_with};

@@ -159,12 +159,7 @@ fn a_bucket_turning_read_only_stops_the_pipeline_cleanly() {
     let report = txpipe::app::run_observed(paced, RunMode::UntilDone, Vec::new(), |handle| {
         let mount = bucket.path().to_path_buf();
         std::thread::spawn(move || {
-            let progress = &handle.pipeline.progress;
-            while progress
-                .chunks_committed
-                .load(std::sync::atomic::Ordering::Acquire)
-                < 12
-            {
+            while handle.metrics.chunks_committed.get() < 12 {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             let out = Command::new("mount")

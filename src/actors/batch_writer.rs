@@ -7,37 +7,74 @@
 //! the batch gets its object key; (2) the file is PUT under that key;
 //! (3) the batch is marked written. After a crash between (1) and (3) the
 //! same key is PUT again with the same lines, so every detection lands in
-//! exactly one file. A partial batch is only written on graceful shutdown,
-//! or after `batch.linger_ms` if that is set.
+//! exactly one file. A partial batch is only written on graceful shutdown
+//! ([`Flush`] from the supervisor), or after `batch.linger_ms` if that is
+//! set.
+//!
+//! ```text
+//! TrackerActor ──ChunksCommitted──► BatchWriterActor ──PUT──► detected_patterns/
+//! SupervisorActor ──Flush──►┘   (and a timer every 500 ms)
+//! ```
+//!
+//! Notices that arrive while a flush runs are folded into one more flush
+//! after it, so a busy pipeline costs one flush at a time, not one per
+//! commit.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
+use futures::future::LocalBoxFuture;
+use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use super::context::{PipelineContext, contain_async};
-use super::supervisor::Lifeline;
+use super::supervised::{Behaviour, Failure, Supervised};
+use super::tracker::ChunksCommitted;
+use super::wiring::{Wiring, contain_async};
 use crate::db::{DbError, DetectionLine};
 use crate::layout;
 use crate::store::StoreError;
 
-/// How often the outbox is checked even without a doorbell.
+/// How often the outbox is checked even without a notice.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
 
-pub struct BatchWriterActor {
-    lifeline: Lifeline,
+pub type BatchWriterActor = Supervised<BatchWriter>;
+
+/// The batch writer's wiring.
+pub struct BatchWriter {
+    pub wiring: Arc<Wiring>,
 }
 
-impl BatchWriterActor {
-    pub fn new(pipeline: Arc<PipelineContext>) -> BatchWriterActor {
-        BatchWriterActor {
-            lifeline: Lifeline::new("batch-writer", pipeline),
-        }
+/// What the batch writer owns: whether a flush runs, whether another is
+/// due after it, and since when a partial batch waits.
+#[derive(Default)]
+pub struct BatchWriterState {
+    flushing: bool,
+    again: bool,
+    partial_since: Option<Instant>,
+    /// Final flush requested: write the partial batch too, then answer.
+    finishing: Vec<oneshot::Sender<()>>,
+}
+
+impl Behaviour for BatchWriter {
+    type State = BatchWriterState;
+
+    fn pre_start(&self) -> LocalBoxFuture<'static, Result<Option<BatchWriterState>, Failure>> {
+        // The outbox is in the database: nothing to load.
+        Box::pin(async { Ok(Some(BatchWriterState::default())) })
+    }
+
+    fn post_start(act: &mut BatchWriterActor, ctx: &mut Context<BatchWriterActor>) {
+        ctx.run_interval(IDLE_CHECK, |act, ctx| act.flush(ctx));
+        act.flush(ctx);
     }
 }
+
+/// Write every detection, the partial batch too; answer when done.
+#[derive(Message)]
+#[rtype(result = "Result<(), ()>")]
+pub struct Flush;
 
 #[derive(Debug, thiserror::Error)]
 enum WriteError {
@@ -49,70 +86,80 @@ enum WriteError {
     Injected(#[from] super::faults::InjectedFault),
 }
 
-impl Actor for BatchWriterActor {
-    type Context = Context<Self>;
+impl Handler<ChunksCommitted> for BatchWriterActor {
+    type Result = ();
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.lifeline.wait_backoff(ctx);
-        let pipeline = self.lifeline.pipeline.clone();
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(contain_async(run(pipeline))).map(
-                |outcome, act, ctx| match outcome {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => act.lifeline.fail(ctx, error.to_string()),
-                    Err(panic) => act.lifeline.fail(ctx, panic),
-                },
-            ),
-        );
+    fn handle(&mut self, _msg: ChunksCommitted, ctx: &mut Context<Self>) {
+        self.flush(ctx);
     }
 }
 
-impl Supervised for BatchWriterActor {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        self.lifeline.restarting();
+impl Handler<Flush> for BatchWriterActor {
+    type Result = ResponseFuture<Result<(), ()>>;
+
+    fn handle(&mut self, _msg: Flush, ctx: &mut Context<Self>) -> Self::Result {
+        let (done, answer) = oneshot::channel();
+        match self.state.as_mut() {
+            Some(state) => state.finishing.push(done),
+            None => return Box::pin(async { Err(()) }),
+        }
+        self.flush(ctx);
+        Box::pin(async move { answer.await.map_err(|_| ()) })
     }
 }
 
-async fn run(pipeline: Arc<PipelineContext>) -> Result<(), WriteError> {
-    let p = &*pipeline;
-    let mut doorbell = p.doorbell.subscribe();
-    let linger = Duration::from_millis(p.settings.batch.linger_ms);
-    let mut partial_since: Option<Instant> = None;
-    loop {
-        let final_flush = p.lifecycle.final_flush.is_cancelled();
+impl BatchWriterActor {
+    /// Starts a flush, or notes that another is due after the one running.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
+        if state.flushing {
+            state.again = true;
+            return;
+        }
+        let linger = Duration::from_millis(self.behaviour.wiring.settings.batch.linger_ms);
         let linger_due =
-            !linger.is_zero() && partial_since.is_some_and(|at| at.elapsed() >= linger);
-        let waiting = flush(p, final_flush || linger_due).await?;
-        if final_flush {
-            p.progress.flushed.store(true, Ordering::Release);
-            info!("detections flushed");
-            return Ok(());
-        }
-        partial_since = match (waiting, partial_since) {
-            (0, _) => None,
-            (_, Some(at)) => Some(at),
-            (_, None) => Some(Instant::now()),
-        };
-        let wait = if linger.is_zero() {
-            IDLE_CHECK
-        } else {
-            linger.min(IDLE_CHECK)
-        };
-        tokio::select! {
-            changed = doorbell.changed() => {
-                if changed.is_err() {
-                    return Ok(());
+            !linger.is_zero() && state.partial_since.is_some_and(|at| at.elapsed() >= linger);
+        let finishing = std::mem::take(&mut state.finishing);
+        let include_partial = linger_due || !finishing.is_empty();
+        state.flushing = true;
+        state.again = false;
+        let wiring = self.behaviour.wiring.clone();
+        let work = async move { flush(&wiring, include_partial).await };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(contain_async(work)).map(
+            move |outcome, act, ctx| {
+                let waiting = match outcome {
+                    Ok(Ok(waiting)) => waiting,
+                    Ok(Err(error)) => return act.fail(ctx, Failure::Restart(error.to_string())),
+                    Err(panic) => return act.fail(ctx, Failure::Restart(panic)),
+                };
+                let Some(state) = act.state.as_mut() else {
+                    return;
+                };
+                state.flushing = false;
+                state.partial_since = match (waiting, state.partial_since) {
+                    (0, _) => None,
+                    (_, Some(at)) => Some(at),
+                    (_, None) => Some(Instant::now()),
+                };
+                if !finishing.is_empty() {
+                    info!("detections flushed");
                 }
-            }
-            _ = p.lifecycle.final_flush.cancelled() => {}
-            _ = tokio::time::sleep(wait) => {}
-        }
+                for done in finishing {
+                    let _ = done.send(());
+                }
+                if state.again || !state.finishing.is_empty() {
+                    act.flush(ctx);
+                }
+            },
+        ));
     }
 }
 
 /// Assigns full batches (and the partial one if asked), writes every
 /// batch not yet written, and returns how many detections still wait.
-async fn flush(p: &PipelineContext, include_partial: bool) -> Result<u64, WriteError> {
+async fn flush(p: &Wiring, include_partial: bool) -> Result<u64, WriteError> {
     let size = p.settings.batch.size;
     let stamp = crate::clock::name_stamp(chrono::Utc::now());
     p.db("assign batches", || {
@@ -138,8 +185,7 @@ async fn flush(p: &PipelineContext, include_partial: bool) -> Result<u64, WriteE
             p.state.mark_batch_written(&p.fence, batch.batch_no, &at)
         })
         .await?;
-        p.progress.batches_written.fetch_add(1, Ordering::Relaxed);
-        crate::actors::context::Progress::mark(&p.progress.last_file_at);
+        p.metrics.file_written();
         debug!(key = %batch.key, detections = lines.len(), "detection file written");
     }
     let (waiting, _) = p.db("read outbox", || p.state.outbox()).await?;

@@ -14,10 +14,20 @@
 //! its row in the chunk as a placeholder line
 //! ([`crate::input::placeholder`]) that the watcher quarantines as a bad
 //! row, and is reported here with a warning.
+//!
+//! ```text
+//! master CSV ──► ChunkerActor ──PUT──► stream_chunks/
+//!                    ├──ChunksClaimed / ChunkWritten (hints)──► S3WatcherActor
+//!                    └──MasterChunked──► SupervisorActor
+//! ```
+//!
+//! Its state (position and an open reader at it) is built from the saved
+//! position on every start and restart ([`Chunking::open`]); the cutting
+//! loop owns it. [`Stop`] drops the loop's stop guard: the loop ends after
+//! the chunks it is writing, and the answer comes when it has.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -25,10 +35,13 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::context::{PipelineContext, contain_async};
-use super::supervisor::Lifeline;
+use super::supervised::{Behaviour, Failure, Supervised};
+use super::supervisor::{MasterChunked, SupervisorActor};
+use super::watcher::{ChunkWritten, ChunksClaimed, S3WatcherActor};
+use super::wiring::{Wiring, contain_async};
 use crate::db::{ChunkerPosition, DbError};
 use crate::input::records::{Cause, ChunkCutter, Cut, CutShort, read_header};
 use crate::input::transactions::Schema;
@@ -36,15 +49,103 @@ use crate::layout;
 use crate::store::StoreError;
 use crate::store::source::Sources;
 
-pub struct ChunkerActor {
-    lifeline: Lifeline,
+pub type ChunkerActor = Supervised<Chunker>;
+
+/// The chunker's wiring.
+pub struct Chunker {
+    pub wiring: Arc<Wiring>,
+    pub watcher: Addr<S3WatcherActor>,
+    pub supervisor: Addr<SupervisorActor>,
 }
 
-impl ChunkerActor {
-    pub fn new(pipeline: Arc<PipelineContext>) -> ChunkerActor {
-        ChunkerActor {
-            lifeline: Lifeline::new("chunker", pipeline),
+/// The chunker's state: before its loop starts, what the loop will own;
+/// then the loop's stop guard and who waits for it to end.
+pub enum ChunkerState {
+    Ready(Box<Chunking>),
+    Running {
+        stop: Option<oneshot::Sender<()>>,
+        ended: bool,
+        waiters: Vec<oneshot::Sender<()>>,
+    },
+}
+
+impl Behaviour for Chunker {
+    type State = ChunkerState;
+
+    fn pre_start(&self) -> LocalBoxFuture<'static, Result<Option<ChunkerState>, Failure>> {
+        let wiring = self.wiring.clone();
+        Box::pin(async move {
+            let chunking = Chunking::open(&wiring).await.map_err(|e| match e {
+                ChunkerError::Fatal(message) => Failure::Fatal(message),
+                other => Failure::Restart(other.to_string()),
+            })?;
+            Ok(Some(ChunkerState::Ready(Box::new(chunking))))
+        })
+    }
+
+    fn post_start(act: &mut ChunkerActor, ctx: &mut Context<ChunkerActor>) {
+        let Some(ChunkerState::Ready(chunking)) = act.state.take() else {
+            return;
+        };
+        let (stop, stopped) = oneshot::channel();
+        let links = Links {
+            wiring: act.behaviour.wiring.clone(),
+            watcher: act.behaviour.watcher.clone(),
+            supervisor: act.behaviour.supervisor.clone(),
+        };
+        act.state = Some(ChunkerState::Running {
+            stop: Some(stop),
+            ended: false,
+            waiters: Vec::new(),
+        });
+        ctx.spawn(
+            actix::fut::wrap_future::<_, ChunkerActor>(contain_async(run(
+                links, *chunking, stopped,
+            )))
+            .map(|outcome, act, ctx| match outcome {
+                Ok(Ok(())) => {
+                    if let Some(ChunkerState::Running { ended, waiters, .. }) = act.state.as_mut() {
+                        *ended = true;
+                        for waiter in waiters.drain(..) {
+                            let _ = waiter.send(());
+                        }
+                    }
+                }
+                Ok(Err(ChunkerError::Fatal(message))) => act.fail(ctx, Failure::Fatal(message)),
+                Ok(Err(error)) => act.fail(ctx, Failure::Restart(error.to_string())),
+                Err(panic) => act.fail(ctx, Failure::Restart(panic)),
+            }),
+        );
+    }
+}
+
+/// Stop after the chunks being written; answer when the loop has ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for ChunkerActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: Stop, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(ChunkerState::Running {
+            stop,
+            ended,
+            waiters,
+        }) = self.state.as_mut()
+        else {
+            return Box::pin(async {});
+        };
+        // Dropping the guard is the stop signal.
+        stop.take();
+        if *ended {
+            return Box::pin(async {});
         }
+        let (waiter, answer) = oneshot::channel();
+        waiters.push(waiter);
+        Box::pin(async move {
+            let _ = answer.await;
+        })
     }
 }
 
@@ -61,35 +162,6 @@ pub enum ChunkerError {
     /// Restarting cannot help: the configuration or the file is wrong.
     #[error("{0}")]
     Fatal(String),
-}
-
-impl Actor for ChunkerActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.lifeline.wait_backoff(ctx);
-        let pipeline = self.lifeline.pipeline.clone();
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(contain_async(run(pipeline))).map(
-                |outcome, act, ctx| match outcome {
-                    Ok(Ok(())) => {}
-                    Ok(Err(ChunkerError::Fatal(message))) => act
-                        .lifeline
-                        .pipeline
-                        .supervision
-                        .fatal(&act.lifeline.name, message),
-                    Ok(Err(error)) => act.lifeline.fail(ctx, error.to_string()),
-                    Err(panic) => act.lifeline.fail(ctx, panic),
-                },
-            ),
-        );
-    }
-}
-
-impl Supervised for ChunkerActor {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        self.lifeline.restarting();
-    }
 }
 
 /// Reads the master file's header, checks it, and returns it with the
@@ -144,60 +216,99 @@ async fn cut_next(cutter: Cutter, rows: u64) -> Result<(Cutter, Cut), ChunkerErr
     Ok((cutter, cut?))
 }
 
-async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
+/// What the cutting loop owns: the saved position and a reader at it.
+pub struct Chunking {
+    source: String,
+    position: ChunkerPosition,
+    cutter: Cutter,
+}
+
+impl Chunking {
+    /// Reads the master file's header and the saved position, and opens
+    /// the master file there.
+    pub async fn open(p: &Wiring) -> Result<Chunking, ChunkerError> {
+        let source = p.settings.source.transactions.clone();
+        let rows_per_chunk = p.settings.chunker.rows_per_chunk;
+        let max_record_bytes = p.settings.input.max_record_bytes;
+        let (header, data_offset) = {
+            let (sources, source) = (p.sources.clone(), source.clone());
+            tokio::task::spawn_blocking(move || master_header(&sources, &source, max_record_bytes))
+                .await
+                .map_err(|e| ChunkerError::Fatal(e.to_string()))?
+                .map_err(ChunkerError::Fatal)?
+        };
+        let position = match p
+            .db("read chunker position", || p.state.chunker_position())
+            .await?
+        {
+            Some(position) => {
+                check_position(&position, &source, rows_per_chunk).map_err(ChunkerError::Fatal)?;
+                position
+            }
+            None => ChunkerPosition {
+                source: source.clone(),
+                rows_per_chunk,
+                next_seq: 0,
+                next_offset: data_offset,
+                rows_emitted: 0,
+                pending_keys: Vec::new(),
+                last_key: None,
+                finished: false,
+            },
+        };
+        let cutter: Cutter = {
+            let (sources, source, offset) =
+                (p.sources.clone(), source.clone(), position.next_offset);
+            let reader = tokio::task::spawn_blocking(move || sources.open_at(&source, offset))
+                .await
+                .map_err(|e| ChunkerError::Fatal(e.to_string()))??;
+            ChunkCutter::new(reader, position.next_offset, header, max_record_bytes)
+                .with_max_chunk_bytes(
+                    usize::try_from(p.settings.watcher.max_chunk_bytes).unwrap_or(usize::MAX),
+                )
+        };
+        Ok(Chunking {
+            source,
+            position,
+            cutter,
+        })
+    }
+}
+
+/// Where the loop reports to.
+struct Links {
+    wiring: Arc<Wiring>,
+    watcher: Addr<S3WatcherActor>,
+    supervisor: Addr<SupervisorActor>,
+}
+
+async fn run(
+    links: Links,
+    chunking: Chunking,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<(), ChunkerError> {
+    let pipeline = links.wiring.clone();
     let p = &*pipeline;
-    let source = p.settings.source.transactions.clone();
+    let Chunking {
+        source,
+        mut position,
+        mut cutter,
+    } = chunking;
     let rows_per_chunk = p.settings.chunker.rows_per_chunk;
     let interval = Duration::from_millis(p.settings.chunker.interval_ms);
-    let max_record_bytes = p.settings.input.max_record_bytes;
-    let (header, data_offset) = {
-        let (sources, source) = (p.sources.clone(), source.clone());
-        tokio::task::spawn_blocking(move || master_header(&sources, &source, max_record_bytes))
-            .await
-            .map_err(|e| ChunkerError::Fatal(e.to_string()))?
-            .map_err(ChunkerError::Fatal)?
-    };
-    let mut position = match p
-        .db("read chunker position", || p.state.chunker_position())
-        .await?
-    {
-        Some(position) => {
-            check_position(&position, &source, rows_per_chunk).map_err(ChunkerError::Fatal)?;
-            position
-        }
-        None => ChunkerPosition {
-            source: source.clone(),
-            rows_per_chunk,
-            next_seq: 0,
-            next_offset: data_offset,
-            rows_emitted: 0,
-            pending_keys: Vec::new(),
-            last_key: None,
-            finished: false,
-        },
-    };
-    let mut cutter: Cutter = {
-        let (sources, source, offset) = (p.sources.clone(), source.clone(), position.next_offset);
-        let reader = tokio::task::spawn_blocking(move || sources.open_at(&source, offset))
-            .await
-            .map_err(|e| ChunkerError::Fatal(e.to_string()))??;
-        ChunkCutter::new(reader, position.next_offset, header, max_record_bytes)
-            .with_max_chunk_bytes(
-                usize::try_from(p.settings.watcher.max_chunk_bytes).unwrap_or(usize::MAX),
-            )
-    };
     info!(
         next_seq = position.next_seq,
         offset = position.next_offset,
         "chunker resumes"
     );
     let window = p.settings.chunker.max_in_flight;
-    let stop = &p.lifecycle.stop_chunker;
+    // The stop guard was dropped (or sent): finish what is in flight.
+    let mut stopping = false;
     // Keys a previous run chose for the next chunks: the same chunks get
     // the same keys again.
     let mut reused: VecDeque<String> = std::mem::take(&mut position.pending_keys).into();
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    let mut puts: FuturesOrdered<LocalBoxFuture<'static, Result<(), StoreError>>> =
+    let mut puts: FuturesOrdered<LocalBoxFuture<'static, Result<(String, Bytes), StoreError>>> =
         FuturesOrdered::new();
     let mut next_seq = position.next_seq;
     let mut cut_all = false;
@@ -207,11 +318,8 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
         // Cut more chunks and fix their keys while the window has room
         // (one per tick when paced).
         let mut fresh: Vec<(String, Bytes)> = Vec::new();
-        while !cut_all
-            && !stop.is_cancelled()
-            && in_flight.len() < window
-            && Instant::now() >= next_tick
-        {
+        stopping |= !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        while !cut_all && !stopping && in_flight.len() < window && Instant::now() >= next_tick {
             let cut;
             (cutter, cut) = cut_next(cutter, rows_per_chunk).await?;
             if cut.rows == 0 {
@@ -260,8 +368,10 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
                 p.state.save_chunker_position(&p.fence, &position)
             })
             .await?;
-            p.recent_chunks
-                .claim(position.pending_keys.iter().map(String::as_str));
+            let _ = links
+                .watcher
+                .send(ChunksClaimed(position.pending_keys.clone()))
+                .await;
             dirty = false;
         }
         for (key, body) in fresh {
@@ -273,24 +383,25 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
                     pipeline
                         .store("write chunk", || pipeline.objects.put(&key, body.clone()))
                         .await?;
-                    pipeline.recent_chunks.put(&key, body);
-                    Ok(())
+                    Ok((key, body))
                 }
                 .boxed_local(),
             );
         }
         if in_flight.is_empty() {
             if cut_all {
-                return finish(p, &mut position).await;
+                finish(p, &mut position).await?;
+                let _ = links.supervisor.send(MasterChunked).await;
+                return Ok(());
             }
-            if stop.is_cancelled() {
+            if stopping {
                 return Ok(());
             }
         }
         let can_cut = !cut_all && in_flight.len() < window;
         tokio::select! {
             Some(put) = puts.next(), if !puts.is_empty() => {
-                put?;
+                let (key, body) = put?;
                 // PUTs complete in order here; the position follows them.
                 let done = in_flight.pop_front().expect("one per PUT");
                 crate::pause_points::reached("chunk-saved");
@@ -299,17 +410,12 @@ async fn run(pipeline: Arc<PipelineContext>) -> Result<(), ChunkerError> {
                 position.rows_emitted += done.rows;
                 position.last_key = Some(done.key.clone());
                 dirty = true;
-                p.progress.first_chunk_at.get_or_init(Instant::now);
-                p.progress
-                    .first_chunk_cpu
-                    .get_or_init(|| crate::app::report::cpu_seconds().unwrap_or(0.0));
-                p.progress.chunks_written.fetch_add(1, Ordering::Relaxed);
-                p.progress.rows_chunked.fetch_add(done.rows, Ordering::Relaxed);
-                p.new_chunks.send_modify(|written| *written += 1);
+                p.metrics.chunk_written(done.rows);
                 debug!(chunk = %done.key, rows = done.rows, "chunk written");
+                let _ = links.watcher.send(ChunkWritten { key, body }).await;
             }
-            _ = tokio::time::sleep_until(next_tick.into()), if can_cut && !stop.is_cancelled() => {}
-            _ = stop.cancelled(), if !stop.is_cancelled() => {}
+            _ = tokio::time::sleep_until(next_tick.into()), if can_cut && !stopping => {}
+            _ = &mut stop, if !stopping => stopping = true,
         }
     }
 }
@@ -341,7 +447,7 @@ struct InFlight {
 }
 
 /// Records that the master file is fully chunked.
-async fn finish(p: &PipelineContext, position: &mut ChunkerPosition) -> Result<(), ChunkerError> {
+async fn finish(p: &Wiring, position: &mut ChunkerPosition) -> Result<(), ChunkerError> {
     if !position.finished || !position.pending_keys.is_empty() {
         position.finished = true;
         position.pending_keys.clear();
@@ -350,7 +456,6 @@ async fn finish(p: &PipelineContext, position: &mut ChunkerPosition) -> Result<(
         })
         .await?;
     }
-    p.progress.chunker_finished.store(true, Ordering::Release);
     info!(
         chunks = position.next_seq,
         rows = position.rows_emitted,

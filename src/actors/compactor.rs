@@ -11,16 +11,22 @@
 //! It never changes the cumulative state, only where it is kept, so it can
 //! fail or be repeated at any point. On PostgreSQL it runs beside the
 //! commits; on SQLite the single writer serializes them.
+//!
+//! ```text
+//! TrackerActor ──ChunksCommitted──► CompactorActor ──fold──► pair_state
+//! SupervisorActor ──FinalCompact──►┘   (and a timer every 250 ms)
+//! ```
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures::future::LocalBoxFuture;
 use tracing::{debug, info};
 
-use super::context::{PipelineContext, Progress, contain_async};
-use super::supervisor::Lifeline;
+use super::supervised::{Behaviour, Failure, Supervised};
+use super::tracker::ChunksCommitted;
+use super::wiring::{Wiring, contain_async};
 use crate::db::DbError;
 
 /// Deltas folded per transaction when forced: bounds the memory of a fold
@@ -30,17 +36,51 @@ const FORCED_SLICE: u64 = 256;
 /// How long without commits counts as idle.
 const IDLE_AFTER: Duration = Duration::from_millis(250);
 
-pub struct CompactorActor {
-    lifeline: Lifeline,
+pub type CompactorActor = Supervised<Compactor>;
+
+/// The compactor's wiring.
+pub struct Compactor {
+    pub wiring: Arc<Wiring>,
 }
 
-impl CompactorActor {
-    pub fn new(pipeline: Arc<PipelineContext>) -> CompactorActor {
-        CompactorActor {
-            lifeline: Lifeline::new("compactor", pipeline),
-        }
+/// What the compactor owns: its schedule.
+pub struct CompactorState {
+    schedule: Schedule,
+    compacting: bool,
+}
+
+impl Behaviour for Compactor {
+    type State = CompactorState;
+
+    fn pre_start(&self) -> LocalBoxFuture<'static, Result<Option<CompactorState>, Failure>> {
+        let w = self.wiring.clone();
+        Box::pin(async move {
+            // What an earlier run (or life) left behind.
+            let waiting = w
+                .db("count pending deltas", || w.state.pending_delta_count())
+                .await?;
+            let settings = &w.settings.database;
+            Ok(Some(CompactorState {
+                schedule: Schedule::new(
+                    settings.compact_every as u64,
+                    settings.compact_max_pending as u64,
+                    waiting,
+                ),
+                compacting: false,
+            }))
+        })
+    }
+
+    fn post_start(_act: &mut CompactorActor, ctx: &mut Context<CompactorActor>) {
+        ctx.run_interval(IDLE_AFTER, |act, ctx| act.maybe_compact(ctx));
     }
 }
+
+/// Fold what waits, within `database.shutdown_compact_ms`; answer when
+/// done (the rest waits for the next start).
+#[derive(Message)]
+#[rtype(result = "Result<(), ()>")]
+pub struct FinalCompact;
 
 #[derive(Debug, thiserror::Error)]
 enum CompactError {
@@ -50,31 +90,95 @@ enum CompactError {
     Injected(#[from] super::faults::InjectedFault),
 }
 
-impl Actor for CompactorActor {
-    type Context = Context<Self>;
+impl Handler<ChunksCommitted> for CompactorActor {
+    type Result = ();
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.lifeline.wait_backoff(ctx);
-        let pipeline = self.lifeline.pipeline.clone();
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(contain_async(run(pipeline))).map(
-                |outcome, act, ctx| match outcome {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => act.lifeline.fail(ctx, error.to_string()),
-                    Err(panic) => act.lifeline.fail(ctx, panic),
-                },
-            ),
+    fn handle(&mut self, msg: ChunksCommitted, ctx: &mut Context<Self>) {
+        if let Some(state) = self.state.as_mut() {
+            state.schedule.observe(msg.chunks, Instant::now());
+        }
+        self.maybe_compact(ctx);
+    }
+}
+
+impl Handler<FinalCompact> for CompactorActor {
+    type Result = AtomicResponse<Self, Result<(), ()>>;
+
+    fn handle(&mut self, _msg: FinalCompact, _ctx: &mut Context<Self>) -> Self::Result {
+        let wiring = self.behaviour.wiring.clone();
+        let work = async move {
+            // Leaving deltas behind is always safe (the next start reads
+            // them and compacts them), so the final fold only takes what
+            // fits in its share of the shutdown bound, in small slices so
+            // that no single transaction overruns it.
+            let every = wiring.settings.database.compact_every as u64;
+            let budget = Duration::from_millis(wiring.settings.database.shutdown_compact_ms);
+            let stop_at = Instant::now() + budget;
+            while Instant::now() < stop_at {
+                if compact(&wiring, every).await? == 0 {
+                    return Ok(());
+                }
+            }
+            info!(
+                budget_ms = budget.as_millis() as u64,
+                "state compaction not finished at shutdown; the next start continues it"
+            );
+            Ok::<_, CompactError>(())
+        };
+        AtomicResponse::new(Box::pin(
+            actix::fut::wrap_future::<_, Self>(contain_async(work)).map(|outcome, act, ctx| {
+                match outcome {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => {
+                        act.fail(ctx, Failure::Restart(error.to_string()));
+                        Err(())
+                    }
+                    Err(panic) => {
+                        act.fail(ctx, Failure::Restart(panic));
+                        Err(())
+                    }
+                }
+            }),
+        ))
+    }
+}
+
+impl CompactorActor {
+    /// Compacts a slice if one is due and none is running.
+    fn maybe_compact(&mut self, ctx: &mut Context<Self>) {
+        let wiring = self.behaviour.wiring.clone();
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
+        // Caught up: no chunk this process wrote is still on its way (in
+        // catch-up mode the watcher is busy even when a commit is late).
+        let caught_up = wiring.metrics.chunks_on_their_way() == 0;
+        if state.compacting {
+            return;
+        }
+        let Some(slice) = state.schedule.due(caught_up, Instant::now()) else {
+            return;
+        };
+        state.compacting = true;
+        ctx.wait(
+            actix::fut::wrap_future::<_, Self>(contain_async(async move {
+                compact(&wiring, slice).await
+            }))
+            .map(|outcome, act, ctx| match outcome {
+                Ok(Ok(folded)) => {
+                    if let Some(state) = act.state.as_mut() {
+                        state.compacting = false;
+                        state.schedule.compacted(folded);
+                    }
+                }
+                Ok(Err(error)) => act.fail(ctx, Failure::Restart(error.to_string())),
+                Err(panic) => act.fail(ctx, Failure::Restart(panic)),
+            }),
         );
     }
 }
 
-impl Supervised for CompactorActor {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        self.lifeline.restarting();
-    }
-}
-
-async fn compact(p: &PipelineContext, max_chunks: u64) -> Result<u64, CompactError> {
+async fn compact(p: &Wiring, max_chunks: u64) -> Result<u64, CompactError> {
     p.faults.hit("compactor")?;
     let started = Instant::now();
     // Runs on the I/O runtime, so this actor's thread stays free.
@@ -101,21 +205,27 @@ struct Schedule {
     /// Deltas waiting to be folded (an estimate: commits of this run may be
     /// counted twice at start, which only brings a compaction forward).
     waiting: u64,
-    /// Commits seen so far.
-    seen: u64,
     last_commit: Instant,
 }
 
 impl Schedule {
-    /// Takes the number of commits as of `now`. Called before every
-    /// decision, so that commits that landed while a compaction ran count:
+    fn new(every: u64, most: u64, waiting: u64) -> Schedule {
+        Schedule {
+            every,
+            most,
+            waiting,
+            last_commit: Instant::now(),
+        }
+    }
+
+    /// Takes `chunks` committed at `now`. Commits that land while a
+    /// compaction runs count too (their notices wait in the mailbox):
     /// otherwise the last commit would seem to date from before that
     /// compaction, a busy pipeline would look idle, and the compactions of
     /// a catch-up run would follow one another beside its commits.
-    fn observe(&mut self, commits: u64, now: Instant) {
-        if commits > self.seen {
-            self.waiting += commits - self.seen;
-            self.seen = commits;
+    fn observe(&mut self, chunks: u64, now: Instant) {
+        if chunks > 0 {
+            self.waiting += chunks;
             self.last_commit = now;
         }
     }
@@ -143,67 +253,6 @@ impl Schedule {
     }
 }
 
-async fn run(pipeline: Arc<PipelineContext>) -> Result<(), CompactError> {
-    let p = &*pipeline;
-    let every = p.settings.database.compact_every as u64;
-    let mut commits = p.committed.subscribe();
-    let mut schedule = Schedule {
-        every,
-        most: p.settings.database.compact_max_pending as u64,
-        // What an earlier run left behind.
-        waiting: p
-            .db("count pending deltas", || p.state.pending_delta_count())
-            .await?,
-        seen: *commits.borrow_and_update(),
-        last_commit: Instant::now(),
-    };
-    loop {
-        if p.lifecycle.final_compact.is_cancelled() {
-            // Leaving deltas behind is always safe (the next start reads
-            // them and compacts them), so the final fold only takes what
-            // fits in its share of the shutdown bound, in small slices so
-            // that no single transaction overruns it.
-            let budget = Duration::from_millis(p.settings.database.shutdown_compact_ms);
-            let stop_at = Instant::now() + budget;
-            let mut left_behind = true;
-            while Instant::now() < stop_at {
-                if compact(p, every).await? == 0 {
-                    left_behind = false;
-                    break;
-                }
-            }
-            if left_behind {
-                info!(
-                    budget_ms = budget.as_millis() as u64,
-                    "state compaction not finished at shutdown; the next start continues it"
-                );
-            }
-            p.progress.compacted.store(true, Ordering::Release);
-            return Ok(());
-        }
-        schedule.observe(*commits.borrow_and_update(), Instant::now());
-        // Caught up: no chunk this process wrote is still on its way (in
-        // catch-up mode the watcher is busy even when a commit is late).
-        let progress = &p.progress;
-        let caught_up = Progress::get(&progress.chunks_written)
-            <= Progress::get(&progress.chunks_committed) + Progress::get(&progress.chunks_rejected);
-        if let Some(slice) = schedule.due(caught_up, Instant::now()) {
-            let folded = compact(p, slice).await?;
-            schedule.compacted(folded);
-            continue;
-        }
-        tokio::select! {
-            changed = commits.changed() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-            }
-            _ = tokio::time::sleep(IDLE_AFTER) => {}
-            _ = p.lifecycle.final_compact.cancelled() => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,7 +262,6 @@ mod tests {
             every: 32,
             most: 1024,
             waiting,
-            seen: 100,
             last_commit: at,
         }
     }
@@ -223,13 +271,13 @@ mod tests {
         let start = Instant::now();
         let mut schedule = schedule(64, start);
         let quiet = start + IDLE_AFTER;
-        schedule.observe(100, quiet);
+        schedule.observe(0, quiet);
         assert_eq!(schedule.due(true, quiet), Some(32), "idle with 64 waiting");
         schedule.compacted(32);
         // The compaction took three seconds, and four chunks committed
         // meanwhile: the pipeline is busy, not idle.
         let after = quiet + Duration::from_secs(3);
-        schedule.observe(104, after);
+        schedule.observe(4, after);
         assert_eq!(schedule.waiting, 36);
         assert_eq!(schedule.due(true, after), None);
         assert_eq!(schedule.due(true, after + IDLE_AFTER), Some(32));
@@ -241,7 +289,7 @@ mod tests {
         let mut schedule = schedule(1000, start);
         let later = start + Duration::from_secs(10);
         assert_eq!(schedule.due(false, later), None, "not caught up");
-        schedule.observe(130, later);
+        schedule.observe(30, later);
         assert_eq!(schedule.waiting, 1030);
         assert_eq!(schedule.due(false, later), Some(FORCED_SLICE));
         schedule.compacted(0);

@@ -1,110 +1,114 @@
 //! DetectorActor: one pattern over one shard of the merchants.
 //!
-//! The watcher folds every chunk into the pair table and sends the result
-//! ([`Apply`]); the detector updates its in-memory state and answers with the
-//! detections that hold for the first time. That state is only a cache of
-//! committed state: the watcher opens every epoch with [`Reset`], carrying a
-//! snapshot of the database, and an `Apply` from any other epoch, or one that
-//! does not follow the chunk applied last, is refused. A panic while applying
-//! is contained, answered with an error, and turns into a supervised restart;
-//! the restarted actor refuses work until the next `Reset`.
+//! The pair table sends every chunk's [`ChunkUpdate`] (the pairs the chunk
+//! touched, with their cumulative totals) as [`Apply`]; the detector
+//! updates the pattern state it owns and answers with the detections that
+//! hold for the first time. Its state is built from the generation's
+//! committed snapshot ([`DetectorState::restore`]); an `Apply` of another
+//! generation, or one that does not follow the chunk applied last, is
+//! refused. A panic while applying is contained and turns into a
+//! supervised restart, which starts a new generation of Mechanism Y.
+//!
+//! Actor names are `detector-<pattern>-<shard>`, e.g. `detector-patid1-0`,
+//! in logs, restart records and fault injection alike.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
+use futures::future::LocalBoxFuture;
 
 use super::StageError;
-use super::context::{PipelineContext, contain};
-use super::supervisor::Lifeline;
-use crate::detect::{ChunkUpdate, Detection, Pattern, PatternEngine, Shard, Snapshot, engine_for};
+use super::committed::{Committed, Start};
+use super::sequence::Chain;
+use super::supervised::{Behaviour, Failure, Group, Supervised};
+use super::wiring::{Wiring, contain};
+use crate::detect::{ChunkUpdate, Detection, Engine, Pattern, PatternEngine, Shard};
 
-/// Replace all state with a committed snapshot and start epoch `epoch`.
-#[derive(Message)]
-#[rtype(result = "Result<(), StageError>")]
-pub struct Reset {
-    pub epoch: u64,
-    pub snapshot: Arc<Snapshot>,
-    /// The last committed chunk, which the snapshot includes.
-    pub last_chunk: Option<Arc<str>>,
+pub type DetectorActor = Supervised<Detector>;
+
+/// A detector's wiring: which pattern and shard it evaluates.
+pub struct Detector {
+    pub wiring: Arc<Wiring>,
+    pub pattern: Pattern,
+    pub shard: Shard,
+}
+
+impl Detector {
+    /// The actor's name, as logs and restart records show it.
+    pub fn name(pattern: Pattern, shard: Shard) -> String {
+        format!("detector-{}-{}", pattern.id().to_lowercase(), shard.index)
+    }
+}
+
+/// The pattern state a detector owns in one generation.
+pub struct DetectorState {
+    generation: u64,
+    engine: Box<dyn PatternEngine>,
+    chain: Chain,
+}
+
+impl DetectorState {
+    /// The restart constructor: the pattern's state as of the committed
+    /// chunk.
+    pub fn restore(
+        engine: &Engine,
+        pattern: Pattern,
+        shard: Shard,
+        committed: &Committed,
+    ) -> DetectorState {
+        DetectorState {
+            generation: committed.generation,
+            engine: engine.detector(pattern, shard, &committed.snapshot),
+            chain: Chain::after(committed.last_chunk.clone()),
+        }
+    }
+
+    /// Applies one chunk that must follow the last one applied.
+    pub fn apply(&mut self, msg: &Apply) -> Result<Vec<Detection>, String> {
+        self.chain
+            .follow(msg.previous.as_ref(), msg.chunk.clone())?;
+        let mut detections = Vec::new();
+        self.engine.apply(&msg.update, &mut detections);
+        Ok(detections)
+    }
+}
+
+impl Behaviour for Detector {
+    type State = DetectorState;
+    const GROUP: Group = Group::MechanismY;
+
+    fn pre_start(&self) -> LocalBoxFuture<'static, Result<Option<DetectorState>, Failure>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Apply one chunk, which must directly follow `previous`.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<Detection>, StageError>")]
 pub struct Apply {
-    pub epoch: u64,
+    pub generation: u64,
     pub chunk: Arc<str>,
     pub previous: Option<Arc<str>>,
     pub update: Arc<ChunkUpdate>,
 }
 
-pub struct DetectorActor {
-    lifeline: Lifeline,
-    pattern: Pattern,
-    shard: Shard,
-    engine: Box<dyn PatternEngine>,
-    /// `None` until the first `Reset` after (re)start.
-    epoch: Option<u64>,
-    last_chunk: Option<Arc<str>>,
-}
+impl Handler<Start> for DetectorActor {
+    type Result = ();
 
-impl DetectorActor {
-    pub fn new(pipeline: Arc<PipelineContext>, pattern: Pattern, shard: Shard) -> DetectorActor {
-        let name = format!("detector-{}-{}", pattern.id().to_lowercase(), shard.index);
-        let engine = engine_for(
-            pattern,
-            shard,
-            pipeline.thresholds,
-            pipeline.weights.clone(),
-        );
-        DetectorActor {
-            lifeline: Lifeline::new(name, pipeline),
-            pattern,
-            shard,
-            engine,
-            epoch: None,
-            last_chunk: None,
+    fn handle(&mut self, Start(committed): Start, ctx: &mut Context<Self>) {
+        if self
+            .state
+            .as_ref()
+            .is_some_and(|s| s.generation > committed.generation)
+        {
+            return;
         }
-    }
-
-    fn fresh_engine(&self) -> Box<dyn PatternEngine> {
-        let p = &self.lifeline.pipeline;
-        engine_for(self.pattern, self.shard, p.thresholds, p.weights.clone())
-    }
-}
-
-impl Actor for DetectorActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.lifeline.wait_backoff(ctx);
-    }
-}
-
-impl Supervised for DetectorActor {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        self.lifeline.restarting();
-        self.epoch = None;
-        self.last_chunk = None;
-        self.engine = self.fresh_engine();
-    }
-}
-
-impl Handler<Reset> for DetectorActor {
-    type Result = Result<(), StageError>;
-
-    fn handle(&mut self, msg: Reset, ctx: &mut Context<Self>) -> Self::Result {
-        let engine = &mut self.engine;
-        match contain(|| engine.restore(&msg.snapshot)) {
-            Ok(()) => {
-                self.epoch = Some(msg.epoch);
-                self.last_chunk = msg.last_chunk;
-                Ok(())
-            }
-            Err(reason) => {
-                self.lifeline.fail(ctx, reason.clone());
-                Err(StageError::crashed(&self.lifeline.name, reason))
-            }
+        let b = &self.behaviour;
+        let built =
+            contain(|| DetectorState::restore(&b.wiring.engine, b.pattern, b.shard, &committed));
+        match built {
+            Ok(state) => self.state = Some(state),
+            Err(panic) => self.fail(ctx, Failure::Restart(panic)),
         }
     }
 }
@@ -113,43 +117,112 @@ impl Handler<Apply> for DetectorActor {
     type Result = Result<Vec<Detection>, StageError>;
 
     fn handle(&mut self, msg: Apply, ctx: &mut Context<Self>) -> Self::Result {
-        if self.epoch != Some(msg.epoch) {
+        let name = &self.name;
+        let Some(state) = self
+            .state
+            .as_mut()
+            .filter(|s| s.generation == msg.generation)
+        else {
             return Err(StageError::Stale(format!(
-                "{} is not in epoch {}",
-                self.lifeline.name, msg.epoch
+                "{name} is not in generation {}",
+                msg.generation
             )));
-        }
-        if self.last_chunk != msg.previous {
-            return Err(StageError::Stale(format!(
-                "{} expected a chunk after {:?}, got one after {:?}",
-                self.lifeline.name, self.last_chunk, msg.previous
-            )));
-        }
-        let faults = &self.lifeline.pipeline.faults;
-        let name = &self.lifeline.name;
-        let engine = &mut self.engine;
+        };
+        let faults = &self.behaviour.wiring.faults;
         let outcome = contain(|| {
-            faults.hit(name)?;
-            let mut detections = Vec::new();
-            engine.apply(&msg.update, &mut detections);
-            Ok::<_, super::faults::InjectedFault>(detections)
+            faults.hit(name).map_err(|e| e.to_string())?;
+            Ok(state.apply(&msg))
         });
         match outcome {
-            Ok(Ok(detections)) => {
-                self.last_chunk = Some(msg.chunk);
-                Ok(detections)
-            }
-            Ok(Err(error)) => {
-                // The engine may be half way through the chunk: its state
-                // is no longer a cache of anything, so start over.
-                let reason = error.to_string();
-                self.lifeline.fail(ctx, reason.clone());
-                Err(StageError::crashed(&self.lifeline.name, reason))
-            }
-            Err(reason) => {
-                self.lifeline.fail(ctx, reason.clone());
-                Err(StageError::crashed(&self.lifeline.name, reason))
+            Ok(Ok(Ok(detections))) => Ok(detections),
+            Ok(Ok(Err(stale))) => Err(StageError::Stale(format!("{name}: {stale}"))),
+            // The engine may be half way through the chunk: its state is
+            // no longer a view of anything, so start over.
+            Ok(Err(reason)) | Err(reason) => {
+                let crashed = StageError::crashed(name, reason.clone());
+                self.fail(ctx, Failure::Restart(reason));
+                Err(crashed)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{
+        Cents, CustomerId, DetectionKey, Gender, MerchantId, PairUpdate, Snapshot, Thresholds,
+        WeightTable,
+    };
+
+    fn child_update(count: u64) -> ChunkUpdate {
+        ChunkUpdate {
+            pairs: vec![PairUpdate {
+                merchant: MerchantId(1),
+                customer: CustomerId(2),
+                added: 1,
+                count,
+                amount: Cents(100 * count as i64),
+                gender: Gender::Female,
+                weight_slot: crate::detect::NO_WEIGHT,
+            }],
+        }
+    }
+
+    fn apply(state: &mut DetectorState, chunk: &str, previous: Option<&str>, count: u64) -> usize {
+        state
+            .apply(&Apply {
+                generation: 1,
+                chunk: Arc::from(chunk),
+                previous: previous.map(Arc::from),
+                update: Arc::new(child_update(count)),
+            })
+            .unwrap()
+            .len()
+    }
+
+    #[test]
+    fn the_restart_constructor_starts_from_committed_state() {
+        let engine = Engine::new(
+            Thresholds::SPEC,
+            Arc::new(WeightTable::from_entries(std::iter::empty())),
+            [1, 1, 1],
+        );
+        let key = DetectionKey {
+            pattern: Pattern::Child,
+            merchant: MerchantId(1),
+            customer: Some(CustomerId(2)),
+        };
+        // Nothing emitted yet: the 80th transaction of an average of 1.00
+        // detects CHILD.
+        let fresh = Committed {
+            generation: 1,
+            last_chunk: Some(Arc::from("c1")),
+            snapshot: Snapshot::default(),
+        };
+        let mut state = DetectorState::restore(&engine, Pattern::Child, Shard::ALL, &fresh);
+        assert_eq!(apply(&mut state, "c2", Some("c1"), 80), 1);
+        // Emitted before the restart: never again.
+        let emitted = Committed {
+            generation: 1,
+            last_chunk: Some(Arc::from("c1")),
+            snapshot: Snapshot {
+                pairs: Vec::new(),
+                emitted: vec![key],
+            },
+        };
+        let mut state = DetectorState::restore(&engine, Pattern::Child, Shard::ALL, &emitted);
+        assert_eq!(apply(&mut state, "c2", Some("c1"), 80), 0);
+        // A chunk that does not follow the committed one is refused.
+        assert!(
+            state
+                .apply(&Apply {
+                    generation: 1,
+                    chunk: Arc::from("c9"),
+                    previous: Some(Arc::from("c7")),
+                    update: Arc::new(child_update(81)),
+                })
+                .is_err()
+        );
     }
 }

@@ -1,28 +1,41 @@
-//! The actor topology (actix), Vector-style: a source, transforms and sinks
-//! around one supervisor.
+//! The actor topology (actix): Mechanism X and Mechanism Y as stages that
+//! own their state and pass chunks along bounded mailboxes, under one
+//! supervisor.
 //!
 //! ```text
-//!                      ┌──────────────── SupervisorActor ────────────────┐
-//!                      │ restarts, backoff, restart limit, shutdown      │
-//!                      └─────────────────────────────────────────────────┘
-//!  master CSV ─► ChunkerActor ─PUT─► stream_chunks/ ◄─LIST/GET─ S3WatcherActor
-//!                (Mechanism X)                                    │ Apply (bounded mailboxes)
-//!                                                                 ▼
-//!                                          DetectorActor × (PatId1, PatId2, PatId3) × shards
-//!                                                                 │ detections
-//!                                                                 ▼
-//!                                                    TrackerActor ─ one transaction per chunk group:
-//!                                                                 │   pair state + processed_chunks
-//!                                                                 │   + detections (outbox)
-//!                                                                 ▼ doorbell
-//!                                 detected_patterns/ ◄─PUT─ BatchWriterActor
+//!                       ┌─────────────────────── SupervisorActor ───────────────────────┐
+//!                       │ starts the stages, restarts them (backoff, limit), hands out  │
+//!                       │ Mechanism Y's committed snapshot, keeps the lease, shuts down │
+//!                       └────────────────────────────────────────────────────────────────┘
+//!  Mechanism X
+//!  master CSV ──► ChunkerActor ──PUT──► stream_chunks/
+//!                      │ hints (claims, bodies)    │ LIST
+//!  Mechanism Y         ▼                           ▼
+//!               S3WatcherActor ──Fetch──► ReaderActor ──Parsed──► PairTableActor ──Apply──► DetectorActor × n
+//!               (lists, gates)            (GET, parse)            (folds pairs)  ◄─detections─┘
+//!                                                                       │ Evaluated
+//!                                                                       ▼
+//!                                   CompactorActor ◄─ChunksCommitted─ TrackerActor ──one transaction──► database
+//!                                   (folds deltas)                        │ ChunksCommitted
+//!                                                                         ▼
+//!                                                detected_patterns/ ◄─PUT─ BatchWriterActor
 //! ```
 //!
-//! Every actor runs on its own arbiter (thread). Panics never escape a
-//! handler: they are caught, turned into a failure, and the actor is
-//! restarted in place by actix's `Supervisor` (see [`supervisor`]). Data
-//! only moves with `send().await` on bounded mailboxes, and the watcher
-//! keeps at most `watcher.max_in_flight` chunks between listing and commit.
+//! One chunk's path, file by file: [`watcher`] lists it and announces it
+//! with a permit of `watcher.max_in_flight`; [`reader`] reads and parses
+//! it; [`pair_table`] folds it into the cumulative pair table in order and
+//! sends the update to every [`detector`]; once they answered, [`tracker`]
+//! commits it (state change, `processed_chunks` row, detections) in order
+//! and drops its permit; [`batch_writer`] writes its detections to a file
+//! of 50; [`compactor`] later folds its state change into `pair_state`.
+//!
+//! Every stage runs on its own arbiter (thread) inside the generic
+//! [`supervised::Supervised`] actor: panics never escape a handler, a
+//! failed stage restarts in place with a backoff, and its state is rebuilt
+//! from committed state in one place. Mechanism Y's stages restart
+//! together from one snapshot ([`committed`]), numbered by generation;
+//! [`sequence`] keeps their order. Data only moves with `send().await` on
+//! bounded mailboxes. What all stages share is immutable [`wiring`].
 //!
 //! The topology runs only in the process that holds the ownership lease
 //! (`db::lease`): the supervisor renews it, every state change carries its
@@ -32,13 +45,18 @@
 pub mod batch_writer;
 pub mod chunk_gate;
 pub mod chunker;
+pub mod committed;
 pub mod compactor;
-pub mod context;
 pub mod detector;
 pub mod faults;
+pub mod pair_table;
+pub mod reader;
+pub mod sequence;
+pub mod supervised;
 pub mod supervisor;
 pub mod tracker;
 pub mod watcher;
+pub mod wiring;
 
 /// Why a stage could not handle a message.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -49,9 +67,6 @@ pub enum StageError {
     /// The message belongs to an older view of committed state.
     #[error("stale: {0}")]
     Stale(String),
-    /// The stage could not do its work (e.g. the database kept failing).
-    #[error("{0}")]
-    Failed(String),
 }
 
 impl StageError {

@@ -1,320 +1,50 @@
-//! Supervision: restart policy, the per-actor [`Lifeline`], and the
-//! [`SupervisorActor`] that starts the topology and shuts it down.
+//! SupervisorActor: starts the topology, starts Mechanism Y over from
+//! committed state when one of its stages restarted, keeps the ownership
+//! lease, notices when a catch-up run is done, and shuts everything down
+//! in order.
 //!
-//! A failing actor (a contained panic, or an error it cannot get past)
-//! records why and stops itself; actix's `Supervisor` then restarts it in
-//! place, keeping its mailbox and address, so senders never see a dead
-//! mailbox. On restart the actor reports to [`Supervision`], which logs one
-//! line (actor, reason, restart count), picks an exponential backoff, and
-//! stops the whole process with [`EXIT_RESTART_LIMIT`] when an actor
-//! restarts more than `max_restarts` times within `restart_window_ms`. The
-//! restarted actor waits out the backoff, then reloads committed state.
+//! What it does, message by message:
+//!
+//! - [`Restarted`] (from any stage, after its backoff): for a member of
+//!   Mechanism Y, a new generation — one [`Committed`] snapshot read from
+//!   the database and sent to every member with [`Start`].
+//! - [`Resync`] (a stage found the others out of step, e.g. a commit on
+//!   top of a chunk the database does not have last): a new generation too,
+//!   after a backoff; too many in a row stop the process.
+//! - [`MasterChunked`] (from the chunker): in catch-up mode, asks the
+//!   watcher to say when it is idle ([`WhenIdle`]) until the database has
+//!   every chunk committed, then shuts down.
+//! - A signal: shuts down.
+//!
+//! Shutdown is a sequence of messages, each answered when done: [`Stop`]
+//! to the chunker and [`Drain`] to the watcher (no new chunks; every
+//! announced chunk committed), then [`Flush`] to the batch writer and
+//! [`FinalCompact`] to the compactor, all within
+//! `supervisor.shutdown_timeout_ms`.
 
-use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
-use rustc_hash::FxHashMap;
+use futures::future::join_all;
 use tracing::{debug, error, info, warn};
 
-use super::batch_writer::BatchWriterActor;
-use super::chunker::ChunkerActor;
-use super::compactor::CompactorActor;
-use super::context::PipelineContext;
-use super::detector::DetectorActor;
-use super::tracker::TrackerActor;
-use super::watcher::WatcherActor;
-use crate::config::SupervisorConfig;
-use crate::db::{Renewal, RestartEvent};
-use crate::detect::{Pattern, Shard};
-
-/// An actor restarted too often.
-pub const EXIT_RESTART_LIMIT: i32 = 3;
-/// An actor hit an error that a restart cannot fix.
-pub const EXIT_FATAL: i32 = 4;
-/// Graceful shutdown did not finish in time.
-pub const EXIT_SHUTDOWN_TIMEOUT: i32 = 5;
-/// Another process holds the ownership lease and `--no-standby` was given.
-pub const EXIT_STANDBY_REFUSED: i32 = 6;
-/// This process lost the ownership lease to another one while running.
-pub const EXIT_LOST_LEASE: i32 = 7;
-
-/// Restart bookkeeping shared by all actors.
-pub struct Supervision {
-    policy: SupervisorConfig,
-    restarts: Mutex<FxHashMap<String, ActorRestarts>>,
-    unrecorded: Mutex<Vec<RestartEvent>>,
-    fatal: Mutex<Option<String>>,
-}
-
-#[derive(Default)]
-struct ActorRestarts {
-    total: u32,
-    recent: VecDeque<Instant>,
-}
-
-impl Supervision {
-    pub fn new(policy: SupervisorConfig) -> Supervision {
-        Supervision {
-            policy,
-            restarts: Mutex::default(),
-            unrecorded: Mutex::default(),
-            fatal: Mutex::default(),
-        }
-    }
-
-    /// Called when `actor` restarts. Returns the backoff to wait before it
-    /// resumes, or `None` if the restart limit is exceeded, in which case
-    /// the process is being stopped.
-    pub fn on_restart(&self, actor: &str, reason: &str) -> Option<Duration> {
-        let now = Instant::now();
-        let window = Duration::from_millis(self.policy.restart_window_ms);
-        let (total, in_window) = {
-            let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = restarts.entry(actor.to_string()).or_default();
-            entry.total += 1;
-            entry.recent.push_back(now);
-            while entry
-                .recent
-                .front()
-                .is_some_and(|&at| now.duration_since(at) > window)
-            {
-                entry.recent.pop_front();
-            }
-            (entry.total, entry.recent.len() as u32)
-        };
-        self.unrecorded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(RestartEvent {
-                actor: actor.to_string(),
-                reason: reason.to_string(),
-                restart_count: total,
-                at: crate::clock::now_ist(),
-            });
-        if in_window > self.policy.max_restarts {
-            let message = format!(
-                "actor {actor} restarted {in_window} times within {} ms (limit {}); last failure: {reason}",
-                self.policy.restart_window_ms, self.policy.max_restarts
-            );
-            error!(
-                actor,
-                reason,
-                restart = total,
-                "restart limit exceeded; stopping"
-            );
-            let _ = self.stop_process(message, EXIT_RESTART_LIMIT);
-            return None;
-        }
-        let exponent = in_window.saturating_sub(1).min(20);
-        let backoff = Duration::from_millis(
-            self.policy
-                .backoff_initial_ms
-                .saturating_mul(1 << exponent)
-                .min(self.policy.backoff_max_ms),
-        );
-        warn!(
-            actor,
-            reason,
-            restart = total,
-            restarts_in_window = in_window,
-            backoff_ms = backoff.as_millis() as u64,
-            "actor restarted"
-        );
-        Some(backoff)
-    }
-
-    /// Stops the process at once: another process took the ownership lease
-    /// over, so nothing this one still has in flight may be written (the
-    /// database would refuse it anyway).
-    pub fn lost_lease(&self, message: &str) {
-        let first = self.stop_process(
-            format!("lost the ownership lease: {message}"),
-            EXIT_LOST_LEASE,
-        );
-        if first {
-            error!(error = %message, "lost the ownership lease; stopping at once");
-        }
-    }
-
-    /// Stops the process because of an error no restart can fix.
-    pub fn fatal(&self, actor: &str, message: String) {
-        error!(actor, error = %message, "fatal error; stopping");
-        let _ = self.stop_process(format!("{actor}: {message}"), EXIT_FATAL);
-    }
-
-    /// Stops the actor system with `code`; only the first reason counts.
-    /// Returns whether this was the first.
-    fn stop_process(&self, message: String, code: i32) -> bool {
-        let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
-        if fatal.is_some() {
-            return false;
-        }
-        *fatal = Some(message);
-        if let Some(system) = System::try_current() {
-            system.stop_with_code(code);
-        }
-        true
-    }
-
-    /// Why the process was stopped, if it was.
-    pub fn fatal_message(&self) -> Option<String> {
-        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn take_unrecorded(&self) -> Vec<RestartEvent> {
-        std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-/// The part of every supervised actor that deals with failing and
-/// restarting.
-pub struct Lifeline {
-    pub name: String,
-    pub pipeline: Arc<PipelineContext>,
-    failure: Option<String>,
-    resume_after: Duration,
-}
-
-impl Lifeline {
-    pub fn new(name: impl Into<String>, pipeline: Arc<PipelineContext>) -> Lifeline {
-        Lifeline {
-            name: name.into(),
-            pipeline,
-            failure: None,
-            resume_after: Duration::ZERO,
-        }
-    }
-
-    /// Records why the actor fails and stops it; the supervisor restarts it.
-    pub fn fail<A>(&mut self, ctx: &mut Context<A>, reason: String)
-    where
-        A: Actor<Context = Context<A>>,
-    {
-        error!(actor = %self.name, %reason, "actor failed");
-        self.failure.get_or_insert(reason);
-        ctx.stop();
-    }
-
-    /// Call from `Supervised::restarting`.
-    pub fn restarting(&mut self) {
-        let reason = self
-            .failure
-            .take()
-            .unwrap_or_else(|| "stopped unexpectedly".to_string());
-        self.resume_after = self
-            .pipeline
-            .supervision
-            .on_restart(&self.name, &reason)
-            .unwrap_or(Duration::from_secs(3600));
-    }
-
-    /// Call from `started`: after a restart, holds the mailbox until the
-    /// backoff has passed.
-    pub fn wait_backoff<A>(&mut self, ctx: &mut Context<A>)
-    where
-        A: Actor<Context = Context<A>>,
-    {
-        let delay = std::mem::take(&mut self.resume_after);
-        if !delay.is_zero() {
-            ctx.wait(actix::fut::wrap_future(tokio::time::sleep(delay)));
-        }
-    }
-}
-
-/// Addresses of the running topology.
-pub struct Topology {
-    pub chunker: Addr<ChunkerActor>,
-    pub watcher: Addr<WatcherActor>,
-    pub detectors: Vec<Addr<DetectorActor>>,
-    pub tracker: Addr<TrackerActor>,
-    pub batch_writer: Addr<BatchWriterActor>,
-    pub compactor: Addr<CompactorActor>,
-}
-
-impl Topology {
-    /// Starts every actor on its own arbiter (thread), under actix's
-    /// supervisor.
-    pub fn start(pipeline: &Arc<PipelineContext>) -> Topology {
-        let capacity = pipeline.settings.actors.mailbox_capacity;
-        let mut detectors = Vec::new();
-        for pattern in Pattern::ALL {
-            let pool = match pattern {
-                Pattern::Upgrade => pipeline.settings.detectors.patid1,
-                Pattern::Child => pipeline.settings.detectors.patid2,
-                Pattern::DeiNeeded => pipeline.settings.detectors.patid3,
-            };
-            for index in 0..pool {
-                let p = pipeline.clone();
-                detectors.push(Supervisor::start_in_arbiter(
-                    &Arbiter::new().handle(),
-                    move |ctx| {
-                        ctx.set_mailbox_capacity(capacity);
-                        DetectorActor::new(p, pattern, Shard::new(index, pool))
-                    },
-                ));
-            }
-        }
-        let p = pipeline.clone();
-        let tracker = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |ctx| {
-            ctx.set_mailbox_capacity(capacity);
-            TrackerActor::new(p)
-        });
-        let p = pipeline.clone();
-        let (d, t) = (detectors.clone(), tracker.clone());
-        let watcher = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |ctx| {
-            ctx.set_mailbox_capacity(capacity);
-            WatcherActor::new(p, d, t)
-        });
-        let p = pipeline.clone();
-        let batch_writer = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |ctx| {
-            ctx.set_mailbox_capacity(capacity);
-            BatchWriterActor::new(p)
-        });
-        let p = pipeline.clone();
-        let compactor = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |ctx| {
-            ctx.set_mailbox_capacity(capacity);
-            CompactorActor::new(p)
-        });
-        let p = pipeline.clone();
-        let chunker = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |ctx| {
-            ctx.set_mailbox_capacity(capacity);
-            ChunkerActor::new(p)
-        });
-        Topology {
-            chunker,
-            watcher,
-            detectors,
-            tracker,
-            batch_writer,
-            compactor,
-        }
-    }
-
-    fn dead_actor(&self) -> Option<String> {
-        if !self.chunker.connected() {
-            return Some("chunker".into());
-        }
-        if !self.watcher.connected() {
-            return Some("watcher".into());
-        }
-        if !self.tracker.connected() {
-            return Some("tracker".into());
-        }
-        if !self.batch_writer.connected() {
-            return Some("batch-writer".into());
-        }
-        if !self.compactor.connected() {
-            return Some("compactor".into());
-        }
-        self.detectors
-            .iter()
-            .position(|d| !d.connected())
-            .map(|i| format!("detector #{i}"))
-    }
-}
+use super::batch_writer::{BatchWriter, BatchWriterActor, Flush};
+use super::chunker::{Chunker, ChunkerActor, Stop};
+use super::committed::{Committed, Start};
+use super::compactor::{Compactor, CompactorActor, FinalCompact};
+use super::detector::{Detector, DetectorActor};
+use super::pair_table::{PairTable, PairTableActor};
+use super::reader::{Reader, ReaderActor};
+pub use super::supervised::{
+    EXIT_FATAL, EXIT_LOST_LEASE, EXIT_RESTART_LIMIT, EXIT_SHUTDOWN_TIMEOUT, EXIT_STANDBY_REFUSED,
+};
+use super::supervised::{Group, Restarted, Supervised};
+use super::tracker::{Tracker, TrackerActor};
+use super::watcher::{Drain, S3WatcherActor, Watcher, WhenIdle};
+use super::wiring::Wiring;
+use crate::db::Renewal;
+use crate::signals::Signals;
 
 /// When the supervisor ends the run on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -326,22 +56,229 @@ pub enum RunMode {
     UntilDone,
 }
 
+/// The chunker reached the end of the master file.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MasterChunked;
+
+/// The stages of `generation` disagree about committed state.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync {
+    pub generation: u64,
+    pub reason: String,
+}
+
+/// Addresses of the running topology.
+pub struct Topology {
+    pub chunker: Addr<ChunkerActor>,
+    pub watcher: Addr<S3WatcherActor>,
+    pub reader: Addr<ReaderActor>,
+    pub pair_table: Addr<PairTableActor>,
+    pub detectors: Vec<Addr<DetectorActor>>,
+    pub tracker: Addr<TrackerActor>,
+    pub batch_writer: Addr<BatchWriterActor>,
+    pub compactor: Addr<CompactorActor>,
+}
+
+impl Topology {
+    /// Starts every stage on its own arbiter (thread), downstream first.
+    fn start(wiring: &Arc<Wiring>, supervisor: Addr<SupervisorActor>) -> Topology {
+        let capacity = wiring.settings.actors.mailbox_capacity;
+        let supervision = wiring.supervision.clone();
+        let restarted = supervisor.clone().recipient::<Restarted>();
+        let start = |name: &str| {
+            (
+                name.to_string(),
+                capacity,
+                supervision.clone(),
+                restarted.clone(),
+            )
+        };
+        macro_rules! spawn {
+            ($name:expr, $behaviour:expr) => {{
+                let (name, capacity, supervision, restarted) = start($name);
+                Supervised::start(name, $behaviour, capacity, supervision, restarted)
+            }};
+        }
+        let w = || wiring.clone();
+        let batch_writer = spawn!("batch-writer", BatchWriter { wiring: w() });
+        let compactor = spawn!("compactor", Compactor { wiring: w() });
+        let tracker = spawn!(
+            "tracker",
+            Tracker {
+                wiring: w(),
+                batch_writer: batch_writer.clone(),
+                compactor: compactor.clone(),
+                supervisor: supervisor.clone(),
+            }
+        );
+        let detectors: Vec<_> = wiring
+            .engine
+            .parts()
+            .map(|(pattern, shard)| {
+                spawn!(
+                    &Detector::name(pattern, shard),
+                    Detector {
+                        wiring: w(),
+                        pattern,
+                        shard,
+                    }
+                )
+            })
+            .collect();
+        let pair_table = spawn!(
+            "pair-table",
+            PairTable {
+                wiring: w(),
+                detectors: detectors.clone(),
+                tracker: tracker.clone(),
+                supervisor: supervisor.clone(),
+            }
+        );
+        let reader = spawn!(
+            "reader",
+            Reader {
+                wiring: w(),
+                pair_table: pair_table.clone(),
+            }
+        );
+        let watcher = spawn!(
+            "watcher",
+            Watcher {
+                wiring: w(),
+                reader: reader.clone(),
+            }
+        );
+        let chunker = spawn!(
+            "chunker",
+            Chunker {
+                wiring: w(),
+                watcher: watcher.clone(),
+                supervisor: supervisor.clone(),
+            }
+        );
+        Topology {
+            chunker,
+            watcher,
+            reader,
+            pair_table,
+            detectors,
+            tracker,
+            batch_writer,
+            compactor,
+        }
+    }
+
+    /// Hands a generation's snapshot to every member of Mechanism Y,
+    /// downstream first, so each is ready before work reaches it.
+    fn start_mechanism_y(&self, committed: Arc<Committed>) -> impl Future<Output = ()> + use<> {
+        let tracker = self.tracker.send(Start(committed.clone()));
+        let detectors: Vec<_> = self
+            .detectors
+            .iter()
+            .map(|d| d.send(Start(committed.clone())))
+            .collect();
+        let (pair_table, reader, watcher) = (
+            self.pair_table.clone(),
+            self.reader.clone(),
+            self.watcher.clone(),
+        );
+        async move {
+            // A member that is restarting misses its Start; its own restart
+            // starts the next generation.
+            let _ = tracker.await;
+            join_all(detectors).await;
+            let _ = pair_table.send(Start(committed.clone())).await;
+            let _ = reader.send(Start(committed.clone())).await;
+            let _ = watcher.send(Start(committed)).await;
+        }
+    }
+
+    /// The name of a stage that stopped for good, if one did.
+    fn dead_stage(&self, wiring: &Wiring) -> Option<String> {
+        let named = [
+            ("chunker", self.chunker.connected()),
+            ("watcher", self.watcher.connected()),
+            ("reader", self.reader.connected()),
+            ("pair-table", self.pair_table.connected()),
+            ("tracker", self.tracker.connected()),
+            ("batch-writer", self.batch_writer.connected()),
+            ("compactor", self.compactor.connected()),
+        ];
+        if let Some((name, _)) = named.iter().find(|(_, alive)| !alive) {
+            return Some(name.to_string());
+        }
+        self.detectors
+            .iter()
+            .zip(wiring.engine.parts())
+            .find(|(d, _)| !d.connected())
+            .map(|(_, (pattern, shard))| Detector::name(pattern, shard))
+    }
+}
+
 /// Starts the topology, watches it, and shuts it down.
 pub struct SupervisorActor {
-    pipeline: Arc<PipelineContext>,
+    wiring: Arc<Wiring>,
+    signals: Signals,
     mode: RunMode,
     topology: Option<Topology>,
+    /// Mechanism Y's current generation.
+    generation: u64,
+    /// Resyncs since the last generation that committed anything.
+    resyncs: u32,
     stopping: bool,
 }
 
 impl SupervisorActor {
-    pub fn new(pipeline: Arc<PipelineContext>, mode: RunMode) -> SupervisorActor {
+    pub fn new(wiring: Arc<Wiring>, signals: Signals, mode: RunMode) -> SupervisorActor {
         SupervisorActor {
-            pipeline,
+            wiring,
+            signals,
             mode,
             topology: None,
+            generation: 0,
+            resyncs: 0,
             stopping: false,
         }
+    }
+
+    /// Starts a new generation of Mechanism Y after `delay`.
+    fn new_generation(&mut self, ctx: &mut Context<Self>, delay: Duration) {
+        if self.stopping {
+            return;
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        let wiring = self.wiring.clone();
+        let load = async move {
+            tokio::time::sleep(delay).await;
+            loop {
+                match Committed::load(&wiring, generation).await {
+                    Ok(committed) => return Arc::new(committed),
+                    Err(error) => {
+                        warn!(%error, "could not read committed state; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(load).then(move |committed, act, _ctx| {
+                let start = (act.generation == generation && !act.stopping)
+                    .then(|| {
+                        act.topology
+                            .as_ref()
+                            .map(|t| t.start_mechanism_y(committed))
+                    })
+                    .flatten();
+                actix::fut::wrap_future(async move {
+                    if let Some(start) = start {
+                        start.await;
+                    }
+                })
+            }),
+        );
     }
 
     fn begin_shutdown(&mut self, ctx: &mut Context<Self>, why: &'static str) {
@@ -353,15 +290,65 @@ impl SupervisorActor {
             reason = why,
             "shutting down: draining in-flight chunks and flushing detections"
         );
-        let pipeline = self.pipeline.clone();
+        let Some(topology) = self.topology.as_ref() else {
+            System::current().stop();
+            return;
+        };
+        let drain = drain(
+            topology.chunker.clone(),
+            topology.watcher.clone(),
+            topology.batch_writer.clone(),
+            topology.compactor.clone(),
+        );
+        let wiring = self.wiring.clone();
+        let timeout = Duration::from_millis(wiring.settings.supervisor.shutdown_timeout_ms);
         ctx.spawn(actix::fut::wrap_future(async move {
-            let code = drain(&pipeline).await;
-            record_restarts(&pipeline).await;
+            let code = match tokio::time::timeout(timeout, drain).await {
+                Ok(()) => 0,
+                Err(_) => {
+                    error!("shutdown timed out draining chunks, writing detection files or compacting state");
+                    EXIT_SHUTDOWN_TIMEOUT
+                }
+            };
+            record_restarts(&wiring).await;
             if code == 0 {
                 info!("shutdown complete");
             }
             System::current().stop_with_code(code);
         }));
+    }
+
+    /// Catch-up mode: once the master file is chunked, waits for two idle
+    /// listings and every chunk committed, then shuts down.
+    fn finish_when_done(&mut self, ctx: &mut Context<Self>) {
+        let Some(watcher) = self.topology.as_ref().map(|t| t.watcher.clone()) else {
+            return;
+        };
+        let wiring = self.wiring.clone();
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(async move {
+                loop {
+                    match watcher.send(WhenIdle).await {
+                        Ok(Ok(())) => {}
+                        // Mechanism Y started over: ask the new generation.
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                    match wiring.state.status(0).await {
+                        Ok(status) if every_chunk_committed(&status) => return,
+                        Ok(status) => debug!(
+                            produced = status.chunks_produced,
+                            last_seq = ?status.last_seq,
+                            "waiting for the chunker's last chunks to commit"
+                        ),
+                        Err(error) => warn!(%error, "could not read progress; trying again"),
+                    }
+                }
+            })
+            .map(|(), act, ctx| act.begin_shutdown(ctx, "all input processed")),
+        );
     }
 }
 
@@ -369,27 +356,33 @@ impl Actor for SupervisorActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.topology = Some(Topology::start(&self.pipeline));
+        let topology = Topology::start(&self.wiring, ctx.address());
         info!(
-            storage = %self.pipeline.objects.describe(),
-            detectors = self.topology.as_ref().map_or(0, |t| t.detectors.len()),
+            storage = %self.wiring.objects.describe(),
+            detectors = topology.detectors.len(),
             "pipeline started"
         );
+        self.topology = Some(topology);
+        self.new_generation(ctx, Duration::ZERO);
         ctx.run_interval(Duration::from_secs(1), |act, ctx| {
             if act.stopping {
                 return;
             }
-            if let Some(dead) = act.topology.as_ref().and_then(Topology::dead_actor) {
-                act.pipeline
+            if let Some(dead) = act
+                .topology
+                .as_ref()
+                .and_then(|t| t.dead_stage(&act.wiring))
+            {
+                act.wiring
                     .supervision
                     .fatal(&dead, "actor stopped and cannot be restarted".to_string());
             }
-            let pipeline = act.pipeline.clone();
+            let wiring = act.wiring.clone();
             ctx.spawn(actix::fut::wrap_future(async move {
-                record_restarts(&pipeline).await
+                record_restarts(&wiring).await
             }));
         });
-        let signals = self.pipeline.lifecycle.signals.clone();
+        let signals = self.signals.clone();
         ctx.spawn(
             actix::fut::wrap_future(async move {
                 let signal = signals.received().await;
@@ -397,13 +390,53 @@ impl Actor for SupervisorActor {
             })
             .map(|_, act: &mut Self, ctx| act.begin_shutdown(ctx, "signal")),
         );
-        ctx.spawn(actix::fut::wrap_future(keep_lease(self.pipeline.clone())));
-        if self.mode == RunMode::UntilDone {
-            let pipeline = self.pipeline.clone();
-            ctx.spawn(
-                actix::fut::wrap_future(async move { wait_until_done(&pipeline).await })
-                    .map(|_, act: &mut Self, ctx| act.begin_shutdown(ctx, "all input processed")),
+        ctx.spawn(actix::fut::wrap_future(keep_lease(self.wiring.clone())));
+    }
+}
+
+impl Handler<Restarted> for SupervisorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Restarted, ctx: &mut Context<Self>) {
+        if msg.group == Group::MechanismY {
+            info!(
+                actor = %msg.actor,
+                "Mechanism Y starts over from committed state"
             );
+            self.new_generation(ctx, Duration::ZERO);
+        }
+    }
+}
+
+impl Handler<Resync> for SupervisorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resync, ctx: &mut Context<Self>) {
+        if msg.generation != self.generation {
+            return; // that generation is already over
+        }
+        self.resyncs += 1;
+        let policy = self.wiring.supervision.policy();
+        if self.resyncs > policy.max_restarts.max(1) * 4 {
+            self.wiring.supervision.stop_with(
+                format!("Mechanism Y cannot get past: {}", msg.reason),
+                EXIT_RESTART_LIMIT,
+            );
+            return;
+        }
+        let delay = self.wiring.supervision.backoff(self.resyncs);
+        warn!(reason = %msg.reason, retry_in_ms = delay.as_millis() as u64,
+              "Mechanism Y starts over from committed state");
+        self.new_generation(ctx, delay);
+    }
+}
+
+impl Handler<MasterChunked> for SupervisorActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: MasterChunked, ctx: &mut Context<Self>) {
+        if self.mode == RunMode::UntilDone {
+            self.finish_when_done(ctx);
         }
     }
 }
@@ -412,14 +445,14 @@ impl Actor for SupervisorActor {
 /// process took it over, the whole process stops at once; if the database
 /// cannot be reached, it keeps trying (the fence, not the clock, keeps a
 /// late writer out).
-async fn keep_lease(pipeline: Arc<PipelineContext>) {
-    let ownership = &pipeline.settings.ownership;
+async fn keep_lease(wiring: Arc<Wiring>) {
+    let ownership = &wiring.settings.ownership;
     let beat = Duration::from_millis(ownership.heartbeat_ms);
     loop {
         tokio::time::sleep(beat).await;
-        match pipeline
+        match wiring
             .state
-            .renew_lease(&pipeline.fence, ownership.lease_ttl_ms)
+            .renew_lease(&wiring.fence, ownership.lease_ttl_ms)
             .await
         {
             Ok(Renewal::Renewed { .. }) => {}
@@ -429,42 +462,14 @@ async fn keep_lease(pipeline: Arc<PipelineContext>) {
                         "{} took it over at epoch {} (this process held epoch {})",
                         holder.holder(),
                         holder.epoch,
-                        pipeline.fence.epoch
+                        wiring.fence.epoch
                     ),
                     None => "the lease row is gone".to_string(),
                 };
-                pipeline.supervision.lost_lease(&message);
+                wiring.supervision.lost_lease(&message);
                 return;
             }
             Err(error) => warn!(%error, "could not renew the ownership lease; retrying"),
-        }
-    }
-}
-
-const POLL: Duration = Duration::from_millis(10);
-
-/// Waits until the master file is fully chunked, two listings that started
-/// after that found nothing new (the first may have started before the
-/// last chunk appeared), and the database has every chunk the chunker
-/// wrote committed (processed, or rejected if its object vanished).
-async fn wait_until_done(pipeline: &PipelineContext) {
-    let progress = &pipeline.progress;
-    while !progress.chunker_finished.load(Ordering::Acquire) {
-        tokio::time::sleep(POLL).await;
-    }
-    loop {
-        let mark = progress.idle_listings.load(Ordering::Acquire);
-        while progress.idle_listings.load(Ordering::Acquire) < mark + 2 {
-            tokio::time::sleep(POLL).await;
-        }
-        match pipeline.state.status(0).await {
-            Ok(status) if every_chunk_committed(&status) => return,
-            Ok(status) => debug!(
-                produced = status.chunks_produced,
-                last_seq = ?status.last_seq,
-                "waiting for the chunker's last chunks to commit"
-            ),
-            Err(error) => warn!(%error, "could not read progress; trying again"),
         }
     }
 }
@@ -478,38 +483,43 @@ fn every_chunk_committed(status: &crate::db::StatusReport) -> bool {
         }
 }
 
-/// Stops the chunker and the watcher, waits for in-flight chunks to
-/// commit, then has the batch writer write everything. Returns the exit
-/// code.
-async fn drain(pipeline: &PipelineContext) -> i32 {
-    let deadline =
-        Instant::now() + Duration::from_millis(pipeline.settings.supervisor.shutdown_timeout_ms);
-    let lifecycle = &pipeline.lifecycle;
-    let progress = &pipeline.progress;
-    lifecycle.stop_chunker.cancel();
-    lifecycle.stop_watcher.cancel();
-    while !progress.watcher_stopped.load(Ordering::Acquire) {
-        if Instant::now() > deadline {
-            error!("shutdown timed out waiting for in-flight chunks");
-            return EXIT_SHUTDOWN_TIMEOUT;
+/// Stops the chunker and the watcher, waits until every announced chunk is
+/// committed, then has the batch writer write everything and the compactor
+/// fold what it can. A stage that restarts meanwhile is asked again.
+async fn drain(
+    chunker: Addr<ChunkerActor>,
+    watcher: Addr<S3WatcherActor>,
+    batch_writer: Addr<BatchWriterActor>,
+    compactor: Addr<CompactorActor>,
+) {
+    let pause = Duration::from_millis(50);
+    let stop_chunker = async {
+        while chunker.send(Stop).await.is_err() {
+            tokio::time::sleep(pause).await;
         }
-        tokio::time::sleep(POLL).await;
-    }
-    lifecycle.final_flush.cancel();
-    lifecycle.final_compact.cancel();
-    while !progress.flushed.load(Ordering::Acquire) || !progress.compacted.load(Ordering::Acquire) {
-        if Instant::now() > deadline {
-            error!("shutdown timed out writing detection files or compacting state");
-            return EXIT_SHUTDOWN_TIMEOUT;
+    };
+    let drain_watcher = async {
+        while !matches!(watcher.send(Drain).await, Ok(Ok(()))) {
+            tokio::time::sleep(pause).await;
         }
-        tokio::time::sleep(POLL).await;
-    }
-    0
+    };
+    futures::join!(stop_chunker, drain_watcher);
+    let flush = async {
+        while !matches!(batch_writer.send(Flush).await, Ok(Ok(()))) {
+            tokio::time::sleep(pause).await;
+        }
+    };
+    let compact = async {
+        while !matches!(compactor.send(FinalCompact).await, Ok(Ok(()))) {
+            tokio::time::sleep(pause).await;
+        }
+    };
+    futures::join!(flush, compact);
 }
 
-async fn record_restarts(pipeline: &PipelineContext) {
-    for event in pipeline.supervision.take_unrecorded() {
-        if let Err(error) = pipeline.state.record_restart(&event).await {
+async fn record_restarts(wiring: &Wiring) {
+    for event in wiring.supervision.take_unrecorded() {
+        if let Err(error) = wiring.state.record_restart(&event).await {
             warn!(%error, "could not record a restart event");
         }
     }

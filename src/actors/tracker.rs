@@ -1,28 +1,65 @@
-//! TrackerActor: commits chunks, exactly once.
+//! TrackerActor: commits chunks, exactly once, in order.
 //!
-//! It receives groups of consecutive chunk outcomes from the watcher (the
-//! chunks' encoded state changes, their `processed_chunks` rows and their
-//! new detections) and writes each group in one database transaction.
-//! The compactor later folds the committed state changes into
-//! `pair_state` (see `db::delta`). The
-//! transaction only commits on top of the chunk the watcher believes was
-//! committed last; if that is not so, nothing is written and the watcher
-//! resets to committed state. A commit retried after a lost answer finds
-//! its own chunks already there and reports success without writing
-//! anything twice. Committed detections wait in the outbox for the batch
-//! writer, whose doorbell rings after every commit.
+//! It takes each chunk's outcome from the pair table ([`Evaluated`]: the
+//! chunk's encoded state change, its `processed_chunks` row and its new
+//! detections), puts outcomes back in announcement order, and writes them
+//! in database transactions: one at a time, each on top of the chunk it
+//! committed last, as many ready chunks together as
+//! `watcher.max_chunks_per_commit` allows when commits fall behind. That
+//! scheduling is [`CommitSchedule`], a pure rule set.
+//!
+//! ```text
+//! PairTableActor ──Evaluated──► TrackerActor ──one transaction──► database
+//!                                    │   (state change + processed_chunks + detections)
+//!                                    ├──Committed──► BatchWriterActor
+//!                                    └──Committed──► CompactorActor
+//! ```
+//!
+//! The transaction only commits on top of the chunk the tracker believes
+//! was committed last; if the database says otherwise, nothing is written
+//! and the supervisor starts a new generation from what the database
+//! holds. A commit retried after a lost answer finds its own chunks already
+//! there and reports success without writing anything twice. Committed
+//! detections wait in the outbox (detections without a file yet) for the
+//! batch writer. Dropping a committed chunk's outcome returns its permit to
+//! the watcher.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use actix::prelude::*;
+use futures::future::LocalBoxFuture;
+use tokio::sync::OwnedSemaphorePermit;
 
-use super::StageError;
-use super::context::{PipelineContext, contain_async};
-use super::supervisor::Lifeline;
+use super::batch_writer::BatchWriterActor;
+use super::committed::{Committed, Start};
+use super::compactor::CompactorActor;
+use super::sequence::InOrder;
+use super::supervised::{Behaviour, Failure, Group, Supervised};
+use super::supervisor::{Resync, SupervisorActor};
+use super::wiring::{Wiring, contain_async};
 use crate::db::{ChunkRecord, ChunkStatus, CommitBatch, CommitOutcome, DeltaBlob, DetectionRecord};
 use crate::detect::Detection;
+
+pub type TrackerActor = Supervised<Tracker>;
+
+/// The tracker's wiring.
+pub struct Tracker {
+    pub wiring: Arc<Wiring>,
+    pub batch_writer: Addr<BatchWriterActor>,
+    pub compactor: Addr<CompactorActor>,
+    pub supervisor: Addr<SupervisorActor>,
+}
+
+impl Behaviour for Tracker {
+    type State = TrackerState;
+    const GROUP: Group = Group::MechanismY;
+
+    fn pre_start(&self) -> LocalBoxFuture<'static, Result<Option<TrackerState>, Failure>> {
+        Box::pin(async { Ok(None) })
+    }
+}
 
 /// The result of one chunk, ready to commit.
 #[derive(Debug)]
@@ -34,96 +71,223 @@ pub struct ChunkOutcome {
     pub detections: Vec<Detection>,
     pub detection_time: String,
     pub listed_at: Instant,
+    /// The watcher's permit: returned when the outcome is dropped.
+    pub permit: OwnedSemaphorePermit,
 }
 
-/// Commit consecutive chunks on top of `expected_last`.
+/// A chunk evaluated by every detector (or rejected).
 #[derive(Message)]
-#[rtype(result = "Result<CommitReceipt, StageError>")]
-pub struct Commit {
-    pub expected_last: Option<Arc<str>>,
-    pub chunks: Vec<ChunkOutcome>,
+#[rtype(result = "()")]
+pub struct Evaluated {
+    pub generation: u64,
+    pub number: u64,
+    pub outcome: ChunkOutcome,
 }
 
+/// Chunks became durable; `detections` of them wait in the outbox.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ChunksCommitted {
+    pub chunks: u64,
+    pub detections: u64,
+}
+
+/// When to commit what: outcomes arrive out of order and commit in order,
+/// one transaction at a time, each on top of the last committed chunk.
 #[derive(Debug)]
-pub struct CommitReceipt {
-    /// The last chunk now committed.
-    pub last: Arc<str>,
+pub struct CommitSchedule<T> {
+    order: InOrder<T>,
+    ready: VecDeque<T>,
+    /// The last chunk committed, which the next commit must follow.
+    pub last: Option<Arc<str>>,
+    committing: bool,
+    max_chunks: usize,
 }
 
-pub struct TrackerActor {
-    lifeline: Lifeline,
+impl<T> CommitSchedule<T> {
+    pub fn new(last: Option<Arc<str>>, max_chunks: usize) -> CommitSchedule<T> {
+        CommitSchedule {
+            order: InOrder::new(0),
+            ready: VecDeque::new(),
+            last,
+            committing: false,
+            max_chunks: max_chunks.max(1),
+        }
+    }
+
+    /// Takes outcome number `n`; a duplicate is handed back.
+    pub fn arrived(&mut self, n: u64, outcome: T) -> Result<(), T> {
+        self.order.push(n, outcome)?;
+        while let Some(next) = self.order.pop() {
+            self.ready.push_back(next);
+        }
+        Ok(())
+    }
+
+    /// The next group to commit, if no commit is under way: every ready
+    /// outcome, up to the group limit.
+    pub fn next_group(&mut self) -> Option<Vec<T>> {
+        if self.committing || self.ready.is_empty() {
+            return None;
+        }
+        self.committing = true;
+        let take = self.ready.len().min(self.max_chunks);
+        Some(self.ready.drain(..take).collect())
+    }
+
+    /// The commit under way is durable; `last` is its last chunk.
+    pub fn committed(&mut self, last: Arc<str>) {
+        self.committing = false;
+        self.last = Some(last);
+    }
 }
 
-impl TrackerActor {
-    pub fn new(pipeline: Arc<PipelineContext>) -> TrackerActor {
-        TrackerActor {
-            lifeline: Lifeline::new("tracker", pipeline),
+/// What the tracker owns in one generation.
+pub struct TrackerState {
+    generation: u64,
+    schedule: CommitSchedule<ChunkOutcome>,
+}
+
+impl TrackerState {
+    /// The restart constructor: commits go on after the committed chunk.
+    pub fn restore(committed: &Committed, max_chunks: usize) -> TrackerState {
+        TrackerState {
+            generation: committed.generation,
+            schedule: CommitSchedule::new(committed.last_chunk.clone(), max_chunks),
         }
     }
 }
 
-impl Actor for TrackerActor {
-    type Context = Context<Self>;
+impl Handler<Start> for TrackerActor {
+    type Result = ();
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.lifeline.wait_backoff(ctx);
+    fn handle(&mut self, Start(committed): Start, _ctx: &mut Context<Self>) {
+        if self
+            .state
+            .as_ref()
+            .is_some_and(|s| s.generation > committed.generation)
+        {
+            return;
+        }
+        let max_chunks = self.behaviour.wiring.settings.watcher.max_chunks_per_commit;
+        self.state = Some(TrackerState::restore(&committed, max_chunks));
     }
 }
 
-impl Supervised for TrackerActor {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        self.lifeline.restarting();
+impl Handler<Evaluated> for TrackerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Evaluated, ctx: &mut Context<Self>) {
+        let Some(state) = self
+            .state
+            .as_mut()
+            .filter(|s| s.generation == msg.generation)
+        else {
+            return;
+        };
+        if state.schedule.arrived(msg.number, msg.outcome).is_ok() {
+            self.commit_next(ctx);
+        }
     }
 }
 
+/// Why a commit failed.
 enum CommitFailure {
-    /// A bug or an injected fault: restart the tracker.
+    /// A bug or an injected fault, or the database kept failing: restart
+    /// the tracker (and with it, Mechanism Y).
     Crash(String),
-    /// The database kept failing, or the watcher's view was stale.
-    Stage(StageError),
+    /// The database holds another last chunk than the tracker expected.
+    Stale(String),
 }
 
-impl Handler<Commit> for TrackerActor {
-    type Result = AtomicResponse<Self, Result<CommitReceipt, StageError>>;
-
-    fn handle(&mut self, msg: Commit, _ctx: &mut Context<Self>) -> Self::Result {
-        let pipeline = self.lifeline.pipeline.clone();
-        let name = self.lifeline.name.clone();
-        let work = async move { contain_async(commit(&pipeline, &name, msg)).await };
-        AtomicResponse::new(Box::pin(actix::fut::wrap_future::<_, Self>(work).map(
-            |outcome, act, ctx| {
-                let failure = match outcome {
-                    Ok(Ok(receipt)) => return Ok(receipt),
-                    Ok(Err(CommitFailure::Stage(error))) => return Err(error),
-                    Ok(Err(CommitFailure::Crash(reason))) | Err(reason) => reason,
+impl TrackerActor {
+    /// Starts the next commit if one is due.
+    fn commit_next(&mut self, ctx: &mut Context<Self>) {
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
+        let Some(group) = state.schedule.next_group() else {
+            return;
+        };
+        let generation = state.generation;
+        let expected_last = state.schedule.last.clone();
+        let wiring = self.behaviour.wiring.clone();
+        let name = self.name.clone();
+        let work = async move {
+            let outcome = commit(&wiring, &name, expected_last, &group).await;
+            (outcome, group)
+        };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(contain_async(work)).map(
+            move |done, act, ctx| {
+                let (outcome, group) = match done {
+                    Ok(done) => done,
+                    Err(panic) => return act.fail(ctx, Failure::Restart(panic)),
                 };
-                act.lifeline.fail(ctx, failure.clone());
-                Err(StageError::crashed(&act.lifeline.name, failure))
+                match outcome {
+                    Ok(last) => {
+                        let notice = ChunksCommitted {
+                            chunks: group.len() as u64,
+                            detections: group.iter().map(|c| c.detections.len() as u64).sum(),
+                        };
+                        // Dropping the group returns the chunks' permits.
+                        drop(group);
+                        act.committed(generation, last, notice, ctx);
+                    }
+                    Err(CommitFailure::Stale(reason)) => {
+                        if act.state.as_ref().map(|s| s.generation) == Some(generation) {
+                            act.state = None;
+                            let supervisor = act.behaviour.supervisor.clone();
+                            ctx.spawn(actix::fut::wrap_future(async move {
+                                let _ = supervisor.send(Resync { generation, reason }).await;
+                            }));
+                        }
+                    }
+                    Err(CommitFailure::Crash(reason)) => act.fail(ctx, Failure::Restart(reason)),
+                }
             },
-        )))
+        ));
+    }
+
+    fn committed(
+        &mut self,
+        generation: u64,
+        last: Arc<str>,
+        notice: ChunksCommitted,
+        ctx: &mut Context<Self>,
+    ) {
+        let batch_writer = self.behaviour.batch_writer.clone();
+        let compactor = self.behaviour.compactor.clone();
+        ctx.spawn(actix::fut::wrap_future(async move {
+            if notice.detections > 0 {
+                let _ = batch_writer.send(notice).await;
+            }
+            let _ = compactor.send(notice).await;
+        }));
+        if let Some(state) = self.state.as_mut().filter(|s| s.generation == generation) {
+            state.schedule.committed(last);
+            self.commit_next(ctx);
+        }
     }
 }
 
+/// Writes one group of consecutive chunks in one transaction; returns the
+/// last chunk now committed.
 async fn commit(
-    pipeline: &PipelineContext,
+    pipeline: &Wiring,
     name: &str,
-    msg: Commit,
-) -> Result<CommitReceipt, CommitFailure> {
+    expected_last: Option<Arc<str>>,
+    group: &[ChunkOutcome],
+) -> Result<Arc<str>, CommitFailure> {
     pipeline
         .faults
         .hit(name)
         .map_err(|e| CommitFailure::Crash(e.to_string()))?;
-    let last: Arc<str> = match msg.chunks.last() {
-        Some(chunk) => Arc::from(chunk.record.name.as_str()),
-        None => {
-            return Err(CommitFailure::Stage(StageError::Failed(
-                "empty commit".into(),
-            )));
-        }
+    let Some(last) = group.last() else {
+        return Err(CommitFailure::Crash("empty commit".into()));
     };
+    let last: Arc<str> = Arc::from(last.record.name.as_str());
     let names = &*pipeline.names;
-    let deltas: Vec<DeltaBlob<'_>> = msg
-        .chunks
+    let deltas: Vec<DeltaBlob<'_>> = group
         .iter()
         .filter_map(|c| {
             c.encoded_delta.as_ref().map(|blob| DeltaBlob {
@@ -133,8 +297,8 @@ async fn commit(
         })
         .collect();
     let mut detections = Vec::new();
-    let mut chunks = Vec::with_capacity(msg.chunks.len());
-    for chunk in &msg.chunks {
+    let mut chunks = Vec::with_capacity(group.len());
+    for chunk in group {
         let start = detections.len();
         for detection in &chunk.detections {
             detections.push(DetectionRecord {
@@ -156,7 +320,7 @@ async fn commit(
     }
     let processed_at = crate::clock::now_ist();
     let batch = CommitBatch {
-        expected_last: msg.expected_last.as_deref(),
+        expected_last: expected_last.as_deref(),
         chunks: &chunks,
         deltas: &deltas,
         detections: &detections,
@@ -172,62 +336,86 @@ async fn commit(
             // Name the chunks: an error no retry fixes must say which
             // chunk the operator may have to skip (`txpipe skip-chunk`).
             let first = chunks.first().map_or("", |c| c.name.as_str());
-            CommitFailure::Stage(StageError::Failed(format!(
-                "commit of chunk {first:?} to {last:?}: {e}"
-            )))
+            CommitFailure::Crash(format!("commit of chunk {first:?} to {last:?}: {e}"))
         })?;
     match outcome {
         CommitOutcome::Committed => {}
         CommitOutcome::AlreadyCommitted => {
             tracing::info!(chunk = ?last, "commit had already gone through");
-            return Ok(CommitReceipt { last });
+            return Ok(last);
         }
         CommitOutcome::Conflict { last: actual } => {
-            return Err(CommitFailure::Stage(StageError::Stale(format!(
-                "expected last committed chunk {:?}, database has {actual:?}",
-                msg.expected_last
-            ))));
+            return Err(CommitFailure::Stale(format!(
+                "expected last committed chunk {expected_last:?}, database has {actual:?}"
+            )));
         }
     }
-    let progress = &pipeline.progress;
+    let metrics = &pipeline.metrics;
     let now = Instant::now();
-    for chunk in &msg.chunks {
+    for chunk in group {
         let record = &chunk.record;
         match record.status {
-            ChunkStatus::Processed => progress.chunks_committed.fetch_add(1, Ordering::Relaxed),
-            ChunkStatus::Rejected => progress.chunks_rejected.fetch_add(1, Ordering::Relaxed),
+            ChunkStatus::Processed => metrics.chunks_committed.inc(),
+            ChunkStatus::Rejected => metrics.chunks_rejected.inc(),
         };
-        progress
-            .rows_committed
-            .fetch_add(record.rows, Ordering::Relaxed);
-        progress
-            .bad_rows
-            .fetch_add(record.bad_rows, Ordering::Relaxed);
-        progress.record_latency(now.duration_since(chunk.listed_at));
+        metrics.rows_committed.add(record.rows);
+        metrics.bad_rows.add(record.bad_rows);
+        metrics.chunk_latency(now.duration_since(chunk.listed_at));
         for detection in &chunk.detections {
-            progress.detections[detection.key.pattern as usize].fetch_add(1, Ordering::Relaxed);
+            metrics.detected(detection.key.pattern, 1);
         }
     }
-    progress.commits.fetch_add(1, Ordering::Relaxed);
-    crate::actors::context::Progress::mark(&progress.last_commit_at);
-    *progress
-        .last_commit_cpu
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = crate::app::report::cpu_seconds();
-    pipeline
-        .committed
-        .send_modify(|chunks| *chunks += msg.chunks.len() as u64);
+    metrics.commit_done();
     tracing::debug!(
-        chunks = msg.chunks.len(),
+        chunks = group.len(),
         deltas = deltas.len(),
         detections = detections.len(),
         took_ms = started.elapsed().as_secs_f64() * 1e3,
         "committed"
     );
-    if !detections.is_empty() {
-        pipeline
-            .doorbell
-            .send_modify(|rung| *rung += detections.len() as u64);
+    Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_in_order_one_at_a_time_grouping_what_is_ready() {
+        let mut schedule = CommitSchedule::new(None, 2);
+        schedule.arrived(1, "b").unwrap();
+        assert_eq!(schedule.next_group(), None, "0 has not arrived");
+        schedule.arrived(0, "a").unwrap();
+        schedule.arrived(2, "c").unwrap();
+        assert_eq!(schedule.next_group(), Some(vec!["a", "b"]), "at most two");
+        assert_eq!(schedule.next_group(), None, "one commit at a time");
+        schedule.arrived(3, "d").unwrap();
+        schedule.committed(Arc::from("b"));
+        assert_eq!(schedule.last.as_deref(), Some("b"));
+        assert_eq!(schedule.next_group(), Some(vec!["c", "d"]));
+        schedule.committed(Arc::from("d"));
+        assert_eq!(schedule.next_group(), None);
     }
-    Ok(CommitReceipt { last })
+
+    #[test]
+    fn a_duplicate_outcome_is_refused() {
+        let mut schedule = CommitSchedule::new(Some(Arc::from("x")), 8);
+        schedule.arrived(0, "a").unwrap();
+        assert_eq!(schedule.arrived(0, "again"), Err("again"));
+        assert_eq!(schedule.next_group(), Some(vec!["a"]));
+        assert_eq!(schedule.arrived(0, "late"), Err("late"));
+    }
+
+    #[test]
+    fn the_restart_constructor_commits_after_the_committed_chunk() {
+        let committed = Committed {
+            generation: 7,
+            last_chunk: Some(Arc::from("stream_chunks/chunk-0000000003-x.csv")),
+            ..Committed::default()
+        };
+        let state = TrackerState::restore(&committed, 4);
+        assert_eq!(state.generation, 7);
+        assert_eq!(state.schedule.last, committed.last_chunk);
+        assert_eq!(state.schedule.max_chunks, 4);
+    }
 }

@@ -8,29 +8,24 @@ pub mod report;
 pub mod skip;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, System};
 use anyhow::Context as _;
 use tracing::info;
 
-use crate::actors::context::{Lifecycle, PipelineContext, Progress};
 use crate::actors::faults::{FaultPlan, FaultRule};
-use crate::actors::supervisor::{
-    EXIT_FATAL, EXIT_LOST_LEASE, EXIT_STANDBY_REFUSED, RunMode, Supervision, SupervisorActor,
-};
+use crate::actors::supervised::{EXIT_FATAL, EXIT_LOST_LEASE, EXIT_STANDBY_REFUSED, Supervision};
+use crate::actors::supervisor::{RunMode, SupervisorActor};
+use crate::actors::wiring::Wiring;
 use crate::config::{LogFormat, Settings};
 use crate::db::{Claimant, Fence, StateStore};
-use crate::detect::{PairTotals, Thresholds};
+use crate::detect::{Engine, Thresholds};
+use crate::metrics::Metrics;
 use crate::names::Names;
 use crate::signals::Signals;
 use crate::store::source::Sources;
 use ownership::Ownership;
-
-/// Memory for chunk bodies kept between the chunker's PUT and the
-/// watcher's read.
-const RECENT_CHUNKS_BYTES: usize = 16 * 1024 * 1024;
 
 /// How a run ended.
 #[derive(Clone, Debug)]
@@ -49,7 +44,9 @@ pub struct RunReport {
     pub detections: [u64; 3],
     pub commits: u64,
     pub batches_written: u64,
-    pub latencies_us: Vec<u64>,
+    /// Chunk listed → committed, 50th and 99th percentiles, in ms.
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
     /// First chunk written to last commit (every detection durable).
     pub end_to_end: Option<Duration>,
     /// First chunk written to last detection file written.
@@ -60,51 +57,31 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    fn from_progress(
-        progress: &Progress,
+    fn from_metrics(
+        metrics: &Metrics,
         exit_code: i32,
         error: Option<String>,
         elapsed: Duration,
     ) -> Self {
-        let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         RunReport {
             exit_code,
             error,
             elapsed,
-            chunks_written: get(&progress.chunks_written),
-            rows_chunked: get(&progress.rows_chunked),
-            chunks_committed: get(&progress.chunks_committed),
-            chunks_rejected: get(&progress.chunks_rejected),
-            rows_committed: get(&progress.rows_committed),
-            bad_rows: get(&progress.bad_rows),
-            objects_ignored: get(&progress.objects_ignored),
-            detections: [
-                get(&progress.detections[0]),
-                get(&progress.detections[1]),
-                get(&progress.detections[2]),
-            ],
-            commits: get(&progress.commits),
-            batches_written: get(&progress.batches_written),
-            latencies_us: progress
-                .latencies_us
-                .lock()
-                .map(|l| l.clone())
-                .unwrap_or_default(),
-            end_to_end: progress.first_chunk_at.get().and_then(|first| {
-                Progress::read(&progress.last_commit_at)
-                    .map(|last| last.saturating_duration_since(*first))
-            }),
-            window_cpu_seconds: progress.first_chunk_cpu.get().and_then(|first| {
-                progress
-                    .last_commit_cpu
-                    .lock()
-                    .ok()
-                    .and_then(|last| last.map(|last| last - first))
-            }),
-            to_last_file: progress.first_chunk_at.get().and_then(|first| {
-                Progress::read(&progress.last_file_at)
-                    .map(|last| last.saturating_duration_since(*first))
-            }),
+            chunks_written: metrics.chunks_written.get(),
+            rows_chunked: metrics.rows_chunked.get(),
+            chunks_committed: metrics.chunks_committed.get(),
+            chunks_rejected: metrics.chunks_rejected.get(),
+            rows_committed: metrics.rows_committed.get(),
+            bad_rows: metrics.bad_rows.get(),
+            objects_ignored: metrics.objects_ignored.get(),
+            detections: metrics.detections(),
+            commits: metrics.commits.get(),
+            batches_written: metrics.files_written.get(),
+            latency_p50_ms: metrics.latency_ms(50.0),
+            latency_p99_ms: metrics.latency_ms(99.0),
+            end_to_end: metrics.end_to_end(),
+            window_cpu_seconds: metrics.window_cpu_seconds(),
+            to_last_file: metrics.to_last_file(),
         }
     }
 }
@@ -141,8 +118,7 @@ pub async fn prepare(
     faults: Vec<FaultRule>,
     state: Arc<dyn StateStore>,
     fence: Fence,
-    signals: Signals,
-) -> anyhow::Result<Arc<PipelineContext>> {
+) -> anyhow::Result<Arc<Wiring>> {
     let sources = Sources::for_settings(&settings).await;
     {
         let (sources, source) = (sources.clone(), settings.source.transactions.clone());
@@ -166,29 +142,24 @@ pub async fn prepare(
     let weights =
         Arc::new(lookup::ensure_loaded(&settings, &sources, &*state, &fence, &names).await?);
     info!(pairs = weights.len(), "lookup table ready");
-    let pair_totals = PairTotals::new(&weights);
-    let (doorbell, _) = tokio::sync::watch::channel(0);
-    let (new_chunks, _) = tokio::sync::watch::channel(0);
-    let (committed, _) = tokio::sync::watch::channel(0);
-    Ok(Arc::new(PipelineContext {
-        supervision: Supervision::new(settings.supervisor.clone()),
+    let detectors = &settings.detectors;
+    let engine = Engine::new(
+        Thresholds::SPEC,
+        weights,
+        [detectors.patid1, detectors.patid2, detectors.patid3],
+    );
+    Ok(Arc::new(Wiring {
+        supervision: Arc::new(Supervision::new(settings.supervisor.clone())),
         settings,
         objects,
         sources,
         state,
         fence,
         names,
-        weights,
-        pair_totals: std::sync::Mutex::new(Some(pair_totals)),
-        thresholds: Thresholds::SPEC,
-        progress: Progress::default(),
-        lifecycle: Lifecycle::new(signals),
+        engine,
+        metrics: Arc::new(Metrics::default()),
         faults: FaultPlan::new(faults),
         y_start_time: crate::clock::now_ist(),
-        doorbell,
-        new_chunks,
-        committed,
-        recent_chunks: crate::actors::context::RecentChunks::new(RECENT_CHUNKS_BYTES),
     }))
 }
 
@@ -203,7 +174,7 @@ pub struct Mismatch(pub String);
 #[derive(Clone)]
 pub struct RunHandle {
     pub system: System,
-    pub pipeline: Arc<PipelineContext>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Runs the supervised pipeline until it is done (`UntilDone`), a signal
@@ -232,7 +203,7 @@ pub fn run_observed(
         .context("start-up failed")?;
     let me = Claimant::this_process();
     let early_exit = |code: i32, error: Option<String>| {
-        RunReport::from_progress(&Progress::default(), code, error, started.elapsed())
+        RunReport::from_metrics(&Metrics::default(), code, error, started.elapsed())
     };
     let fence = match system.block_on(ownership::acquire(&*state, &settings, &me, &signals))? {
         Ownership::Owner(fence) => fence,
@@ -243,7 +214,7 @@ pub fn run_observed(
         let (state, fence, signals) = (state.clone(), fence.clone(), signals.clone());
         async move {
             tokio::select! {
-                prepared = prepare(settings, faults, state, fence, signals.clone()) => prepared.map(Some),
+                prepared = prepare(settings, faults, state, fence) => prepared.map(Some),
                 signal = signals.received() => {
                     info!(signal, "received signal during start-up; stopping");
                     Ok(None)
@@ -267,10 +238,11 @@ pub fn run_observed(
     };
     let supervised = pipeline.clone();
     let handle = system.block_on(async move {
-        SupervisorActor::new(supervised.clone(), mode).start();
+        let metrics = supervised.metrics.clone();
+        SupervisorActor::new(supervised, signals, mode).start();
         RunHandle {
             system: System::current(),
-            pipeline: supervised,
+            metrics,
         }
     });
     observe(handle);
@@ -280,8 +252,8 @@ pub fn run_observed(
         release(&*state, &fence);
     }
     let error = pipeline.supervision.fatal_message();
-    Ok(RunReport::from_progress(
-        &pipeline.progress,
+    Ok(RunReport::from_metrics(
+        &pipeline.metrics,
         exit_code,
         error,
         elapsed,

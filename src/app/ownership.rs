@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::actors::context::retry_db;
+use crate::actors::wiring::retry_db;
 use crate::config::Settings;
 use crate::db::lease::{self, PIPELINE_LEASE};
 use crate::db::{Claimant, Fence, LeaseGrant, StateStore};

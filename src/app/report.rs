@@ -7,39 +7,7 @@ use crate::db::StatusReport;
 use crate::db::lease::format_ms;
 use crate::detect::Pattern;
 
-/// Percentile of a sample set (nearest rank), in milliseconds.
-pub fn percentile_ms(samples: &[u64], percentile: f64) -> Option<f64> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort_unstable();
-    let rank = ((percentile / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    Some(sorted[rank.min(sorted.len()) - 1] as f64 / 1000.0)
-}
-
-/// Resident-set high-water mark of this process, in bytes.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
-/// CPU time (user + system) this process used, in seconds.
-pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // USER_HZ is 100 on Linux.
-    Some(ticks / 100.0)
-}
+use crate::metrics::{cpu_seconds, peak_rss_bytes};
 
 /// Machine-readable figures of a run (`txpipe run --report-json`), for
 /// the benchmark harness.
@@ -86,8 +54,8 @@ impl JsonReport {
             transactions_per_second: per_second(report.rows_committed),
             chunks_per_second: per_second(chunks),
             to_last_file_seconds: report.to_last_file.map_or(0.0, |d| d.as_secs_f64()),
-            latency_p50_ms: percentile_ms(&report.latencies_us, 50.0).unwrap_or(0.0),
-            latency_p99_ms: percentile_ms(&report.latencies_us, 99.0).unwrap_or(0.0),
+            latency_p50_ms: report.latency_p50_ms.unwrap_or(0.0),
+            latency_p99_ms: report.latency_p99_ms.unwrap_or(0.0),
             peak_rss_mb: peak_rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0),
             cpu_seconds: cpu_seconds().unwrap_or(0.0),
             window_cpu_seconds: report.window_cpu_seconds.unwrap_or(0.0),
@@ -127,10 +95,7 @@ pub fn run_summary(report: &RunReport) -> String {
         );
     }
     let _ = writeln!(out, "detection files     {}", report.batches_written);
-    if let (Some(p50), Some(p99)) = (
-        percentile_ms(&report.latencies_us, 50.0),
-        percentile_ms(&report.latencies_us, 99.0),
-    ) {
+    if let (Some(p50), Some(p99)) = (report.latency_p50_ms, report.latency_p99_ms) {
         let _ = writeln!(out, "chunk latency       p50 {p50:.1} ms, p99 {p99:.1} ms");
     }
     let _ = writeln!(out, "elapsed             {seconds:.2} s (start-up to exit)");
@@ -240,18 +205,4 @@ pub fn status(report: &StatusReport) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let samples: Vec<u64> = (1..=100).map(|ms| ms * 1000).collect();
-        assert_eq!(percentile_ms(&samples, 50.0), Some(50.0));
-        assert_eq!(percentile_ms(&samples, 99.0), Some(99.0));
-        assert_eq!(percentile_ms(&[5000], 99.0), Some(5.0));
-        assert_eq!(percentile_ms(&[], 50.0), None);
-    }
 }

@@ -1,7 +1,6 @@
-//! The interface every pattern implements, and [`AllPatterns`], which folds
-//! chunks into the pair table and runs the three patterns over them in one
-//! place (what the tests and the oracle use; the pipeline spreads the same
-//! steps over the watcher and the detector actors).
+//! The interface every pattern implements, and [`Engine`], the one
+//! composition of the pair table and the patterns that the pipeline's
+//! actors, the tests and the benchmarks all use.
 
 use std::sync::Arc;
 
@@ -36,37 +35,92 @@ pub fn engine_for(
     }
 }
 
-/// The pair table and the three patterns together.
-pub struct AllPatterns {
-    totals: PairTotals,
-    engines: Vec<Box<dyn PatternEngine>>,
+/// How the detection engine is composed, written once: every chunk's
+/// [`ChunkDelta`] is folded into one cumulative pair table
+/// ([`PairTotals`]), and the resulting [`ChunkUpdate`] goes to every pattern,
+/// each split into shards of the merchants. The pipeline runs the pair
+/// table and every `(pattern, shard)` in actors of their own; tests and
+/// benchmarks run the same parts in one thread with [`LocalEngine`].
+#[derive(Clone)]
+pub struct Engine {
+    thresholds: Thresholds,
+    weights: Arc<WeightTable>,
+    /// Shards per pattern, in [`Pattern::ALL`] order.
+    shards: [u32; 3],
 }
 
-impl AllPatterns {
-    pub fn new(thresholds: Thresholds, weights: Arc<WeightTable>) -> AllPatterns {
-        AllPatterns {
-            totals: PairTotals::new(&weights),
-            engines: Pattern::ALL
-                .into_iter()
-                .map(|p| engine_for(p, Shard::ALL, thresholds, weights.clone()))
+impl Engine {
+    pub fn new(thresholds: Thresholds, weights: Arc<WeightTable>, shards: [u32; 3]) -> Engine {
+        Engine {
+            thresholds,
+            weights,
+            shards: shards.map(|n| n.max(1)),
+        }
+    }
+
+    pub fn weights(&self) -> &Arc<WeightTable> {
+        &self.weights
+    }
+
+    /// Every `(pattern, shard)` the engine runs.
+    pub fn parts(&self) -> impl Iterator<Item = (Pattern, Shard)> + '_ {
+        Pattern::ALL
+            .into_iter()
+            .zip(self.shards)
+            .flat_map(|(pattern, count)| {
+                (0..count).map(move |index| (pattern, Shard::new(index, count)))
+            })
+    }
+
+    /// The pair table as of `committed`.
+    pub fn pair_table(&self, committed: &Snapshot) -> PairTotals {
+        let mut totals = PairTotals::new(&self.weights);
+        totals.restore(committed);
+        totals
+    }
+
+    /// One pattern's shard as of `committed`.
+    pub fn detector(
+        &self,
+        pattern: Pattern,
+        shard: Shard,
+        committed: &Snapshot,
+    ) -> Box<dyn PatternEngine> {
+        let mut engine = engine_for(pattern, shard, self.thresholds, self.weights.clone());
+        engine.restore(committed);
+        engine
+    }
+
+    /// Every part in one value, as of `committed`.
+    pub fn local(&self, committed: &Snapshot) -> LocalEngine {
+        LocalEngine {
+            totals: self.pair_table(committed),
+            detectors: self
+                .parts()
+                .map(|(pattern, shard)| self.detector(pattern, shard, committed))
                 .collect(),
         }
     }
+}
 
-    pub fn restore(&mut self, snapshot: &Snapshot) {
-        self.totals.restore(snapshot);
-        for engine in &mut self.engines {
-            engine.restore(snapshot);
-        }
-    }
+/// The pair table and every pattern shard in one thread.
+pub struct LocalEngine {
+    totals: PairTotals,
+    detectors: Vec<Box<dyn PatternEngine>>,
+}
 
+impl LocalEngine {
     /// Applies a chunk and returns its new detections.
     pub fn apply(&mut self, delta: &ChunkDelta) -> Vec<Detection> {
         let update = self.totals.fold(delta);
         let mut out = Vec::new();
-        for engine in &mut self.engines {
-            engine.apply(&update, &mut out);
+        for detector in &mut self.detectors {
+            detector.apply(&update, &mut out);
         }
         out
+    }
+
+    pub fn pairs(&self) -> usize {
+        self.totals.len()
     }
 }

@@ -88,9 +88,6 @@ pub enum RejectReason {
 #[derive(Clone, Debug, Default)]
 pub struct ParsedChunk {
     pub delta: ChunkDelta,
-    /// The same delta with names instead of ids, as the state stores keep
-    /// it (`db::delta`): produced here, where the names are at hand.
-    pub encoded_delta: Vec<u8>,
     /// Data rows, good and bad.
     pub rows: u64,
     pub bad_rows: Vec<BadRow>,
@@ -216,9 +213,7 @@ impl ChunkParser {
             let first_line = 1 + memchr::memchr_iter(b'\n', &data[..body_start]).count() as u64;
             Ok(self.parse_plain(body, first_line, &schema, names))
         } else {
-            let mut parsed = self.parse_general(records, &schema, names);
-            parsed.encoded_delta = crate::db::delta::encode(&parsed.delta, names);
-            Ok(parsed)
+            Ok(self.parse_general(records, &schema, names))
         }
     }
 
@@ -439,11 +434,6 @@ impl ChunkParser {
             fold.amount = fold.amount.saturating_add(row.amount);
         }
         drop(rows);
-        let mut encoder = crate::db::delta::Encoder::with_capacity(folds.len());
-        let merchant_codes: Vec<u32> = merchants
-            .iter()
-            .map(|name| encoder.merchant(name))
-            .collect();
         let mut merchant_ids = Vec::new();
         names.ids(&merchants, &mut merchant_ids);
         let customers: Vec<&str> = folds.iter().map(|fold| text(fold.customer)).collect();
@@ -451,16 +441,9 @@ impl ChunkParser {
         names.ids(&customers, &mut customer_ids);
         parsed.delta.pairs = folds
             .iter()
-            .zip(customers.into_iter().zip(customer_ids))
-            .map(|(fold, (customer, customer_id))| {
+            .zip(customer_ids)
+            .map(|(fold, customer_id)| {
                 let merchant = fold.merchant as usize;
-                encoder.pair(
-                    merchant_codes[merchant],
-                    customer,
-                    fold.count,
-                    fold.amount,
-                    fold.gender,
-                );
                 PairDelta {
                     merchant: MerchantId(merchant_ids[merchant]),
                     customer: CustomerId(customer_id),
@@ -470,7 +453,6 @@ impl ChunkParser {
                 }
             })
             .collect();
-        parsed.encoded_delta = encoder.finish();
         parsed
     }
 }
@@ -873,10 +855,6 @@ mod tests {
                 prop_assert_eq!(plain.rows, general.rows);
                 prop_assert_eq!(&plain.bad_rows, &general.bad_rows);
                 prop_assert_eq!(resolve(&plain, &names), resolve(&general, &names));
-                prop_assert_eq!(
-                    &plain.encoded_delta,
-                    &crate::db::delta::encode(&general.delta, &names)
-                );
             }
         }
     }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use txpipe::detect::{
-    Cents, CustomerId, DetectionKey, MerchantId, PairState, PairTotals, Pattern, PatternEngine,
-    Shard, Snapshot, Thresholds, WeightTable, engine_for,
+    Cents, CustomerId, DetectionKey, Engine, MerchantId, PairState, Snapshot, Thresholds,
+    WeightTable,
 };
 use txpipe::input::importance::read_importance;
 use txpipe::input::transactions::ChunkParser;
@@ -67,22 +67,9 @@ pub fn run_with_restart(
             .map(|e| (e.merchant, e.customer, e.weight_sum, e.rows)),
     );
     let table = Arc::new(table);
-    let fresh_engines = || {
-        let mut engines: Vec<Box<dyn PatternEngine>> = Vec::new();
-        for pattern in Pattern::ALL {
-            for index in 0..shards {
-                engines.push(engine_for(
-                    pattern,
-                    Shard::new(index, shards),
-                    thresholds,
-                    table.clone(),
-                ));
-            }
-        }
-        engines
-    };
-    let mut engines = fresh_engines();
-    let mut totals = PairTotals::new(&table);
+    // The pipeline's composition, all parts in this thread.
+    let composition = Engine::new(thresholds, table, [shards; 3]);
+    let mut engine = composition.local(&Snapshot::default());
     // What the state store would hold: cumulative pairs and emitted keys.
     let mut committed: BTreeMap<(MerchantId, CustomerId), PairState> = BTreeMap::new();
     let mut emitted: Vec<DetectionKey> = Vec::new();
@@ -95,11 +82,7 @@ pub fn run_with_restart(
             text.push_str(line);
         }
         let parsed = parser.parse(text.as_bytes(), &names).unwrap();
-        let update = totals.fold(&parsed.delta);
-        let mut detections = Vec::new();
-        for engine in &mut engines {
-            engine.apply(&update, &mut detections);
-        }
+        let detections = engine.apply(&parsed.delta);
         for pair in &parsed.delta.pairs {
             let state = committed
                 .entry((pair.merchant, pair.customer))
@@ -129,12 +112,7 @@ pub fn run_with_restart(
                 pairs: committed.values().copied().collect(),
                 emitted: emitted.clone(),
             };
-            engines = fresh_engines();
-            for engine in &mut engines {
-                engine.restore(&snapshot);
-            }
-            // A used table, restored, must equal a fresh one restored.
-            totals.restore(&snapshot);
+            engine = composition.local(&snapshot);
         }
     }
     out.sort();

@@ -1,0 +1,70 @@
+//! The committed state Mechanism Y starts from, and the message that hands
+//! it out.
+//!
+//! Mechanism Y's stages (watcher, reader, pair table, detectors, tracker)
+//! hold views of one cumulative state. They must agree on which chunk
+//! that state ends with, so they are started together: the supervisor
+//! loads one [`Committed`] snapshot from the database (on start, and
+//! whenever one of them restarted) and sends it to each with [`Start`],
+//! under a new *generation* number. Each stage builds its state from it in
+//! its restart constructor, and drops every message of an older
+//! generation, so nothing a failed generation left in a mailbox is ever
+//! applied.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::wiring::Wiring;
+use crate::db::DbError;
+use crate::detect::{Cents, DetectionKey, PairState, Snapshot};
+
+/// Committed state as of the last committed chunk.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub generation: u64,
+    /// The last chunk committed (processed or rejected).
+    pub last_chunk: Option<Arc<str>>,
+    /// Cumulative pair state and the detections already emitted.
+    pub snapshot: Snapshot,
+}
+
+impl Committed {
+    /// Reads the committed state from the database.
+    pub async fn load(wiring: &Wiring, generation: u64) -> Result<Committed, DbError> {
+        let w = wiring;
+        let names = &*w.names;
+        let last = w.db("read last chunk", || w.state.last_chunk()).await?;
+        let mut snapshot = Snapshot::default();
+        w.state
+            .scan_pairs(&mut |row| {
+                snapshot.pairs.push(PairState {
+                    merchant: names.merchant(row.merchant),
+                    customer: names.customer(row.customer),
+                    count: row.count,
+                    amount: Cents(row.amount),
+                    gender: row.gender,
+                })
+            })
+            .await?;
+        w.state
+            .scan_emitted(&mut |row| {
+                snapshot.emitted.push(DetectionKey {
+                    pattern: row.pattern,
+                    merchant: names.merchant(row.merchant),
+                    customer: (!row.customer.is_empty()).then(|| names.customer(row.customer)),
+                })
+            })
+            .await?;
+        Ok(Committed {
+            generation,
+            last_chunk: last.map(Arc::from),
+            snapshot,
+        })
+    }
+}
+
+/// Start (or start over) from committed state, in its generation.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Start(pub Arc<Committed>);

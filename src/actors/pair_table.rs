@@ -1,0 +1,282 @@
+//! PairTableActor: folds chunks into the cumulative pair table, in order,
+//! and has the detectors evaluate them.
+//!
+//! It takes [`Parsed`] chunks from the reader, puts them back in
+//! announcement order ([`InOrder`]), checks that each follows the chunk it
+//! folded last ([`Chain`]), folds its delta into the pair table it owns
+//! ([`PairTotals`]: every pair's count, amount and first gender), and sends
+//! the resulting [`ChunkUpdate`] to every [`DetectorActor`] as [`Apply`].
+//! It does not wait for their answers before folding the next chunk: the
+//! requests sit in the detectors' mailboxes in chunk order. Once every
+//! detector has answered, the chunk's outcome goes to the
+//! [`TrackerActor`] as [`Evaluated`].
+//!
+//! ```text
+//! ReaderActor ──Parsed──► PairTableActor ──Apply──► DetectorActor × n
+//!                                │  ◄──detections──┘
+//!                                └──Evaluated──► TrackerActor
+//! ```
+//!
+//! A rejected chunk (vanished, too large, unreadable) folds nothing and
+//! goes to the tracker at once, still in its place in the order.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use futures::future::{LocalBoxFuture, join_all};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::warn;
+
+use super::committed::{Committed, Start};
+use super::detector::{Apply, DetectorActor};
+use super::reader::Content;
+use super::sequence::{Chain, InOrder};
+use super::supervised::{Behaviour, Failure, Group, Supervised};
+use super::supervisor::{Resync, SupervisorActor};
+use super::tracker::{ChunkOutcome, Evaluated, TrackerActor};
+use super::wiring::Wiring;
+use crate::db::{ChunkRecord, ChunkStatus};
+use crate::detect::{Engine, PairTotals};
+use crate::input::transactions::RejectReason;
+use crate::layout;
+
+pub type PairTableActor = Supervised<PairTable>;
+
+/// The pair table's wiring.
+pub struct PairTable {
+    pub wiring: Arc<Wiring>,
+    pub detectors: Vec<Addr<DetectorActor>>,
+    pub tracker: Addr<TrackerActor>,
+    pub supervisor: Addr<SupervisorActor>,
+}
+
+/// What the pair table owns in one generation.
+pub struct PairTableState {
+    generation: u64,
+    totals: PairTotals,
+    order: InOrder<Parsed>,
+    chain: Chain,
+}
+
+impl PairTableState {
+    /// The restart constructor: the pair table as of the committed chunk.
+    pub fn restore(engine: &Engine, committed: &Committed) -> PairTableState {
+        PairTableState {
+            generation: committed.generation,
+            totals: engine.pair_table(&committed.snapshot),
+            order: InOrder::new(0),
+            chain: Chain::after(committed.last_chunk.clone()),
+        }
+    }
+}
+
+impl Behaviour for PairTable {
+    type State = PairTableState;
+    const GROUP: Group = Group::MechanismY;
+
+    fn pre_start(&self) -> LocalBoxFuture<'static, Result<Option<PairTableState>, Failure>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A chunk read and parsed (or rejected) by the reader.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Parsed {
+    pub generation: u64,
+    pub number: u64,
+    pub key: Arc<str>,
+    pub previous: Option<Arc<str>>,
+    pub listed_at: Instant,
+    pub content: Result<Content, RejectReason>,
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl Handler<Start> for PairTableActor {
+    type Result = ();
+
+    fn handle(&mut self, Start(committed): Start, ctx: &mut Context<Self>) {
+        if self
+            .state
+            .as_ref()
+            .is_some_and(|s| s.generation > committed.generation)
+        {
+            return;
+        }
+        let engine = &self.behaviour.wiring.engine;
+        match super::wiring::contain(|| PairTableState::restore(engine, &committed)) {
+            Ok(state) => self.state = Some(state),
+            Err(panic) => self.fail(ctx, Failure::Restart(panic)),
+        }
+    }
+}
+
+impl Handler<Parsed> for PairTableActor {
+    type Result = ();
+
+    fn handle(&mut self, parsed: Parsed, ctx: &mut Context<Self>) {
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
+        if parsed.generation != state.generation {
+            return;
+        }
+        if state.order.push(parsed.number, parsed).is_err() {
+            return;
+        }
+        while let Some(parsed) = self.state.as_mut().and_then(|s| s.order.pop()) {
+            if let Err(failure) = self.evaluate(parsed, ctx) {
+                self.fail(ctx, failure);
+                return;
+            }
+        }
+    }
+}
+
+impl PairTableActor {
+    /// Folds one chunk (in order) and sends it to the detectors; the
+    /// outcome goes on to the tracker once they answered.
+    fn evaluate(&mut self, parsed: Parsed, ctx: &mut Context<Self>) -> Result<(), Failure> {
+        let state = self.state.as_mut().expect("checked by the caller");
+        let generation = state.generation;
+        if let Err(reason) = state
+            .chain
+            .follow(parsed.previous.as_ref(), parsed.key.clone())
+        {
+            self.resync(reason, ctx);
+            return Ok(());
+        }
+        let seq = layout::chunk_seq(&parsed.key);
+        let tracker = self.behaviour.tracker.clone();
+        let Parsed {
+            number,
+            key,
+            previous,
+            listed_at,
+            content,
+            permit,
+            ..
+        } = parsed;
+        let content = match content {
+            Ok(content) => content,
+            Err(reason) => {
+                warn!(chunk = ?key, %reason, "chunk rejected");
+                let outcome = ChunkOutcome {
+                    record: ChunkRecord {
+                        name: key.to_string(),
+                        seq,
+                        status: ChunkStatus::Rejected,
+                        rows: 0,
+                        bad_rows: 0,
+                        detections: 0,
+                        reason: Some(reason.to_string()),
+                    },
+                    encoded_delta: None,
+                    detections: Vec::new(),
+                    detection_time: String::new(),
+                    listed_at,
+                    permit,
+                };
+                let evaluated = Evaluated {
+                    generation,
+                    number,
+                    outcome,
+                };
+                ctx.spawn(actix::fut::wrap_future(async move {
+                    let _ = tracker.send(evaluated).await;
+                }));
+                return Ok(());
+            }
+        };
+        let update = Arc::new(super::wiring::contain(|| {
+            state.totals.fold(&content.chunk.delta)
+        })?);
+        // Queued in every detector's mailbox now, in chunk order.
+        let requests: Vec<_> = self
+            .behaviour
+            .detectors
+            .iter()
+            .map(|detector| {
+                detector.send(Apply {
+                    generation,
+                    chunk: key.clone(),
+                    previous: previous.clone(),
+                    update: update.clone(),
+                })
+            })
+            .collect();
+        let record = ChunkRecord {
+            name: key.to_string(),
+            seq,
+            status: ChunkStatus::Processed,
+            rows: content.chunk.rows,
+            bad_rows: content.chunk.bad_rows.len() as u64,
+            detections: 0,
+            reason: None,
+        };
+        let encoded = content.encoded;
+        let work = async move {
+            let mut detections = Vec::new();
+            for answer in join_all(requests).await {
+                match answer {
+                    Ok(Ok(found)) => detections.extend(found),
+                    Ok(Err(error)) => return Err(error),
+                    // The detector is restarting: a new generation follows.
+                    Err(_) => return Ok(()),
+                }
+            }
+            let outcome = ChunkOutcome {
+                record: ChunkRecord {
+                    detections: detections.len() as u64,
+                    ..record
+                },
+                encoded_delta: Some(encoded),
+                detections,
+                detection_time: crate::clock::now_ist(),
+                listed_at,
+                permit,
+            };
+            let _ = tracker
+                .send(Evaluated {
+                    generation,
+                    number,
+                    outcome,
+                })
+                .await;
+            Ok(())
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(work).map(move |outcome, act, ctx| {
+                if let Err(error) = outcome
+                    && act.state.as_ref().map(|s| s.generation) == Some(generation)
+                {
+                    // A detector that crashed is restarted, and its restart
+                    // starts a new generation; any other refusal means the
+                    // stages disagree about the last chunk.
+                    if let super::StageError::Stale(reason) = error {
+                        act.resync(reason, ctx);
+                    }
+                }
+            }),
+        );
+        Ok(())
+    }
+
+    /// The stages disagree on committed state: ask the supervisor for a
+    /// new generation, and drop this one's work meanwhile.
+    fn resync(&mut self, reason: String, ctx: &mut Context<Self>) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        let supervisor = self.behaviour.supervisor.clone();
+        ctx.spawn(actix::fut::wrap_future(async move {
+            let _ = supervisor
+                .send(Resync {
+                    generation: state.generation,
+                    reason,
+                })
+                .await;
+        }));
+    }
+}

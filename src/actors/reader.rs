@@ -1,0 +1,233 @@
+//! ReaderActor: reads and parses announced chunks, several at once.
+//!
+//! For each [`Fetch`] it GETs the chunk (or takes the body the chunker
+//! handed over), rejects it unread if it is larger than
+//! `watcher.max_chunk_bytes` (a server-side copy to `quarantine/`), parses
+//! it on the blocking pool, writes the quarantine object of its bad rows
+//! (before the chunk can commit, so a committed chunk always has one),
+//! encodes its state change for the database, and sends the result to the
+//! [`PairTableActor`] as [`Parsed`]. Chunks finish out of order; the pair
+//! table puts them back in order by their announcement number.
+//!
+//! ```text
+//! S3WatcherActor ──Fetch──► ReaderActor ──GET──► parse (blocking pool) ──Parsed──► PairTableActor
+//! ```
+//!
+//! How many chunks are read at once is bounded by the watcher's permits
+//! (`watcher.max_in_flight`), which travel with every chunk.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures::future::LocalBoxFuture;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::info;
+
+use super::committed::Start;
+use super::pair_table::{PairTableActor, Parsed};
+use super::supervised::{Behaviour, Failure, Group, Supervised};
+use super::wiring::{Wiring, contain_async};
+use crate::input::transactions::{BadRow, ChunkParser, ParsedChunk, RejectReason};
+use crate::layout;
+use crate::store::{Sized, StoreError};
+
+pub type ReaderActor = Supervised<Reader>;
+
+/// The reader's wiring.
+pub struct Reader {
+    pub wiring: Arc<Wiring>,
+    pub pair_table: Addr<PairTableActor>,
+}
+
+/// The generation the reader works in.
+pub struct ReaderState {
+    generation: u64,
+}
+
+impl Behaviour for Reader {
+    type State = ReaderState;
+    const GROUP: Group = Group::MechanismY;
+
+    fn pre_start(&self) -> LocalBoxFuture<'static, Result<Option<ReaderState>, Failure>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// Read and parse one announced chunk.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Fetch {
+    pub generation: u64,
+    /// Announcement number in the generation.
+    pub number: u64,
+    pub key: Arc<str>,
+    /// The chunk announced before this one.
+    pub previous: Option<Arc<str>>,
+    pub listed_at: Instant,
+    /// The body, if the chunker handed it over.
+    pub body: Option<Bytes>,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// A chunk after reading and parsing.
+pub struct Content {
+    pub chunk: ParsedChunk,
+    /// The chunk's state change, encoded for the database (`db::delta`).
+    pub encoded: Bytes,
+}
+
+impl Handler<Start> for ReaderActor {
+    type Result = ();
+
+    fn handle(&mut self, Start(committed): Start, _ctx: &mut Context<Self>) {
+        if self
+            .state
+            .as_ref()
+            .is_none_or(|s| s.generation <= committed.generation)
+        {
+            self.state = Some(ReaderState {
+                generation: committed.generation,
+            });
+        }
+    }
+}
+
+impl Handler<Fetch> for ReaderActor {
+    type Result = ();
+
+    fn handle(&mut self, fetch: Fetch, ctx: &mut Context<Self>) {
+        if self.state.as_ref().map(|s| s.generation) != Some(fetch.generation) {
+            return; // an older generation's: its permit goes with it
+        }
+        let wiring = self.behaviour.wiring.clone();
+        let pair_table = self.behaviour.pair_table.clone();
+        let work = async move {
+            let content = read(&wiring, &fetch.key, fetch.body).await?;
+            let parsed = Parsed {
+                generation: fetch.generation,
+                number: fetch.number,
+                key: fetch.key,
+                previous: fetch.previous,
+                listed_at: fetch.listed_at,
+                content,
+                permit: fetch.permit,
+            };
+            // A closed mailbox means the pair table is restarting: a new
+            // generation follows, and this chunk is read again.
+            let _ = pair_table.send(parsed).await;
+            Ok::<_, StoreError>(())
+        };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(contain_async(work)).map(
+            |outcome, act, ctx| match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => act.fail(ctx, Failure::Restart(error.to_string())),
+                Err(panic) => act.fail(ctx, Failure::Restart(panic)),
+            },
+        ));
+    }
+}
+
+/// GETs and parses a chunk, and writes its quarantine object (before the
+/// chunk can commit, so a committed chunk always has one).
+async fn read(
+    p: &Wiring,
+    key: &str,
+    handed_over: Option<Bytes>,
+) -> Result<Result<Content, RejectReason>, StoreError> {
+    crate::pause_points::reached("chunk-fetch");
+    let limit = p.settings.watcher.max_chunk_bytes;
+    let body = match handed_over {
+        Some(body) => Some(Sized::Body(body)),
+        None => {
+            p.store("read chunk", || p.objects.get_at_most(key, limit))
+                .await?
+        }
+    };
+    let content = match body {
+        None => Err(RejectReason::Vanished),
+        Some(Sized::TooLarge { size }) => {
+            // Quarantined by a copy inside the store: never in memory.
+            let target = layout::rejected_key(key);
+            p.store("quarantine chunk", || p.objects.copy(key, &target))
+                .await?;
+            Err(RejectReason::TooLarge { size, limit })
+        }
+        Some(Sized::Body(body)) => {
+            // Parsing is the heaviest step: it runs on the blocking pool so
+            // that several chunks parse at once, beside this thread.
+            let (names, data) = (p.names.clone(), body.clone());
+            let max_record_bytes = p.settings.input.max_record_bytes;
+            let parsed = tokio::task::spawn_blocking(move || {
+                ChunkParser::new(max_record_bytes)
+                    .parse(&data, &names)
+                    .map(|chunk| {
+                        let encoded = Bytes::from(crate::db::delta::encode(&chunk.delta, &names));
+                        Content { chunk, encoded }
+                    })
+            })
+            .await
+            .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+            match &parsed {
+                Ok(Content { chunk, .. }) if !chunk.bad_rows.is_empty() => {
+                    let report = Bytes::from(bad_rows_report(&chunk.bad_rows));
+                    let target = layout::bad_rows_key(key);
+                    p.store("write quarantine", || {
+                        p.objects.put(&target, report.clone())
+                    })
+                    .await?;
+                    info!(chunk = ?key, bad_rows = chunk.bad_rows.len(), quarantine = ?target,
+                          "bad rows quarantined");
+                }
+                Err(_) => {
+                    let target = layout::rejected_key(key);
+                    p.store("write quarantine", || p.objects.put(&target, body.clone()))
+                        .await?;
+                }
+                Ok(_) => {}
+            }
+            parsed
+        }
+    };
+    Ok(content)
+}
+
+/// The quarantine object of a chunk's bad rows: `line,reason,raw_line`,
+/// raw lines byte for byte.
+fn bad_rows_report(bad_rows: &[BadRow]) -> Vec<u8> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let write = |writer: &mut csv::Writer<Vec<u8>>| -> csv::Result<()> {
+        writer.write_record(["line", "reason", "raw_line"])?;
+        for row in bad_rows {
+            writer.write_record([
+                row.line.to_string().as_bytes(),
+                row.reason.to_string().as_bytes(),
+                &row.raw,
+            ])?;
+        }
+        writer.flush()?;
+        Ok(())
+    };
+    write(&mut writer).expect("writing CSV to memory cannot fail");
+    writer.into_inner().expect("flushed above")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::transactions::BadRowReason;
+
+    #[test]
+    fn quarantine_report_keeps_raw_bytes() {
+        let report = bad_rows_report(&[BadRow {
+            line: 7,
+            reason: BadRowReason::InvalidUtf8,
+            raw: b"a,\"b\xff".to_vec(),
+        }]);
+        assert_eq!(
+            report,
+            b"line,reason,raw_line\n7,invalid UTF-8,\"a,\"\"b\xff\"\n"
+        );
+    }
+}
