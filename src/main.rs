@@ -144,6 +144,11 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             if no_standby {
                 settings.ownership.standby = false;
             }
+            if !inject_fault.is_empty() && !cfg!(feature = "test-hooks") {
+                anyhow::bail!(
+                    "this build has no fault injection (build with --features test-hooks)"
+                );
+            }
             if !pause_at.is_empty() {
                 txpipe::pause_points::enable(pause_at, std::time::Duration::from_millis(pause_ms))
                     .map_err(anyhow::Error::msg)?;

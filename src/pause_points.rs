@@ -15,15 +15,21 @@
 //! | `batch-assigned` | batch writer: batch assigned, file not yet PUT |
 //! | `batch-put` | batch writer: file PUT, batch not yet marked written |
 //! | `lookup-load` | start-up: the lookup file is about to be read and loaded |
+//!
+//! Compiled only with the `test-hooks` feature (tests and examples);
+//! without it, [`reached`] is an empty inline function.
 
+#[cfg(feature = "test-hooks")]
 use std::sync::OnceLock;
 use std::time::Duration;
 
+#[cfg(feature = "test-hooks")]
 struct Enabled {
     points: Vec<String>,
     pause: Duration,
 }
 
+#[cfg(feature = "test-hooks")]
 static ENABLED: OnceLock<Enabled> = OnceLock::new();
 
 pub const ALL: [&str; 8] = [
@@ -47,12 +53,24 @@ pub fn enable(points: Vec<String>, pause: Duration) -> Result<(), String> {
             ));
         }
     }
-    ENABLED
+    #[cfg(feature = "test-hooks")]
+    return ENABLED
         .set(Enabled { points, pause })
-        .map_err(|_| "pause points are already enabled".to_string())
+        .map_err(|_| "pause points are already enabled".to_string());
+    #[cfg(not(feature = "test-hooks"))]
+    {
+        let _ = pause;
+        Err("this build has no pause points (build with --features test-hooks)".to_string())
+    }
 }
 
 /// Marks that the process reached `point`.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn reached(_point: &'static str) {}
+
+/// Marks that the process reached `point`.
+#[cfg(feature = "test-hooks")]
 #[inline]
 pub fn reached(point: &'static str) {
     if let Some(enabled) = ENABLED.get()

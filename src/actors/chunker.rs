@@ -43,11 +43,9 @@ use super::supervisor::{MasterChunked, SupervisorActor};
 use super::watcher::{ChunkWritten, ChunksClaimed, S3WatcherActor};
 use super::wiring::{Wiring, contain_async};
 use crate::db::{ChunkerPosition, DbError};
-use crate::input::records::{Cause, ChunkCutter, Cut, CutShort, read_header};
-use crate::input::transactions::Schema;
+use crate::input::records::{Cause, ChunkCutter, Cut, CutShort, master_header};
 use crate::layout;
 use crate::store::StoreError;
-use crate::store::source::Sources;
 
 pub type ChunkerActor = Supervised<Chunker>;
 
@@ -164,45 +162,6 @@ pub enum ChunkerError {
     Fatal(String),
 }
 
-/// Reads the master file's header, checks it, and returns it with the
-/// offset of the first data row.
-pub fn master_header(
-    sources: &Sources,
-    location: &str,
-    max_record_bytes: usize,
-) -> Result<(Vec<u8>, u64), String> {
-    let reader = sources.open_at(location, 0).map_err(|e| e.to_string())?;
-    let (header, offset) = read_header(reader, max_record_bytes)
-        .map_err(|e| format!("cannot read {location}: {e}"))?
-        .ok_or_else(|| format!("master file {location} is empty (no header line)"))?;
-    let mut fields = csv::ByteRecord::new();
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(header.as_slice());
-    reader
-        .read_byte_record(&mut fields)
-        .map_err(|e| format!("master file {location}: unreadable header: {e}"))?;
-    Schema::from_header(&fields).map_err(|e| format!("master file {location}: {e}"))?;
-    Ok((header, offset))
-}
-
-/// Checks that a saved position belongs to this master file and chunk size.
-pub fn check_position(
-    position: &ChunkerPosition,
-    source: &str,
-    rows_per_chunk: u64,
-) -> Result<(), String> {
-    if position.source != source || position.rows_per_chunk != rows_per_chunk {
-        return Err(format!(
-            "the database holds the chunker position of {} with rows_per_chunk = {}, \
-             but the configuration says {} with rows_per_chunk = {}; \
-             use a fresh database and bucket for a different master file or chunk size",
-            position.source, position.rows_per_chunk, source, rows_per_chunk
-        ));
-    }
-    Ok(())
-}
-
 type Cutter = ChunkCutter<Box<dyn std::io::Read + Send>>;
 
 async fn cut_next(cutter: Cutter, rows: u64) -> Result<(Cutter, Cut), ChunkerError> {
@@ -232,17 +191,22 @@ impl Chunking {
         let max_record_bytes = p.settings.input.max_record_bytes;
         let (header, data_offset) = {
             let (sources, source) = (p.sources.clone(), source.clone());
-            tokio::task::spawn_blocking(move || master_header(&sources, &source, max_record_bytes))
-                .await
-                .map_err(|e| ChunkerError::Fatal(e.to_string()))?
-                .map_err(ChunkerError::Fatal)?
+            tokio::task::spawn_blocking(move || {
+                let reader = sources.open_at(&source, 0).map_err(|e| e.to_string())?;
+                master_header(reader, &source, max_record_bytes)
+            })
+            .await
+            .map_err(|e| ChunkerError::Fatal(e.to_string()))?
+            .map_err(ChunkerError::Fatal)?
         };
         let position = match p
             .db("read chunker position", || p.state.chunker_position())
             .await?
         {
             Some(position) => {
-                check_position(&position, &source, rows_per_chunk).map_err(ChunkerError::Fatal)?;
+                position
+                    .check(&source, rows_per_chunk)
+                    .map_err(ChunkerError::Fatal)?;
                 position
             }
             None => ChunkerPosition {

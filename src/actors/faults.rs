@@ -3,11 +3,15 @@
 //! named actor panic (`KIND = panic`) or fail with an error
 //! (`KIND = error`) on its Nth unit of work (a chunk, a commit, a batch),
 //! once, or on every unit from the Nth on with `:repeat`. Production
-//! configuration files cannot enable it.
+//! configuration files cannot enable it, and only builds with the
+//! `test-hooks` feature (tests and examples) carry it: elsewhere
+//! [`FaultPlan::hit`] does nothing.
 
 use std::str::FromStr;
+#[cfg(feature = "test-hooks")]
 use std::sync::Mutex;
 
+#[cfg(feature = "test-hooks")]
 use rustc_hash::FxHashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +64,9 @@ impl FromStr for FaultRule {
 /// actor that survives the actor's restarts.
 #[derive(Debug, Default)]
 pub struct FaultPlan {
+    #[cfg(feature = "test-hooks")]
     rules: Vec<FaultRule>,
+    #[cfg(feature = "test-hooks")]
     counters: Mutex<FxHashMap<String, u64>>,
 }
 
@@ -74,13 +80,25 @@ pub struct InjectedFault {
 
 impl FaultPlan {
     pub fn new(rules: Vec<FaultRule>) -> FaultPlan {
+        #[cfg(not(feature = "test-hooks"))]
+        let _ = rules;
         FaultPlan {
+            #[cfg(feature = "test-hooks")]
             rules,
+            #[cfg(feature = "test-hooks")]
             counters: Mutex::default(),
         }
     }
 
+    /// Without the `test-hooks` feature: nothing to inject.
+    #[cfg(not(feature = "test-hooks"))]
+    #[inline(always)]
+    pub fn hit(&self, _actor: &str) -> Result<(), InjectedFault> {
+        Ok(())
+    }
+
     /// Counts one unit of work of `actor` and fires a matching fault.
+    #[cfg(feature = "test-hooks")]
     pub fn hit(&self, actor: &str) -> Result<(), InjectedFault> {
         if self.rules.is_empty() {
             return Ok(());

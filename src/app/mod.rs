@@ -124,19 +124,20 @@ pub async fn prepare(
         let (sources, source) = (sources.clone(), settings.source.transactions.clone());
         let max_record_bytes = settings.input.max_record_bytes;
         tokio::task::spawn_blocking(move || {
-            crate::actors::chunker::master_header(&sources, &source, max_record_bytes)
+            let reader = sources.open_at(&source, 0).map_err(|e| e.to_string())?;
+            crate::input::records::master_header(reader, &source, max_record_bytes)
         })
         .await?
         .map_err(anyhow::Error::msg)?;
     }
     let objects = crate::store::open(&settings).await?;
     if let Some(position) = state.chunker_position().await? {
-        crate::actors::chunker::check_position(
-            &position,
-            &settings.source.transactions,
-            settings.chunker.rows_per_chunk,
-        )
-        .map_err(Mismatch)?;
+        position
+            .check(
+                &settings.source.transactions,
+                settings.chunker.rows_per_chunk,
+            )
+            .map_err(Mismatch)?;
     }
     let names = Arc::new(Names::new());
     let weights =

@@ -48,6 +48,20 @@ pub struct ChunkerPosition {
 }
 
 impl ChunkerPosition {
+    /// Checks that this saved position belongs to the master file `source`
+    /// cut in chunks of `rows_per_chunk`.
+    pub fn check(&self, source: &str, rows_per_chunk: u64) -> Result<(), String> {
+        if self.source != source || self.rows_per_chunk != rows_per_chunk {
+            return Err(format!(
+                "the database holds the chunker position of {} with rows_per_chunk = {}, \
+                 but the configuration says {} with rows_per_chunk = {}; \
+                 use a fresh database and bucket for a different master file or chunk size",
+                self.source, self.rows_per_chunk, source, rows_per_chunk
+            ));
+        }
+        Ok(())
+    }
+
     /// The `pending_key` column: the pending keys, one per line.
     pub fn pending_column(&self) -> Option<String> {
         (!self.pending_keys.is_empty()).then(|| self.pending_keys.join("\n"))

@@ -614,6 +614,29 @@ impl<R: Read> ChunkCutter<R> {
     }
 }
 
+/// Reads the master file's header from `reader` (the file from its first
+/// byte), checks that it names the columns a transactions file needs, and
+/// returns it with the offset of the first data row.
+pub fn master_header(
+    reader: impl Read,
+    location: &str,
+    max_record_bytes: usize,
+) -> Result<(Vec<u8>, u64), String> {
+    let (header, offset) = read_header(reader, max_record_bytes)
+        .map_err(|e| format!("cannot read {location}: {e}"))?
+        .ok_or_else(|| format!("master file {location} is empty (no header line)"))?;
+    let mut fields = csv::ByteRecord::new();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(header.as_slice());
+    reader
+        .read_byte_record(&mut fields)
+        .map_err(|e| format!("master file {location}: unreadable header: {e}"))?;
+    super::transactions::Schema::from_header(&fields)
+        .map_err(|e| format!("master file {location}: {e}"))?;
+    Ok((header, offset))
+}
+
 /// Reads the header record of a file: its raw bytes and the offset of the
 /// first data row. `None` for an empty file; an error if the header is
 /// oversized.
