@@ -56,7 +56,11 @@ pub struct PairTableState {
     generation: u64,
     totals: PairTotals,
     order: InOrder<Parsed>,
+    /// Every chunk, in announcement order.
     chain: Chain,
+    /// The last chunk the detectors applied (rejected chunks never reach
+    /// them): the predecessor named in the next `Apply`.
+    applied: Option<Arc<str>>,
 }
 
 impl PairTableState {
@@ -67,6 +71,7 @@ impl PairTableState {
             totals: engine.pair_table(&committed.snapshot),
             order: InOrder::new(0),
             chain: Chain::after(committed.last_chunk.clone()),
+            applied: committed.last_chunk.clone(),
         }
     }
 }
@@ -152,7 +157,6 @@ impl PairTableActor {
         let Parsed {
             number,
             key,
-            previous,
             listed_at,
             content,
             permit,
@@ -192,6 +196,7 @@ impl PairTableActor {
         let update = Arc::new(super::wiring::contain(|| {
             state.totals.fold(&content.chunk.delta)
         })?);
+        let previous = state.applied.replace(key.clone());
         // Queued in every detector's mailbox now, in chunk order.
         let requests: Vec<_> = self
             .behaviour

@@ -328,11 +328,25 @@ impl SupervisorActor {
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(async move {
                 loop {
-                    match watcher.send(WhenIdle).await {
-                        Ok(Ok(())) => {}
+                    let announced = match watcher.send(WhenIdle).await {
+                        Ok(Ok(announced)) => announced,
                         // Mechanism Y started over: ask the new generation.
                         _ => {
                             tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    // Idle means done only if what the watcher announced
+                    // last is what the database committed last (a
+                    // generation that just failed is idle too).
+                    match wiring.state.last_chunk().await {
+                        Ok(last) if last.as_deref() == announced.as_deref() => {}
+                        Ok(_) => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                        Err(error) => {
+                            warn!(%error, "could not read progress; trying again");
                             continue;
                         }
                     }
@@ -345,6 +359,7 @@ impl SupervisorActor {
                         ),
                         Err(error) => warn!(%error, "could not read progress; trying again"),
                     }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             })
             .map(|(), act, ctx| act.begin_shutdown(ctx, "all input processed")),

@@ -91,9 +91,10 @@ pub struct ChunkWritten {
 pub struct Drain;
 
 /// Answer after two listings that started after this message found
-/// nothing new, with nothing in flight.
+/// nothing new, with nothing in flight; the answer is the last chunk
+/// announced, which the asker can check is committed.
 #[derive(Message)]
-#[rtype(result = "Result<(), Interrupted>")]
+#[rtype(result = "Result<Option<Arc<str>>, Interrupted>")]
 pub struct WhenIdle;
 
 /// The watcher started over (a new generation) or is not running: ask
@@ -105,7 +106,7 @@ enum Control {
     Claimed(Vec<String>),
     Written { key: String, body: Bytes },
     Drain(oneshot::Sender<()>),
-    WhenIdle(oneshot::Sender<()>),
+    WhenIdle(oneshot::Sender<Option<Arc<str>>>),
 }
 
 /// Hints queued for the listing task; more are dropped (they only save
@@ -160,11 +161,11 @@ impl S3WatcherActor {
     }
 
     /// Passes a request on and answers when the listing does.
-    fn request(
+    fn request<T: Send + 'static>(
         &self,
-        make: impl FnOnce(oneshot::Sender<()>) -> Control,
-        when_stopped: Result<(), Interrupted>,
-    ) -> ResponseFuture<Result<(), Interrupted>> {
+        make: impl FnOnce(oneshot::Sender<T>) -> Control,
+        when_stopped: Result<T, Interrupted>,
+    ) -> ResponseFuture<Result<T, Interrupted>> {
         let Some(state) = &self.state else {
             return Box::pin(async move { when_stopped });
         };
@@ -207,7 +208,7 @@ impl Handler<Drain> for S3WatcherActor {
 }
 
 impl Handler<WhenIdle> for S3WatcherActor {
-    type Result = ResponseFuture<Result<(), Interrupted>>;
+    type Result = ResponseFuture<Result<Option<Arc<str>>, Interrupted>>;
 
     fn handle(&mut self, _msg: WhenIdle, _ctx: &mut Context<Self>) -> Self::Result {
         self.request(Control::WhenIdle, Err(Interrupted))
@@ -264,9 +265,6 @@ pub struct Listing {
     previous: Option<Arc<str>>,
     /// Number of the next announcement in this generation.
     next_number: u64,
-    /// The last committed chunk, as of this generation's start (the sweep
-    /// looks for strangers up to it).
-    committed: Option<String>,
     permits: Arc<Semaphore>,
     in_flight_limit: u32,
     queue: VecDeque<(String, Instant)>,
@@ -274,7 +272,7 @@ pub struct Listing {
     claimed: VecDeque<String>,
     /// Listings that found nothing with nothing in flight.
     idle_listings: u64,
-    idle_waiters: Vec<(u64, oneshot::Sender<()>)>,
+    idle_waiters: Vec<(u64, oneshot::Sender<Option<Arc<str>>>)>,
     draining: Option<oneshot::Sender<()>>,
 }
 
@@ -295,7 +293,6 @@ impl Listing {
             ),
             cursor: committed.last_chunk.as_deref().map(str::to_string),
             previous: committed.last_chunk.clone(),
-            committed: committed.last_chunk.as_deref().map(str::to_string),
             generation: committed.generation,
             next_number: 0,
             permits: Arc::new(Semaphore::new(in_flight_limit as usize)),
@@ -356,6 +353,12 @@ impl Listing {
                     }
                 }
                 _ = permits.acquire_many(self.in_flight_limit), if self.draining.is_some() => {}
+                // Someone waits for an idle listing: list as soon as the
+                // last chunk in flight is committed.
+                _ = permits.acquire_many(self.in_flight_limit),
+                    if !self.idle_waiters.is_empty() && self.in_flight() > 0 => {
+                    next_list_at = Instant::now();
+                }
                 _ = tokio::time::sleep_until(next_list_at.into()), if want_list => {
                     let found = self.list().await?;
                     let now = Instant::now();
@@ -386,7 +389,10 @@ impl Listing {
                         self.idle_listings += 1;
                         let idle = self.idle_listings;
                         for (_, waiter) in self.idle_waiters.extract_if(.., |(at, _)| *at <= idle) {
-                            let _ = waiter.send(());
+                            let _ = waiter.send(self.previous.clone());
+                        }
+                        if !self.idle_waiters.is_empty() {
+                            next_list_at = now;
                         }
                     }
                 }
@@ -428,7 +434,7 @@ impl Listing {
             }
             Control::WhenIdle(waiter) => {
                 self.idle_waiters.push((self.idle_listings + 2, waiter));
-                false
+                true
             }
         }
     }
@@ -532,10 +538,10 @@ impl Listing {
     /// reaches `committed`, so the cost is one LIST and one query per call
     /// however long the bucket's history.
     async fn sweep(&mut self, position: &mut Option<String>) -> Result<(), WatchError> {
-        let Some(committed) = self.committed.clone() else {
+        let p = self.wiring.clone();
+        let Some(committed) = p.db("read last chunk", || p.state.last_chunk()).await? else {
             return Ok(());
         };
-        let p = self.wiring.clone();
         let mut keys = p
             .store("sweep chunks", || {
                 p.objects
