@@ -18,6 +18,9 @@
 pub mod delta;
 pub mod lease;
 pub mod postgres;
+mod rules;
+mod scan;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
