@@ -1289,7 +1289,7 @@ impl StateStore for PostgresStore {
         self.call(move |mut connection| async move {
             let tx = connection.transaction().await?;
             check_fence(&tx, &fence).await?;
-            tx.execute(sql::MARK_BATCH_WRITTEN, &[&to_i64(batch_no), &at])
+            tx.execute(sql::MARK_BATCH_WRITTEN, &[&at, &to_i64(batch_no)])
                 .await?;
             tx.commit().await?;
             Ok(())

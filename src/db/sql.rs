@@ -90,9 +90,9 @@ pub const UNWRITTEN_BATCHES: &str = "\
 SELECT batch_no, object_key, detections FROM detection_batches
 WHERE written_at IS NULL ORDER BY batch_no";
 
-/// Batch `$1` was written at `$2`.
+/// Batch `$2` was written at `$1`.
 pub const MARK_BATCH_WRITTEN: &str =
-    "UPDATE detection_batches SET written_at = $2 WHERE batch_no = $1";
+    "UPDATE detection_batches SET written_at = $1 WHERE batch_no = $2";
 
 pub const OUTBOX: &str =
     "SELECT count(*), min(processed_at) FROM detected_patterns WHERE batch_no IS NULL";
@@ -121,3 +121,56 @@ pub const DETECTIONS_BY_PATTERN: &str =
 /// The `$1` latest restarts, latest first.
 pub const RECENT_RESTARTS: &str =
     "SELECT actor, reason, restart_count, at FROM restart_events ORDER BY id DESC LIMIT $1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every statement numbers its parameters in the order they first
+    /// appear (see the module docs).
+    #[test]
+    fn parameters_are_numbered_in_order_of_appearance() {
+        for statement in [
+            SELECT_LEASE,
+            LIVE_STANDBYS,
+            REMOVE_STANDBY,
+            LOOKUP_SOURCE,
+            SAVE_LOOKUP_SOURCE,
+            CHUNKER_POSITION,
+            SAVE_CHUNKER_POSITION,
+            CHUNKER_PROGRESS,
+            CHUNK_KEYS_FROM,
+            PROCESSED_BETWEEN,
+            RECORD_IGNORED,
+            LAST_CHUNK,
+            PENDING_DELTAS,
+            PENDING_DELTA_COUNT,
+            OLDEST_DELTAS,
+            DELETE_DELTAS_UP_TO,
+            BATCH_PLAN_INPUT,
+            ASSIGN_OLDEST,
+            INSERT_BATCH,
+            UNWRITTEN_BATCHES,
+            MARK_BATCH_WRITTEN,
+            OUTBOX,
+            RECORD_RESTART,
+            STATUS_COUNTS,
+            DETECTIONS_BY_PATTERN,
+            RECENT_RESTARTS,
+        ] {
+            let mut seen = 0;
+            for (at, _) in statement.match_indices('$') {
+                let digits: String = statement[at + 1..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                let number: usize = digits.parse().expect("a numbered parameter");
+                assert!(
+                    number <= seen + 1,
+                    "${number} comes too early in {statement}"
+                );
+                seen = seen.max(number);
+            }
+        }
+    }
+}

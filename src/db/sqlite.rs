@@ -966,7 +966,7 @@ impl StateStore for SqliteStore {
         let (fence, at) = (fence.clone(), at.to_string());
         self.call(move |c| {
             let tx = fenced(c, &fence)?;
-            tx.execute(sql::MARK_BATCH_WRITTEN, params![to_i64(batch_no), at])?;
+            tx.execute(sql::MARK_BATCH_WRITTEN, params![at, to_i64(batch_no)])?;
             tx.commit()?;
             Ok(())
         })
