@@ -306,7 +306,7 @@ pub fn plan_batches(
         return Vec::new();
     }
     let mut sizes = vec![size; usize::try_from(unbatched / size).unwrap_or(usize::MAX)];
-    if include_partial && unbatched % size > 0 {
+    if include_partial && !unbatched.is_multiple_of(size) {
         sizes.push(unbatched % size);
     }
     sizes
