@@ -205,9 +205,16 @@ impl SqliteStore {
         // chunks). Commits ask a thread of ours to checkpoint instead, on
         // its own connection, beside them; `compact` checkpoints too.
         let (ask, asked) = crossbeam_channel::bounded::<()>(1);
-        connection.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
+        let backstop = checkpointer.clone();
+        connection.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
             if pages >= WAL_BACKSTOP_PAGES {
-                wal.checkpoint()?;
+                // On the checkpointer's connection, after the background
+                // checkpoint in progress if there is one (on this one, it
+                // would be refused as busy). The commit is in the WAL
+                // already: an error here must not report it as failed.
+                if let Err(error) = passive_checkpoint(&backstop) {
+                    tracing::warn!(%error, "WAL backstop checkpoint failed");
+                }
             } else if pages >= BACKGROUND_CHECKPOINT_PAGES {
                 // One request waiting is enough.
                 let _ = ask.try_send(());
