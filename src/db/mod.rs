@@ -14,10 +14,21 @@
 //! bucket and database can never both write.
 //!
 //! Names are stored as text; ids exist only inside one process.
+//!
+//! Layers, top down: this trait; `rules` (what both databases must agree
+//! on: commit decisions, batch numbering, the evidence → columns mapping,
+//! row decoding, `status`), [`lease`] (who may write), `sql` (statements
+//! both dialects run as written) and `scan` (large reads streamed back to
+//! the caller); then the dialects, which keep only what differs: SQL text,
+//! transactions, locking and fencing mechanics, and where calls run (SQLite
+//! on a thread of its own, PostgreSQL on the I/O runtime).
 
 pub mod delta;
 pub mod lease;
 pub mod postgres;
+mod rules;
+mod scan;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -1,13 +1,21 @@
 //! The production state store: PostgreSQL through a bb8 pool of
-//! tokio-postgres connections (TLS with `sslmode=require`).
+//! tokio-postgres connections (TLS as libpq's `sslmode` says).
 //!
-//! Every call runs on the process's I/O runtime. A commit takes an advisory
-//! transaction lock (one committer at a time, even across processes),
-//! checks the last committed chunk, bulk-loads the pair deltas with binary
-//! COPY into a temporary table and upserts them with
-//! `INSERT ... ON CONFLICT DO UPDATE`, and inserts the chunks' rows and the
-//! detections with one multi-row statement each. Lost connections and
-//! server restarts are reported as transient so that callers retry.
+//! Every call runs on the process's I/O runtime ([`PostgresStore::call`]
+//! takes a pooled connection there and hands it to the call's work; scans
+//! stream their rows back in batches, see [`super::scan`]). What the two
+//! databases must agree on (commit decisions, batch numbering, row
+//! decoding, `status`) is in [`super::rules`] and the statements they share
+//! in [`super::sql`]; this file keeps PostgreSQL's own mechanics: advisory
+//! locks, the fence check under the lease's shared lock, pipelined
+//! statements, bulk loads with binary COPY and `UNNEST` arrays, and tokens
+//! for names too long for an index.
+//!
+//! A commit takes an advisory transaction lock (one committer at a time,
+//! even across processes), checks the fence and the last committed chunk in
+//! one round trip, and inserts the chunks' deltas, rows and detections with
+//! one multi-row statement each. Lost connections and server restarts are
+//! reported as transient so that callers retry.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,23 +23,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bb8::{CustomizeConnection, ErrorSink, Pool};
+use bb8::{CustomizeConnection, ErrorSink, Pool, PooledConnection};
 use bb8_postgres::PostgresConnectionManager;
 use futures::{TryStreamExt, pin_mut};
 use postgres_native_tls::MakeTlsConnector;
-use tokio::sync::mpsc;
-use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, GenericClient, Row, RowStream};
 
 use super::lease::{self, Decision};
+use super::rules::{self, Columns, CommitRows, to_i64};
+use super::scan::{self, PairPart, Rows, Sink};
+use super::sql;
 use super::{
     Batch, ChunkClaims, ChunkerPosition, Claimant, CommitBatch, CommitOutcome, DbError, DbResult,
-    DetectionLine, EmittedRow, Fence, IgnoredObject, LeaseGrant, LeaseRow, LookupSource, PairRow,
-    Renewal, RestartEvent, StandbyRow, StateStore, StatusReport, WeightRow,
+    DetectionLine, EmittedRow, Fence, IgnoredObject, LeaseGrant, LookupSource, PairRow, Renewal,
+    RestartEvent, StateStore, StatusReport, WeightRow,
 };
-use crate::detect::{Gender, Pattern};
+use crate::detect::Gender;
 use crate::io_runtime;
 
 mod embedded {
@@ -49,19 +59,93 @@ const MIGRATE_LOCK: i64 = 0x7478_7069_7065_0004;
 /// The database's clock, in milliseconds since the Unix epoch.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
-const SELECT_LEASE: &str = "SELECT name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms
-                            FROM leases WHERE name = $1";
+/// A pooled connection, owned by the work it was taken for.
+type Connection = PooledConnection<'static, Manager>;
 
-fn lease_row(row: &tokio_postgres::Row) -> LeaseRow {
-    LeaseRow {
-        name: row.get(0),
-        owner_id: row.get(1),
-        host: row.get(2),
-        pid: u32::try_from(row.get::<_, i64>(3)).unwrap_or(0),
-        epoch: to_u64(row.get(4)),
-        acquired_at_ms: row.get(5),
-        expires_at_ms: row.get(6),
+type Param<'a> = &'a (dyn ToSql + Sync);
+
+const NO_PARAMS: [i64; 0] = [];
+
+impl Columns for Row {
+    fn int(&self, index: usize) -> DbResult<i64> {
+        get(self, index)
     }
+    fn opt_int(&self, index: usize) -> DbResult<Option<i64>> {
+        get(self, index)
+    }
+    fn text(&self, index: usize) -> DbResult<String> {
+        get(self, index)
+    }
+    fn opt_text(&self, index: usize) -> DbResult<Option<String>> {
+        get(self, index)
+    }
+    fn flag(&self, index: usize) -> DbResult<bool> {
+        get(self, index)
+    }
+}
+
+/// Decodes the rows of `sql` with one of [`rules`]' decoders.
+async fn query_all<T>(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+    decode: fn(&dyn Columns) -> DbResult<T>,
+) -> DbResult<Vec<T>> {
+    let rows = client.query(sql, params).await?;
+    rows.iter().map(|row| decode(row)).collect()
+}
+
+/// The row of `sql`, if it has one, decoded.
+async fn query_opt<T>(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+    decode: fn(&dyn Columns) -> DbResult<T>,
+) -> DbResult<Option<T>> {
+    let row = client.query_opt(sql, params).await?;
+    row.as_ref().map(|row| decode(row)).transpose()
+}
+
+/// The row of a query that always has one (an aggregate), decoded.
+async fn query_one<T>(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+    decode: fn(&dyn Columns) -> DbResult<T>,
+) -> DbResult<T> {
+    decode(&client.query_one(sql, params).await?)
+}
+
+/// Sends every row of `rows`, converted, to `sink`; `false` once the caller
+/// stopped listening.
+async fn forward<T>(
+    rows: RowStream,
+    sink: &mut Sink<T>,
+    convert: fn(&Row) -> DbResult<T>,
+) -> DbResult<bool> {
+    pin_mut!(rows);
+    while let Some(row) = rows.try_next().await? {
+        if !sink.push_async(convert(&row)?).await {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Column `index` of a scanned row.
+fn get<'r, T: tokio_postgres::types::FromSql<'r>>(row: &'r Row, index: usize) -> DbResult<T> {
+    row.try_get(index)
+        .map_err(|e| rules::decode_error(index, e))
+}
+
+fn pair(row: &Row) -> DbResult<scan::OwnedPair> {
+    Ok((
+        get(row, 0)?,
+        get(row, 1)?,
+        get(row, 2)?,
+        get(row, 3)?,
+        Gender::from_code(get(row, 4)?),
+    ))
 }
 
 /// The transaction-scoped advisory lock of a lease: fenced transactions
@@ -81,13 +165,13 @@ const LEASE_LOCK_EXCLUSIVE: &str = "SELECT pg_advisory_xact_lock(hashtextextende
 /// commit); heartbeats, plain updates of the expiry, do not wait for it.
 /// Both statements go out together (tokio-postgres pipelines them).
 async fn check_fence(tx: &tokio_postgres::Transaction<'_>, fence: &Fence) -> DbResult<()> {
-    let name: [&(dyn ToSql + Sync); 1] = [&fence.lease];
+    let name: [Param; 1] = [&fence.lease];
     let (locked, row) = futures::join!(
         tx.execute(LEASE_LOCK_SHARED, &name),
-        tx.query_opt(SELECT_LEASE, &name)
+        query_opt(tx, sql::SELECT_LEASE, &name, rules::lease_row)
     );
     locked?;
-    lease::check(fence, row?.map(|row| lease_row(&row)).as_ref()).map_err(DbError::Fenced)
+    lease::check(fence, row?.as_ref()).map_err(DbError::Fenced)
 }
 
 #[derive(Clone)]
@@ -239,12 +323,59 @@ impl PostgresStore {
     }
 }
 
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
+impl PostgresStore {
+    /// Runs `work` on the I/O runtime with a connection of the pool (the
+    /// work owns it, and it goes back to the pool when the work ends).
+    async fn call<T, W, F>(&self, work: W) -> DbResult<T>
+    where
+        T: Send + 'static,
+        W: FnOnce(Connection) -> F + Send + 'static,
+        F: Future<Output = DbResult<T>> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        self.run(async move { work(pool.get_owned().await?).await })
+            .await
+    }
 
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
+    /// Runs a scan's producer on the I/O runtime with a connection of the
+    /// pool; it ends the scan with [`Sink::finish_async`].
+    fn scan<T, P, F>(&self, produce: P) -> Rows<T>
+    where
+        T: Send + 'static,
+        P: FnOnce(Connection, Sink<T>) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (sink, rows) = scan::channel();
+        let pool = self.pool.clone();
+        io_runtime::handle().spawn(async move {
+            match pool.get_owned().await {
+                Ok(connection) => produce(connection, sink).await,
+                Err(error) => sink.finish_async(Err(error.into())).await,
+            }
+        });
+        rows
+    }
+
+    /// Streams every row of `query` (no parameters), each made owned by
+    /// `convert`, to `visit`.
+    async fn scan_rows<T: Send + 'static>(
+        &self,
+        query: &'static str,
+        convert: fn(&Row) -> DbResult<T>,
+        visit: impl FnMut(&T),
+    ) -> DbResult<()> {
+        let rows = self.scan(move |connection, mut sink| async move {
+            let result = async {
+                let rows = connection.query_raw(query, NO_PARAMS).await?;
+                forward(rows, &mut sink, convert).await.map(drop)
+            }
+            .await;
+            sink.finish_async(result).await;
+        });
+        scan::visit_all(rows, visit)
+            .await
+            .map_err(|e| self.explain(e))
+    }
 }
 
 /// Longest name stored as itself in a key column (see `V6__long_names.sql`):
@@ -287,6 +418,14 @@ impl LongNames {
             self.names.push(name.to_string());
         }
         key
+    }
+
+    /// Turns a name into its key column value in place.
+    fn replace(&mut self, name: &mut String) {
+        if let std::borrow::Cow::Owned(token) = key_name(name) {
+            self.tokens.push(token.clone());
+            self.names.push(std::mem::replace(name, token));
+        }
     }
 
     /// Saves them in the transaction that writes their tokens.
@@ -345,108 +484,6 @@ INSERT INTO processed_chunks (chunk_name, seq, status, rows, bad_rows, detection
 SELECT name, seq, status, rows, bad_rows, detections, reason, $8
 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])
     AS c(name, seq, status, rows, bad_rows, detections, reason)";
-
-const INSERT_DETECTIONS: &str = "\
-INSERT INTO detected_patterns (customer, merchant, txn_count, avg_weight, avg_amount, txn_rank,
-    weight_rank, F, M, patternId, actionType, chunk_name, processed_at, y_start_time, detection_time)
-SELECT customer, merchant, txn_count, avg_weight, avg_amount, txn_rank, weight_rank, f, m,
-       pattern_id, action_type, chunk_name, $14, $15, detection_time
-FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
-            $7::float8[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[])
-    WITH ORDINALITY AS d(customer, merchant, txn_count, avg_weight, avg_amount, txn_rank, weight_rank,
-                         f, m, pattern_id, action_type, chunk_name, detection_time, ord)
-ORDER BY ord";
-
-/// A commit, owned, so it can move to the I/O runtime.
-struct OwnedCommit {
-    expected_last: Option<String>,
-    final_chunk: String,
-    processed_at: String,
-    delta_chunks: Vec<String>,
-    delta_blobs: Vec<Vec<u8>>,
-    chunks: ChunkColumns,
-    detections: DetectionColumns,
-    long_names: LongNames,
-}
-
-#[derive(Default)]
-struct ChunkColumns {
-    name: Vec<String>,
-    seq: Vec<Option<i64>>,
-    status: Vec<&'static str>,
-    rows: Vec<i64>,
-    bad_rows: Vec<i64>,
-    detections: Vec<i64>,
-    reason: Vec<Option<String>>,
-}
-
-#[derive(Default)]
-struct DetectionColumns {
-    customer: Vec<String>,
-    merchant: Vec<String>,
-    txn_count: Vec<Option<i64>>,
-    avg_weight: Vec<Option<f64>>,
-    avg_amount: Vec<Option<f64>>,
-    txn_rank: Vec<Option<f64>>,
-    weight_rank: Vec<Option<f64>>,
-    female: Vec<Option<i64>>,
-    male: Vec<Option<i64>>,
-    pattern_id: Vec<&'static str>,
-    action_type: Vec<&'static str>,
-    chunk_name: Vec<String>,
-    detection_time: Vec<String>,
-}
-
-impl OwnedCommit {
-    fn from_batch(batch: &CommitBatch<'_>, final_chunk: &str) -> OwnedCommit {
-        let mut chunks = ChunkColumns::default();
-        for chunk in batch.chunks {
-            chunks.name.push(chunk.name.clone());
-            chunks.seq.push(chunk.seq.map(to_i64));
-            chunks.status.push(chunk.status.as_str());
-            chunks.rows.push(to_i64(chunk.rows));
-            chunks.bad_rows.push(to_i64(chunk.bad_rows));
-            chunks.detections.push(to_i64(chunk.detections));
-            chunks.reason.push(chunk.reason.clone());
-        }
-        let mut long_names = LongNames::default();
-        let mut detections = DetectionColumns::default();
-        for d in batch.detections {
-            let e = &d.evidence;
-            detections
-                .customer
-                .push(long_names.key(d.customer).into_owned());
-            detections
-                .merchant
-                .push(long_names.key(d.merchant).into_owned());
-            detections.txn_count.push(e.txn_count.map(to_i64));
-            detections.avg_weight.push(e.weight.map(|w| w.as_f64()));
-            detections.avg_amount.push(e.avg_amount());
-            detections.txn_rank.push(e.txn_rank.map(|r| r.as_f64()));
-            detections
-                .weight_rank
-                .push(e.weight_rank.map(|r| r.as_f64()));
-            detections.female.push(e.female.map(to_i64));
-            detections.male.push(e.male.map(to_i64));
-            detections.pattern_id.push(d.pattern.id());
-            detections.action_type.push(d.pattern.action());
-            detections.chunk_name.push(d.chunk_name.to_string());
-            detections.detection_time.push(d.detection_time.to_string());
-        }
-        OwnedCommit {
-            expected_last: batch.expected_last.map(str::to_string),
-            final_chunk: final_chunk.to_string(),
-            processed_at: batch.processed_at.to_string(),
-            delta_chunks: batch.deltas.iter().map(|d| d.chunk.to_string()).collect(),
-            delta_blobs: batch.deltas.iter().map(|d| d.blob.to_vec()).collect(),
-            chunks,
-            detections,
-            long_names,
-        }
-    }
-}
-
-const SCAN_BATCH: usize = 4096;
 
 /// TLS as libpq does it: `sslmode=prefer` (the default) and `require`
 /// encrypt without checking the server's certificate; `verify-ca` checks
@@ -542,52 +579,270 @@ impl PostgresStore {
             last_connect_error,
         })
     }
+}
 
-    /// Streams the rows of `query` to `visit` in batches, with bounded
-    /// memory, while the query runs on the I/O runtime.
-    async fn scan<T: Send + 'static>(
-        &self,
-        query: &'static str,
-        convert: fn(&tokio_postgres::Row) -> DbResult<T>,
-        visit: &mut (dyn FnMut(&T) + Send),
-    ) -> DbResult<()> {
-        let (sender, mut receiver) = mpsc::channel::<DbResult<Vec<T>>>(4);
-        let pool = self.pool.clone();
-        let producer = io_runtime::handle().spawn(async move {
-            let result = async {
-                let connection = pool.get().await?;
-                let rows = connection
-                    .query_raw(query, std::iter::empty::<i64>())
-                    .await?;
-                pin_mut!(rows);
-                let mut batch = Vec::with_capacity(SCAN_BATCH);
-                while let Some(row) = rows.try_next().await? {
-                    batch.push(convert(&row)?);
-                    if batch.len() == SCAN_BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
-                        if sender.send(Ok(full)).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                }
-                if !batch.is_empty() {
-                    let _ = sender.send(Ok(batch)).await;
-                }
-                Ok::<(), DbError>(())
-            }
-            .await;
-            if let Err(error) = result {
-                let _ = sender.send(Err(error)).await;
-            }
-        });
-        while let Some(batch) = receiver.recv().await {
-            for item in &batch.map_err(|e| self.explain(e))? {
-                visit(item);
-            }
-        }
-        let _ = producer.await;
-        Ok(())
+const INSERT_DETECTIONS: &str = "\
+INSERT INTO detected_patterns (customer, merchant, txn_count, avg_weight, avg_amount, txn_rank,
+    weight_rank, F, M, patternId, actionType, chunk_name, processed_at, y_start_time, detection_time)
+SELECT customer, merchant, txn_count, avg_weight, avg_amount, txn_rank, weight_rank, f, m,
+       pattern_id, action_type, chunk_name, $15, y_start_time, detection_time
+FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
+            $7::float8[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[],
+            $13::text[], $14::text[])
+    WITH ORDINALITY AS d(customer, merchant, txn_count, avg_weight, avg_amount, txn_rank, weight_rank,
+                         f, m, pattern_id, action_type, chunk_name, y_start_time, detection_time, ord)
+ORDER BY ord";
+
+/// Commits `rows` (see [`StateStore::commit`]); the detections' names are
+/// already key columns' values (see [`LongNames`]).
+async fn commit(
+    mut connection: Connection,
+    fence: Fence,
+    rows: CommitRows,
+    long_names: LongNames,
+) -> DbResult<CommitOutcome> {
+    let tx = connection.transaction().await?;
+    // Lock, read and check the fence in one round trip (the lock and read
+    // in the simple protocol with constant SQL; the fence check pipelined
+    // beside it).
+    let lock_and_read = format!(
+        "SELECT pg_advisory_xact_lock({COMMIT_LOCK}); {}",
+        sql::LAST_CHUNK
+    );
+    let (replies, fenced) =
+        futures::join!(tx.simple_query(&lock_and_read), check_fence(&tx, &fence));
+    let replies = replies?;
+    fenced?;
+    let last: Option<String> = replies
+        .iter()
+        .filter_map(|reply| match reply {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
+            _ => None,
+        })
+        .nth(1)
+        .flatten();
+    if let Some(outcome) = rows.stale(last) {
+        return Ok(outcome);
     }
+    // The three inserts go out together (tokio-postgres pipelines
+    // concurrent queries on one connection).
+    let deltas = async {
+        if !rows.deltas.chunk.is_empty() {
+            tx.execute(
+                "INSERT INTO chunk_deltas (chunk_name, delta)
+                 SELECT * FROM UNNEST($1::text[], $2::bytea[])",
+                &[&rows.deltas.chunk, &rows.deltas.blob],
+            )
+            .await?;
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    };
+    let c = &rows.chunks;
+    let chunk_params: [Param; 8] = [
+        &c.name,
+        &c.seq,
+        &c.status,
+        &c.rows,
+        &c.bad_rows,
+        &c.detections,
+        &c.reason,
+        &rows.processed_at,
+    ];
+    let chunks = tx.execute(INSERT_CHUNKS, &chunk_params);
+    let d = &rows.detections;
+    let detections = async {
+        if d.customer.is_empty() {
+            return Ok::<(), tokio_postgres::Error>(());
+        }
+        let params: [Param; 15] = [
+            &d.customer,
+            &d.merchant,
+            &d.txn_count,
+            &d.avg_weight,
+            &d.avg_amount,
+            &d.txn_rank,
+            &d.weight_rank,
+            &d.female,
+            &d.male,
+            &d.pattern_id,
+            &d.action_type,
+            &d.chunk_name,
+            &d.y_start_time,
+            &d.detection_time,
+            &rows.processed_at,
+        ];
+        tx.execute(INSERT_DETECTIONS, &params).await?;
+        long_names.save(&tx).await?;
+        Ok(())
+    };
+    futures::try_join!(deltas, chunks, detections)?;
+    crate::pause_points::reached("commit");
+    tx.commit().await?;
+    Ok(CommitOutcome::Committed)
+}
+
+async fn compact(mut connection: Connection, fence: Fence, max_chunks: usize) -> DbResult<u64> {
+    let tx = connection.transaction().await?;
+    check_fence(&tx, &fence).await?;
+    // One compaction at a time. Commits go on meanwhile: they only add
+    // deltas of later chunks, which this one does not read.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMPACT_LOCK])
+        .await?;
+    let rows = tx
+        .query(sql::OLDEST_DELTAS, &[&(max_chunks as i64)])
+        .await?;
+    let Some(last) = rows.last().map(|row| row.get::<_, String>(0)) else {
+        return Ok(0);
+    };
+    let mut merged = super::delta::Merged::default();
+    for row in &rows {
+        merged.add(row.get::<_, &[u8]>(1))?;
+    }
+    let sink = tx
+        .copy_in(
+            "COPY pair_delta (merchant, customer, txn_count, amount_cents, gender) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT],
+    );
+    pin_mut!(writer);
+    let mut long = LongNames::default();
+    for pair in merged.iter() {
+        writer
+            .as_mut()
+            .write(&[
+                &&*long.key(pair.merchant),
+                &&*long.key(pair.customer),
+                &to_i64(pair.count),
+                &pair.amount,
+                &pair.gender.code(),
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    long.save(&tx).await?;
+    tx.execute(UPSERT_PAIRS, &[]).await?;
+    tx.execute(sql::DELETE_DELTAS_UP_TO, &[&last]).await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
+
+async fn acquire_lease(
+    mut connection: Connection,
+    name: String,
+    me: Claimant,
+    ttl_ms: u64,
+    dead_epoch: Option<u64>,
+) -> DbResult<LeaseGrant> {
+    let tx = connection.transaction().await?;
+    // A row that does not exist cannot be locked: create it first (expired,
+    // at epoch 0), then decide under the row lock like any takeover. Of two
+    // processes doing this at once, one inserts and the other waits for it
+    // and then finds the row.
+    tx.execute(
+        "INSERT INTO leases (name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms)
+         VALUES ($1, '', '', 0, 0, 0, 0) ON CONFLICT (name) DO NOTHING",
+        &[&name],
+    )
+    .await?;
+    // Waits for the fenced transactions in flight (see `check_fence`); held
+    // until this transaction ends.
+    tx.execute(LEASE_LOCK_EXCLUSIVE, &[&name]).await?;
+    let select = format!("{} FOR UPDATE", sql::SELECT_LEASE);
+    let current = query_one(&tx, &select, &[&name], rules::lease_row).await?;
+    let now: i64 = tx.query_one(&format!("SELECT {NOW_MS}"), &[]).await?.get(0);
+    let epoch = match lease::decide(Some(&current), now, dead_epoch) {
+        Decision::Held => {
+            return Ok(LeaseGrant::Held {
+                holder: current,
+                now_ms: now,
+            });
+        }
+        Decision::Create => 1,
+        Decision::TakeOver { epoch } => epoch,
+    };
+    tx.execute(
+        "UPDATE leases SET owner_id = $2, host = $3, pid = $4, epoch = $5,
+             acquired_at_ms = $6, expires_at_ms = $7
+         WHERE name = $1",
+        &[
+            &name,
+            &me.owner_id,
+            &me.host,
+            &i64::from(me.pid),
+            &to_i64(epoch),
+            &now,
+            &now.saturating_add(to_i64(ttl_ms)),
+        ],
+    )
+    .await?;
+    tx.execute(sql::REMOVE_STANDBY, &[&me.owner_id]).await?;
+    tx.commit().await?;
+    Ok(LeaseGrant::Granted(Fence {
+        lease: name,
+        owner_id: me.owner_id,
+        epoch,
+    }))
+}
+
+async fn assign_batches(
+    mut connection: Connection,
+    fence: Fence,
+    size: u64,
+    include_partial: bool,
+    stamp: String,
+) -> DbResult<u64> {
+    let tx = connection.transaction().await?;
+    check_fence(&tx, &fence).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BATCH_LOCK])
+        .await?;
+    let (unbatched, last_batch_no) = query_one(&tx, sql::BATCH_PLAN_INPUT, &[], |row| {
+        Ok((rules::to_u64(row.int(0)?), rules::to_u64(row.int(1)?)))
+    })
+    .await?;
+    let plan = rules::plan_batches(unbatched, last_batch_no, size, include_partial, &stamp);
+    let created_at = crate::clock::now_ist();
+    for batch in &plan {
+        tx.execute(sql::ASSIGN_OLDEST, &[&batch.batch_no, &batch.detections])
+            .await?;
+        tx.execute(
+            sql::INSERT_BATCH,
+            &[&batch.batch_no, &batch.key, &batch.detections, &created_at],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(plan.len() as u64)
+}
+
+async fn status(connection: Connection, recent_restarts: usize) -> DbResult<StatusReport> {
+    let c = &*connection;
+    let now_ms: i64 = c.query_one(&format!("SELECT {NOW_MS}"), &[]).await?.get(0);
+    let limit: [Param; 1] = [&(recent_restarts as i64)];
+    let now: [Param; 1] = [&now_ms];
+    let lease_name: [Param; 1] = [&lease::PIPELINE_LEASE];
+    // One round trip: tokio-postgres pipelines the statements.
+    let (chunker, counts, detections, recent_restarts, lease, standbys) = futures::try_join!(
+        query_opt(c, sql::CHUNKER_PROGRESS, &[], rules::chunker_progress),
+        query_one(c, sql::STATUS_COUNTS, &[], rules::status_counts),
+        query_all(c, sql::DETECTIONS_BY_PATTERN, &[], rules::pattern_count),
+        query_all(c, sql::RECENT_RESTARTS, &limit, rules::restart_event),
+        query_opt(c, sql::SELECT_LEASE, &lease_name, rules::lease_row),
+        query_all(c, sql::LIVE_STANDBYS, &now, rules::standby_row),
+    )?;
+    Ok(rules::StatusRows {
+        chunker,
+        counts,
+        detections,
+        recent_restarts,
+        lease,
+        now_ms,
+        standbys,
+    }
+    .report())
 }
 
 #[async_trait]
@@ -611,23 +866,9 @@ impl StateStore for PostgresStore {
     }
 
     async fn lookup_source(&self) -> DbResult<Option<LookupSource>> {
-        let pool = self.pool.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            let row = connection
-                .query_opt(
-                    "SELECT source, fingerprint, rows, bad_rows, pairs FROM lookup_source WHERE id = 1",
-                    &[],
-                )
-                .await?;
-            Ok(row.map(|row| LookupSource {
-                source: row.get(0),
-                fingerprint: row.get(1),
-                rows: to_u64(row.get(2)),
-                bad_rows: to_u64(row.get(3)),
-                pairs: to_u64(row.get(4)),
-            }))
-        })
+        self.call(
+            |c| async move { query_opt(&*c, sql::LOOKUP_SOURCE, &[], rules::lookup_source).await },
+        )
         .await
     }
 
@@ -637,9 +878,7 @@ impl StateStore for PostgresStore {
         source: &LookupSource,
         rows: &[WeightRow<'_>],
     ) -> DbResult<()> {
-        let pool = self.pool.clone();
-        let fence = fence.clone();
-        let source = source.clone();
+        let (fence, source) = (fence.clone(), source.clone());
         let mut long = LongNames::default();
         let rows: Vec<(String, String, i64, i64)> = rows
             .iter()
@@ -652,8 +891,7 @@ impl StateStore for PostgresStore {
                 )
             })
             .collect();
-        self.run(async move {
-            let mut connection = pool.get().await?;
+        self.call(move |mut connection| async move {
             let tx = connection.transaction().await?;
             check_fence(&tx, &fence).await?;
             tx.execute("DELETE FROM customer_importance", &[]).await?;
@@ -664,19 +902,18 @@ impl StateStore for PostgresStore {
                      FROM STDIN (FORMAT binary)",
                 )
                 .await?;
-            let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8]);
+            let writer =
+                BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8]);
             pin_mut!(writer);
             for (merchant, customer, sum, count) in &rows {
-                writer.as_mut().write(&[merchant, customer, sum, count]).await?;
+                writer
+                    .as_mut()
+                    .write(&[merchant, customer, sum, count])
+                    .await?;
             }
             writer.finish().await?;
             tx.execute(
-                "INSERT INTO lookup_source (id, source, fingerprint, rows, bad_rows, pairs, loaded_at)
-                 VALUES (1, $1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (id) DO UPDATE SET source = EXCLUDED.source,
-                     fingerprint = EXCLUDED.fingerprint, rows = EXCLUDED.rows,
-                     bad_rows = EXCLUDED.bad_rows, pairs = EXCLUDED.pairs,
-                     loaded_at = EXCLUDED.loaded_at",
+                sql::SAVE_LOOKUP_SOURCE,
                 &[
                     &source.source,
                     &source.fingerprint,
@@ -697,7 +934,7 @@ impl StateStore for PostgresStore {
         &self,
         visit: &mut (dyn for<'r> FnMut(WeightRow<'r>) + Send),
     ) -> DbResult<()> {
-        self.scan(
+        self.scan_rows(
             concat!(
                 "SELECT ",
                 name_of!("merchant"),
@@ -705,48 +942,15 @@ impl StateStore for PostgresStore {
                 name_of!("customer"),
                 ", weight_sum_cents, weight_rows FROM customer_importance"
             ),
-            |row| {
-                Ok((
-                    row.get::<_, String>(0),
-                    row.get::<_, String>(1),
-                    row.get::<_, i64>(2),
-                    row.get::<_, i64>(3),
-                ))
-            },
-            &mut |(merchant, customer, sum, rows): &(String, String, i64, i64)| {
-                visit(WeightRow {
-                    merchant,
-                    customer,
-                    weight_sum: *sum,
-                    rows: to_u64(*rows),
-                })
-            },
+            |row| Ok((get(row, 0)?, get(row, 1)?, get(row, 2)?, get(row, 3)?)),
+            scan::visit_weights(visit),
         )
         .await
     }
 
     async fn chunker_position(&self) -> DbResult<Option<ChunkerPosition>> {
-        let pool = self.pool.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            let row = connection
-                .query_opt(
-                    "SELECT source, rows_per_chunk, next_seq, next_offset, rows_emitted, pending_key,
-                            last_key, finished
-                     FROM chunker_position WHERE id = 1",
-                    &[],
-                )
-                .await?;
-            Ok(row.map(|row| ChunkerPosition {
-                source: row.get(0),
-                rows_per_chunk: to_u64(row.get(1)),
-                next_seq: to_u64(row.get(2)),
-                next_offset: to_u64(row.get(3)),
-                rows_emitted: to_u64(row.get(4)),
-                pending_keys: ChunkerPosition::pending_from_column(row.get(5)),
-                last_key: row.get(6),
-                finished: row.get(7),
-            }))
+        self.call(|c| async move {
+            query_opt(&*c, sql::CHUNKER_POSITION, &[], rules::chunker_position).await
         })
         .await
     }
@@ -756,14 +960,11 @@ impl StateStore for PostgresStore {
         fence: &Fence,
         position: &ChunkerPosition,
     ) -> DbResult<()> {
-        let pool = self.pool.clone();
-        let fence = fence.clone();
-        let p = position.clone();
-        self.run(async move {
-            let mut connection = pool.get().await?;
+        let (fence, p) = (fence.clone(), position.clone());
+        self.call(move |mut connection| async move {
             let tx = connection.transaction().await?;
             let now = crate::clock::now_ist();
-            let position_params: [&(dyn ToSql + Sync); 9] = [
+            let position_params: [Param; 9] = [
                 &p.source,
                 &to_i64(p.rows_per_chunk),
                 &to_i64(p.next_seq),
@@ -783,17 +984,7 @@ impl StateStore for PostgresStore {
             // only then (the chunker waits for this before every PUT).
             let (fenced, saved, claimed) = futures::join!(
                 check_fence(&tx, &fence),
-                tx.execute(
-                    "INSERT INTO chunker_position (id, source, rows_per_chunk, next_seq, next_offset,
-                         rows_emitted, pending_key, last_key, finished, updated_at)
-                     VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9)
-                     ON CONFLICT (id) DO UPDATE SET source = EXCLUDED.source,
-                         rows_per_chunk = EXCLUDED.rows_per_chunk, next_seq = EXCLUDED.next_seq,
-                         next_offset = EXCLUDED.next_offset, rows_emitted = EXCLUDED.rows_emitted,
-                         pending_key = EXCLUDED.pending_key, last_key = EXCLUDED.last_key,
-                         finished = EXCLUDED.finished, updated_at = EXCLUDED.updated_at",
-                    &position_params,
-                ),
+                tx.execute(sql::SAVE_CHUNKER_POSITION, &position_params),
                 async {
                     if seqs.is_empty() {
                         return Ok(0);
@@ -816,63 +1007,42 @@ impl StateStore for PostgresStore {
     }
 
     async fn chunk_claims(&self, from_seq: u64, limit: usize) -> DbResult<ChunkClaims> {
-        let pool = self.pool.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            let mut claims = ChunkClaims::default();
-            if let Some(row) = connection
-                .query_opt(
-                    "SELECT next_seq, finished FROM chunker_position WHERE id = 1",
-                    &[],
-                )
-                .await?
-            {
-                claims.chunker_next_seq = to_u64(row.get(0));
-                claims.chunker_finished = row.get(1);
-            }
-            claims.keys = connection
-                .query(
-                    "SELECT seq, chunk_name FROM chunk_keys WHERE seq >= $1 ORDER BY seq LIMIT $2",
-                    &[&to_i64(from_seq), &(limit as i64)],
-                )
-                .await?
-                .iter()
-                .map(|row| (to_u64(row.get(0)), row.get(1)))
-                .collect();
-            Ok(claims)
+        self.call(move |c| async move {
+            let (from, limit) = (to_i64(from_seq), limit as i64);
+            let range: [Param; 2] = [&from, &limit];
+            let (progress, keys) = futures::try_join!(
+                query_opt(&*c, sql::CHUNKER_PROGRESS, &[], rules::chunker_progress),
+                query_all(&*c, sql::CHUNK_KEYS_FROM, &range, rules::chunk_key),
+            )?;
+            let (chunker_next_seq, _, chunker_finished) = progress.unwrap_or_default();
+            Ok(ChunkClaims {
+                keys,
+                chunker_next_seq,
+                chunker_finished,
+            })
         })
         .await
     }
 
     async fn processed_names_between(&self, first: &str, last: &str) -> DbResult<Vec<String>> {
-        let pool = self.pool.clone();
         let (first, last) = (first.to_string(), last.to_string());
-        self.run(async move {
-            let connection = pool.get().await?;
-            Ok(connection
-                .query(
-                    "SELECT chunk_name FROM processed_chunks WHERE chunk_name BETWEEN $1 AND $2",
-                    &[&first, &last],
-                )
-                .await?
-                .iter()
-                .map(|row| row.get(0))
-                .collect())
+        self.call(move |c| async move {
+            query_all(&*c, sql::PROCESSED_BETWEEN, &[&first, &last], |row| {
+                row.text(0)
+            })
+            .await
         })
         .await
     }
 
     async fn record_ignored(&self, fence: &Fence, object: &IgnoredObject) -> DbResult<bool> {
-        let pool = self.pool.clone();
         let (fence, object) = (fence.clone(), object.clone());
-        self.run(async move {
-            let mut connection = pool.get().await?;
+        self.call(move |mut connection| async move {
             let tx = connection.transaction().await?;
             check_fence(&tx, &fence).await?;
             let inserted = tx
                 .execute(
-                    "INSERT INTO ignored_objects (object_key, seq, reason, quarantine_key, seen_at)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    sql::RECORD_IGNORED,
                     &[
                         &object.key,
                         &object.seq.map(to_i64),
@@ -895,70 +1065,18 @@ impl StateStore for PostgresStore {
         ttl_ms: u64,
         dead_epoch: Option<u64>,
     ) -> DbResult<LeaseGrant> {
-        let pool = self.pool.clone();
         let (name, me) = (name.to_string(), me.clone());
-        self.run(async move {
-            let mut connection = pool.get().await?;
-            let tx = connection.transaction().await?;
-            // A row that does not exist cannot be locked: create it first
-            // (expired, at epoch 0), then decide under the row lock like
-            // any takeover. Of two processes doing this at once, one inserts
-            // and the other waits for it and then finds the row.
-            tx.execute(
-                "INSERT INTO leases (name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms)
-                 VALUES ($1, '', '', 0, 0, 0, 0) ON CONFLICT (name) DO NOTHING",
-                &[&name],
-            )
-            .await?;
-            // Waits for the fenced transactions in flight (see
-            // `check_fence`); held until this transaction ends.
-            tx.execute(LEASE_LOCK_EXCLUSIVE, &[&name]).await?;
-            let current = tx
-                .query_one(&format!("{SELECT_LEASE} FOR UPDATE"), &[&name])
-                .await
-                .map(|row| lease_row(&row))?;
-            let now: i64 = tx.query_one(&format!("SELECT {NOW_MS}"), &[]).await?.get(0);
-            let epoch = match lease::decide(Some(&current), now, dead_epoch) {
-                Decision::Held => return Ok(LeaseGrant::Held { holder: current, now_ms: now }),
-                Decision::Create => 1,
-                Decision::TakeOver { epoch } => epoch,
-            };
-            tx.execute(
-                "UPDATE leases SET owner_id = $2, host = $3, pid = $4, epoch = $5,
-                     acquired_at_ms = $6, expires_at_ms = $7
-                 WHERE name = $1",
-                &[
-                    &name,
-                    &me.owner_id,
-                    &me.host,
-                    &i64::from(me.pid),
-                    &to_i64(epoch),
-                    &now,
-                    &now.saturating_add(to_i64(ttl_ms)),
-                ],
-            )
-            .await?;
-            tx.execute("DELETE FROM lease_standbys WHERE owner_id = $1", &[&me.owner_id])
-                .await?;
-            tx.commit().await?;
-            Ok(LeaseGrant::Granted(Fence {
-                lease: name,
-                owner_id: me.owner_id,
-                epoch,
-            }))
-        })
-        .await
+        self.call(move |c| acquire_lease(c, name, me, ttl_ms, dead_epoch))
+            .await
     }
 
     async fn renew_lease(&self, fence: &Fence, ttl_ms: u64) -> DbResult<Renewal> {
-        let pool = self.pool.clone();
         let fence = fence.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
+        self.call(move |c| async move {
             // Waits only for a takeover in progress (its row lock), never
             // for commits, and re-checks owner and epoch on the row version
             // a takeover leaves.
-            let renewed = connection
+            let renewed = c
                 .query_opt(
                     &format!(
                         "UPDATE leases SET expires_at_ms = {NOW_MS} + $4
@@ -978,10 +1096,8 @@ impl StateStore for PostgresStore {
                     expires_at_ms: row.get(0),
                 },
                 None => Renewal::Lost {
-                    holder: connection
-                        .query_opt(SELECT_LEASE, &[&fence.lease])
-                        .await?
-                        .map(|row| lease_row(&row)),
+                    holder: query_opt(&*c, sql::SELECT_LEASE, &[&fence.lease], rules::lease_row)
+                        .await?,
                 },
             })
         })
@@ -989,70 +1105,56 @@ impl StateStore for PostgresStore {
     }
 
     async fn release_lease(&self, fence: &Fence) -> DbResult<()> {
-        let pool = self.pool.clone();
         let fence = fence.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            connection
-                .execute(
-                    &format!(
-                        "UPDATE leases SET expires_at_ms = {NOW_MS}
-                         WHERE name = $1 AND owner_id = $2 AND epoch = $3"
-                    ),
-                    &[&fence.lease, &fence.owner_id, &to_i64(fence.epoch)],
-                )
-                .await?;
+        self.call(move |c| async move {
+            c.execute(
+                &format!(
+                    "UPDATE leases SET expires_at_ms = {NOW_MS}
+                     WHERE name = $1 AND owner_id = $2 AND epoch = $3"
+                ),
+                &[&fence.lease, &fence.owner_id, &to_i64(fence.epoch)],
+            )
+            .await?;
             Ok(())
         })
         .await
     }
 
     async fn register_standby(&self, name: &str, me: &Claimant, ttl_ms: u64) -> DbResult<()> {
-        let pool = self.pool.clone();
         let (name, me) = (name.to_string(), me.clone());
-        self.run(async move {
-            let connection = pool.get().await?;
-            connection
-                .execute(
-                    &format!(
-                        "INSERT INTO lease_standbys (owner_id, lease, host, pid, since_ms, expires_at_ms)
-                         VALUES ($1, $2, $3, $4, {NOW_MS}, {NOW_MS} + $5)
-                         ON CONFLICT (owner_id) DO UPDATE SET expires_at_ms = EXCLUDED.expires_at_ms"
-                    ),
-                    &[&me.owner_id, &name, &me.host, &i64::from(me.pid), &to_i64(ttl_ms)],
-                )
-                .await?;
+        self.call(move |c| async move {
+            c.execute(
+                &format!(
+                    "INSERT INTO lease_standbys (owner_id, lease, host, pid, since_ms, expires_at_ms)
+                     VALUES ($1, $2, $3, $4, {NOW_MS}, {NOW_MS} + $5)
+                     ON CONFLICT (owner_id) DO UPDATE SET expires_at_ms = EXCLUDED.expires_at_ms"
+                ),
+                &[
+                    &me.owner_id,
+                    &name,
+                    &me.host,
+                    &i64::from(me.pid),
+                    &to_i64(ttl_ms),
+                ],
+            )
+            .await?;
             Ok(())
         })
         .await
     }
 
     async fn remove_standby(&self, me: &Claimant) -> DbResult<()> {
-        let pool = self.pool.clone();
         let owner_id = me.owner_id.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            connection
-                .execute(
-                    "DELETE FROM lease_standbys WHERE owner_id = $1",
-                    &[&owner_id],
-                )
-                .await?;
+        self.call(move |c| async move {
+            c.execute(sql::REMOVE_STANDBY, &[&owner_id]).await?;
             Ok(())
         })
         .await
     }
 
     async fn last_chunk(&self) -> DbResult<Option<String>> {
-        let pool = self.pool.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            let row = connection
-                .query_one("SELECT max(chunk_name) FROM processed_chunks", &[])
-                .await?;
-            Ok(row.get(0))
-        })
-        .await
+        self.call(|c| async move { query_one(&*c, sql::LAST_CHUNK, &[], rules::opt_name).await })
+            .await
     }
 
     async fn scan_pairs(
@@ -1060,213 +1162,64 @@ impl StateStore for PostgresStore {
         visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
     ) -> DbResult<()> {
         // Pending deltas and pair_state from one snapshot (a compaction may
-        // commit meanwhile), streamed in batches.
-        enum Part {
-            Deltas(Vec<Vec<u8>>),
-            Pairs(Vec<(String, String, i64, i64, Gender)>),
-        }
-        let (sender, mut receiver) = mpsc::channel::<DbResult<Part>>(4);
-        let pool = self.pool.clone();
-        let producer = io_runtime::handle().spawn(async move {
+        // commit meanwhile).
+        let parts = self.scan(|mut connection, mut sink| async move {
             let result = async {
-                let mut connection = pool.get().await?;
                 let tx = connection
                     .build_transaction()
                     .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
                     .read_only(true)
                     .start()
                     .await?;
-                let deltas = tx
-                    .query("SELECT delta FROM chunk_deltas ORDER BY chunk_name", &[])
-                    .await?
-                    .iter()
-                    .map(|row| row.get::<_, Vec<u8>>(0))
-                    .collect();
-                if sender.send(Ok(Part::Deltas(deltas))).await.is_err() {
-                    return Ok(());
-                }
-                let rows = tx
-                    .query_raw(SELECT_PAIRS, std::iter::empty::<i64>())
-                    .await?;
-                pin_mut!(rows);
-                let mut batch = Vec::with_capacity(SCAN_BATCH);
-                while let Some(row) = rows.try_next().await? {
-                    batch.push((
-                        row.get::<_, String>(0),
-                        row.get::<_, String>(1),
-                        row.get::<_, i64>(2),
-                        row.get::<_, i64>(3),
-                        Gender::from_code(row.get::<_, &str>(4)),
-                    ));
-                    if batch.len() == SCAN_BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(SCAN_BATCH));
-                        if sender.send(Ok(Part::Pairs(full))).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                }
-                if !batch.is_empty() {
-                    let _ = sender.send(Ok(Part::Pairs(batch))).await;
+                let deltas = tx.query_raw(sql::PENDING_DELTAS, NO_PARAMS).await?;
+                if forward(deltas, &mut sink, |row| Ok(PairPart::Delta(get(row, 0)?))).await? {
+                    let pairs = tx.query_raw(SELECT_PAIRS, NO_PARAMS).await?;
+                    forward(pairs, &mut sink, |row| Ok(PairPart::Pair(pair(row)?))).await?;
                 }
                 tx.commit().await?;
-                Ok::<(), DbError>(())
+                Ok(())
             }
             .await;
-            if let Err(error) = result {
-                let _ = sender.send(Err(error)).await;
-            }
+            sink.finish_async(result).await;
         });
-        let mut merged = super::delta::Merged::default();
-        while let Some(part) = receiver.recv().await {
-            match part.map_err(|e| self.explain(e))? {
-                Part::Deltas(blobs) => {
-                    for blob in blobs {
-                        merged.add(&blob)?;
-                    }
-                }
-                Part::Pairs(pairs) => {
-                    for (merchant, customer, count, amount, gender) in &pairs {
-                        merged.overlay_row(
-                            PairRow {
-                                merchant,
-                                customer,
-                                count: to_u64(*count),
-                                amount: *amount,
-                                gender: *gender,
-                            },
-                            &mut *visit,
-                        );
-                    }
-                }
-            }
-        }
-        let _ = producer.await;
-        merged.finish(visit);
-        Ok(())
+        scan::merge_pairs(parts, visit)
+            .await
+            .map_err(|e| self.explain(e))
     }
 
     async fn scan_compacted_pairs(
         &self,
         visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
     ) -> DbResult<()> {
-        self.scan(
-            SELECT_PAIRS,
-            |row| {
-                Ok((
-                    row.get::<_, String>(0),
-                    row.get::<_, String>(1),
-                    row.get::<_, i64>(2),
-                    row.get::<_, i64>(3),
-                    Gender::from_code(row.get::<_, &str>(4)),
-                ))
-            },
-            &mut |(merchant, customer, count, amount, gender): &(
-                String,
-                String,
-                i64,
-                i64,
-                Gender,
-            )| {
-                visit(PairRow {
-                    merchant,
-                    customer,
-                    count: to_u64(*count),
-                    amount: *amount,
-                    gender: *gender,
-                })
-            },
-        )
-        .await
+        self.scan_rows(SELECT_PAIRS, pair, scan::visit_pairs(visit))
+            .await
     }
 
     async fn pending_deltas(&self) -> DbResult<Vec<Vec<u8>>> {
-        let pool = self.pool.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            let rows = connection
-                .query("SELECT delta FROM chunk_deltas ORDER BY chunk_name", &[])
-                .await?;
+        self.call(|c| async move {
+            let rows = c.query(sql::PENDING_DELTAS, &[]).await?;
             Ok(rows.iter().map(|row| row.get(0)).collect())
         })
         .await
     }
 
     async fn pending_delta_count(&self) -> DbResult<u64> {
-        let pool = self.pool.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            let row = connection
-                .query_one("SELECT count(*) FROM chunk_deltas", &[])
-                .await?;
-            Ok(row.get::<_, i64>(0) as u64)
-        })
+        self.call(
+            |c| async move { query_one(&*c, sql::PENDING_DELTA_COUNT, &[], rules::count).await },
+        )
         .await
     }
 
     async fn compact(&self, fence: &Fence, max_chunks: usize) -> DbResult<u64> {
-        let pool = self.pool.clone();
         let fence = fence.clone();
-        self.run(async move {
-            let mut connection = pool.get().await?;
-            let tx = connection.transaction().await?;
-            check_fence(&tx, &fence).await?;
-            // One compaction at a time. Commits go on meanwhile: they only
-            // add deltas of later chunks, which this one does not read.
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMPACT_LOCK])
-                .await?;
-            let rows = tx
-                .query(
-                    "SELECT chunk_name, delta FROM chunk_deltas ORDER BY chunk_name LIMIT $1",
-                    &[&(max_chunks as i64)],
-                )
-                .await?;
-            let Some(last) = rows.last().map(|row| row.get::<_, String>(0)) else {
-                return Ok(0);
-            };
-            let mut merged = super::delta::Merged::default();
-            for row in &rows {
-                merged.add(row.get::<_, &[u8]>(1))?;
-            }
-            let sink = tx
-                .copy_in(
-                    "COPY pair_delta (merchant, customer, txn_count, amount_cents, gender) \
-                     FROM STDIN (FORMAT binary)",
-                )
-                .await?;
-            let writer = BinaryCopyInWriter::new(
-                sink,
-                &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT],
-            );
-            pin_mut!(writer);
-            let mut long = LongNames::default();
-            for pair in merged.iter() {
-                writer
-                    .as_mut()
-                    .write(&[
-                        &&*long.key(pair.merchant),
-                        &&*long.key(pair.customer),
-                        &to_i64(pair.count),
-                        &pair.amount,
-                        &pair.gender.code(),
-                    ])
-                    .await?;
-            }
-            writer.finish().await?;
-            long.save(&tx).await?;
-            tx.execute(UPSERT_PAIRS, &[]).await?;
-            tx.execute("DELETE FROM chunk_deltas WHERE chunk_name <= $1", &[&last])
-                .await?;
-            tx.commit().await?;
-            Ok(rows.len() as u64)
-        })
-        .await
+        self.call(move |c| compact(c, fence, max_chunks)).await
     }
 
     async fn scan_emitted(
         &self,
         visit: &mut (dyn for<'r> FnMut(EmittedRow<'r>) + Send),
     ) -> DbResult<()> {
-        self.scan(
+        self.scan_rows(
             concat!(
                 "SELECT patternId, ",
                 name_of!("merchant"),
@@ -1274,118 +1227,23 @@ impl StateStore for PostgresStore {
                 name_of!("customer"),
                 " FROM detected_patterns"
             ),
-            |row| {
-                let id: &str = row.get(0);
-                let pattern = Pattern::from_id(id)
-                    .ok_or_else(|| DbError::Failed(format!("unknown patternId {id:?} in table")))?;
-                Ok((pattern, row.get::<_, String>(1), row.get::<_, String>(2)))
-            },
-            &mut |(pattern, merchant, customer): &(Pattern, String, String)| {
-                visit(EmittedRow {
-                    pattern: *pattern,
-                    merchant,
-                    customer,
-                })
-            },
+            |row| Ok((scan::pattern(get(row, 0)?)?, get(row, 1)?, get(row, 2)?)),
+            scan::visit_emitted(visit),
         )
         .await
     }
 
     async fn commit(&self, fence: &Fence, batch: &CommitBatch<'_>) -> DbResult<CommitOutcome> {
-        let Some(final_chunk) = batch.chunks.last() else {
+        let Some(mut rows) = CommitRows::of(batch) else {
             return Ok(CommitOutcome::Committed);
         };
-        let commit = OwnedCommit::from_batch(batch, &final_chunk.name);
-        let pool = self.pool.clone();
+        let mut long_names = LongNames::default();
+        let d = &mut rows.detections;
+        for name in d.customer.iter_mut().chain(d.merchant.iter_mut()) {
+            long_names.replace(name);
+        }
         let fence = fence.clone();
-        self.run(async move {
-            let mut connection = pool.get().await?;
-            let tx = connection.transaction().await?;
-            // Lock, read and check the fence in one round trip (the lock
-            // and read in the simple protocol with constant SQL; the fence
-            // check pipelined beside it).
-            let lock_and_read = format!(
-                "SELECT pg_advisory_xact_lock({COMMIT_LOCK}); \
-                 SELECT max(chunk_name) FROM processed_chunks"
-            );
-            let (replies, fenced) =
-                futures::join!(tx.simple_query(&lock_and_read), check_fence(&tx, &fence));
-            let replies = replies?;
-            fenced?;
-            let last: Option<String> = replies
-                .iter()
-                .filter_map(|reply| match reply {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => {
-                        Some(row.get(0).map(str::to_string))
-                    }
-                    _ => None,
-                })
-                .nth(1)
-                .flatten();
-            if last != commit.expected_last {
-                return Ok(if last.as_deref() == Some(commit.final_chunk.as_str()) {
-                    CommitOutcome::AlreadyCommitted
-                } else {
-                    CommitOutcome::Conflict { last }
-                });
-            }
-            // The three inserts go out together (tokio-postgres pipelines
-            // concurrent queries on one connection).
-            let deltas = async {
-                if !commit.delta_chunks.is_empty() {
-                    tx.execute(
-                        "INSERT INTO chunk_deltas (chunk_name, delta)
-                         SELECT * FROM UNNEST($1::text[], $2::bytea[])",
-                        &[&commit.delta_chunks, &commit.delta_blobs],
-                    )
-                    .await?;
-                }
-                Ok::<(), tokio_postgres::Error>(())
-            };
-            let c = &commit.chunks;
-            let chunk_params: [&(dyn ToSql + Sync); 8] = [
-                &c.name,
-                &c.seq,
-                &c.status,
-                &c.rows,
-                &c.bad_rows,
-                &c.detections,
-                &c.reason,
-                &commit.processed_at,
-            ];
-            let chunks = tx.execute(INSERT_CHUNKS, &chunk_params);
-            let d = &commit.detections;
-            let detections = async {
-                if d.customer.is_empty() {
-                    return Ok::<(), tokio_postgres::Error>(());
-                }
-                let params: [&(dyn ToSql + Sync); 15] = [
-                    &d.customer,
-                    &d.merchant,
-                    &d.txn_count,
-                    &d.avg_weight,
-                    &d.avg_amount,
-                    &d.txn_rank,
-                    &d.weight_rank,
-                    &d.female,
-                    &d.male,
-                    &d.pattern_id,
-                    &d.action_type,
-                    &d.chunk_name,
-                    &d.detection_time,
-                    &commit.processed_at,
-                    &commit.processed_at,
-                ];
-                tx.execute(INSERT_DETECTIONS, &params).await?;
-                commit.long_names.save(&tx).await?;
-                Ok(())
-            };
-            futures::try_join!(deltas, chunks, detections)?;
-            crate::pause_points::reached("commit");
-            tx.commit().await?;
-            Ok(CommitOutcome::Committed)
-        })
-        .await
+        self.call(move |c| commit(c, fence, rows, long_names)).await
     }
 
     async fn assign_batches(
@@ -1395,126 +1253,44 @@ impl StateStore for PostgresStore {
         include_partial: bool,
         stamp: &str,
     ) -> DbResult<u64> {
-        let pool = self.pool.clone();
-        let fence = fence.clone();
-        let stamp = stamp.to_string();
-        self.run(async move {
-            let mut connection = pool.get().await?;
-            let tx = connection.transaction().await?;
-            check_fence(&tx, &fence).await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BATCH_LOCK]).await?;
-            let mut created = 0;
-            loop {
-                let row = tx
-                    .query_one(
-                        "SELECT count(*), max(id) FROM (
-                             SELECT id FROM detected_patterns WHERE batch_no IS NULL ORDER BY id LIMIT $1) t",
-                        &[&to_i64(size)],
-                    )
-                    .await?;
-                let count = to_u64(row.get(0));
-                let Some(max_id) = row.get::<_, Option<i64>>(1) else { break };
-                if count < size && !include_partial {
-                    break;
-                }
-                let batch_no: i64 = tx
-                    .query_one("SELECT COALESCE(max(batch_no), 0) + 1 FROM detection_batches", &[])
-                    .await?
-                    .get(0);
-                tx.execute(
-                    "UPDATE detected_patterns SET batch_no = $1 WHERE batch_no IS NULL AND id <= $2",
-                    &[&batch_no, &max_id],
-                )
-                .await?;
-                tx.execute(
-                    "INSERT INTO detection_batches (batch_no, object_key, detections, created_at)
-                     VALUES ($1, $2, $3, $4)",
-                    &[
-                        &batch_no,
-                        &crate::layout::batch_key(to_u64(batch_no), &stamp),
-                        &to_i64(count),
-                        &crate::clock::now_ist(),
-                    ],
-                )
-                .await?;
-                created += 1;
-                if count < size {
-                    break;
-                }
-            }
-            tx.commit().await?;
-            Ok(created)
-        })
-        .await
+        let (fence, stamp) = (fence.clone(), stamp.to_string());
+        self.call(move |c| assign_batches(c, fence, size, include_partial, stamp))
+            .await
     }
 
     async fn unwritten_batches(&self) -> DbResult<Vec<Batch>> {
-        let pool = self.pool.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            let rows = connection
-                .query(
-                    "SELECT batch_no, object_key, detections FROM detection_batches
-                     WHERE written_at IS NULL ORDER BY batch_no",
-                    &[],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|row| Batch {
-                    batch_no: to_u64(row.get(0)),
-                    key: row.get(1),
-                    detections: to_u64(row.get(2)),
-                })
-                .collect())
-        })
+        self.call(
+            |c| async move { query_all(&*c, sql::UNWRITTEN_BATCHES, &[], rules::batch).await },
+        )
         .await
     }
 
     async fn batch_lines(&self, batch_no: u64) -> DbResult<Vec<DetectionLine>> {
-        let pool = self.pool.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            let rows = connection
-                .query(
-                    concat!(
-                        "SELECT y_start_time, detection_time, patternId, actionType, ",
-                        name_of!("customer"),
-                        ", ",
-                        name_of!("merchant"),
-                        " FROM detected_patterns WHERE batch_no = $1 ORDER BY id"
-                    ),
-                    &[&to_i64(batch_no)],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|row| DetectionLine {
-                    y_start_time: row.get(0),
-                    detection_time: row.get(1),
-                    pattern_id: row.get(2),
-                    action_type: row.get(3),
-                    customer: row.get(4),
-                    merchant: row.get(5),
-                })
-                .collect())
+        self.call(move |c| async move {
+            query_all(
+                &*c,
+                concat!(
+                    "SELECT y_start_time, detection_time, patternId, actionType, ",
+                    name_of!("customer"),
+                    ", ",
+                    name_of!("merchant"),
+                    " FROM detected_patterns WHERE batch_no = $1 ORDER BY id"
+                ),
+                &[&to_i64(batch_no)],
+                rules::detection_line,
+            )
+            .await
         })
         .await
     }
 
     async fn mark_batch_written(&self, fence: &Fence, batch_no: u64, at: &str) -> DbResult<()> {
-        let pool = self.pool.clone();
-        let fence = fence.clone();
-        let at = at.to_string();
-        self.run(async move {
-            let mut connection = pool.get().await?;
+        let (fence, at) = (fence.clone(), at.to_string());
+        self.call(move |mut connection| async move {
             let tx = connection.transaction().await?;
             check_fence(&tx, &fence).await?;
-            tx.execute(
-                "UPDATE detection_batches SET written_at = $2 WHERE batch_no = $1",
-                &[&to_i64(batch_no), &at],
-            )
-            .await?;
+            tx.execute(sql::MARK_BATCH_WRITTEN, &[&at, &to_i64(batch_no)])
+                .await?;
             tx.commit().await?;
             Ok(())
         })
@@ -1522,137 +1298,29 @@ impl StateStore for PostgresStore {
     }
 
     async fn outbox(&self) -> DbResult<(u64, Option<String>)> {
-        let pool = self.pool.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            let row = connection
-                .query_one(
-                    "SELECT count(*), min(processed_at) FROM detected_patterns WHERE batch_no IS NULL",
-                    &[],
-                )
-                .await?;
-            Ok((to_u64(row.get(0)), row.get(1)))
-        })
-        .await
+        self.call(|c| async move { query_one(&*c, sql::OUTBOX, &[], rules::outbox).await })
+            .await
     }
 
     async fn record_restart(&self, event: &RestartEvent) -> DbResult<()> {
-        let pool = self.pool.clone();
         let event = event.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            connection
-                .execute(
-                    "INSERT INTO restart_events (actor, reason, restart_count, at) VALUES ($1, $2, $3, $4)",
-                    &[&event.actor, &event.reason, &i64::from(event.restart_count), &event.at],
-                )
-                .await?;
+        self.call(move |c| async move {
+            c.execute(
+                sql::RECORD_RESTART,
+                &[
+                    &event.actor,
+                    &event.reason,
+                    &i64::from(event.restart_count),
+                    &event.at,
+                ],
+            )
+            .await?;
             Ok(())
         })
         .await
     }
 
     async fn status(&self, recent_restarts: usize) -> DbResult<StatusReport> {
-        let pool = self.pool.clone();
-        self.run(async move {
-            let connection = pool.get().await?;
-            let mut report = StatusReport::default();
-            if let Some(row) = connection
-                .query_opt("SELECT next_seq, rows_emitted, finished FROM chunker_position WHERE id = 1", &[])
-                .await?
-            {
-                report.chunks_produced = to_u64(row.get(0));
-                report.rows_produced = to_u64(row.get(1));
-                report.chunker_finished = row.get(2);
-            }
-            let row = connection
-                .query_one(
-                    "SELECT count(*) FILTER (WHERE status = 'processed'),
-                            count(*) FILTER (WHERE status = 'rejected'),
-                            COALESCE(sum(rows), 0)::bigint, COALESCE(sum(bad_rows), 0)::bigint,
-                            max(chunk_name)
-                     FROM processed_chunks",
-                    &[],
-                )
-                .await?;
-            report.chunks_processed = to_u64(row.get(0));
-            report.chunks_rejected = to_u64(row.get(1));
-            report.rows_processed = to_u64(row.get(2));
-            report.bad_rows = to_u64(row.get(3));
-            report.last_chunk = row.get(4);
-            report.detections = connection
-                .query(
-                    "SELECT patternId, count(*) FROM detected_patterns GROUP BY patternId ORDER BY patternId",
-                    &[],
-                )
-                .await?
-                .iter()
-                .map(|row| (row.get(0), to_u64(row.get(1))))
-                .collect();
-            let row = connection
-                .query_one(
-                    "SELECT count(written_at), count(*) - count(written_at) FROM detection_batches",
-                    &[],
-                )
-                .await?;
-            report.batches_written = to_u64(row.get(0));
-            report.batches_pending = to_u64(row.get(1));
-            report.detections_unbatched = to_u64(
-                connection
-                    .query_one("SELECT count(*) FROM detected_patterns WHERE batch_no IS NULL", &[])
-                    .await?
-                    .get(0),
-            );
-            report.recent_restarts = connection
-                .query(
-                    "SELECT actor, reason, restart_count, at FROM restart_events ORDER BY id DESC LIMIT $1",
-                    &[&(recent_restarts as i64)],
-                )
-                .await?
-                .iter()
-                .map(|row| RestartEvent {
-                    actor: row.get(0),
-                    reason: row.get(1),
-                    restart_count: u32::try_from(row.get::<_, i64>(2)).unwrap_or(u32::MAX),
-                    at: row.get(3),
-                })
-                .collect();
-            let row = connection
-                .query_one(
-                    &format!(
-                        "SELECT (SELECT max(seq) FROM processed_chunks),
-                                (SELECT count(*) FROM ignored_objects), {NOW_MS}"
-                    ),
-                    &[],
-                )
-                .await?;
-            report.last_seq = row.get::<_, Option<i64>>(0).map(to_u64);
-            report.ignored_objects = to_u64(row.get(1));
-            report.now_ms = row.get(2);
-            report.owner = connection
-                .query_opt(SELECT_LEASE, &[&lease::PIPELINE_LEASE])
-                .await?
-                .map(|row| lease_row(&row))
-                .filter(|row| row.epoch > 0);
-            report.standbys = connection
-                .query(
-                    "SELECT lease, owner_id, host, pid, since_ms, expires_at_ms FROM lease_standbys
-                     WHERE expires_at_ms > $1 ORDER BY since_ms",
-                    &[&report.now_ms],
-                )
-                .await?
-                .iter()
-                .map(|row| StandbyRow {
-                    lease: row.get(0),
-                    owner_id: row.get(1),
-                    host: row.get(2),
-                    pid: u32::try_from(row.get::<_, i64>(3)).unwrap_or(0),
-                    since_ms: row.get(4),
-                    expires_at_ms: row.get(5),
-                })
-                .collect();
-            Ok(report)
-        })
-        .await
+        self.call(move |c| status(c, recent_restarts)).await
     }
 }

@@ -1,34 +1,53 @@
-//! The embedded state store: one SQLite file in WAL mode.
+//! The embedded state store: one SQLite file in WAL mode, served by a
+//! thread of its own.
 //!
-//! Calls run synchronously on the calling actor's thread (each actor has
-//! its own), serialized by one connection mutex; SQLite allows a single
-//! writer anyway. `synchronous = NORMAL` in WAL mode survives any crash of
-//! the process; a power loss may lose the last commits but never leaves
-//! them half applied. Copying the WAL into the database file (a checkpoint)
-//! happens on a second connection, beside the commits: from a thread of the
+//! The store's thread owns the connection. Each call of [`StateStore`]
+//! becomes a job (a boxed closure) sent over a channel to that thread, and
+//! its answer comes back over a oneshot channel the calling task awaits, so
+//! no async worker ever blocks on the database; the jobs run one at a time,
+//! as SQLite allows a single writer anyway. Scans stream their rows back in
+//! batches (see [`super::scan`]). What the two databases must agree on
+//! (commit decisions, batch numbering, row decoding, `status`) is in
+//! [`super::rules`] and the statements they share in [`super::sql`]; this
+//! file keeps SQLite's own: transactions (`BEGIN IMMEDIATE`, which makes
+//! the fence check race-free), row-by-row inserts, and the WAL.
+//!
+//! `synchronous = NORMAL` in WAL mode survives any crash of the process; a
+//! power loss may lose the last commits but never leaves them half
+//! applied. Copying the WAL into the database file (a checkpoint) happens
+//! on a second connection, beside the commits: from a thread of the
 //! store's own once the WAL grows past 1,000 pages, and after compactions.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, Params, TransactionBehavior, params};
 
 use super::lease::{self, Decision};
+use super::rules::{self, Columns, CommitRows, to_i64, to_u64};
+use super::scan::{self, PairPart, Rows, Sink};
+use super::sql;
 use super::{
     Batch, ChunkClaims, ChunkerPosition, Claimant, CommitBatch, CommitOutcome, DbError, DbResult,
     DetectionLine, EmittedRow, Fence, IgnoredObject, LeaseGrant, LeaseRow, LookupSource, PairRow,
-    Renewal, RestartEvent, StandbyRow, StateStore, StatusReport, WeightRow,
+    Renewal, RestartEvent, StateStore, StatusReport, WeightRow,
 };
-use crate::detect::{Gender, Pattern};
+use crate::detect::Gender;
 
 mod embedded {
     refinery::embed_migrations!("migrations/sqlite");
 }
 
+/// Work for the store's thread, on its connection.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
 pub struct SqliteStore {
-    connection: Mutex<Connection>,
+    /// To the thread that owns the connection; it ends when this goes.
+    jobs: crossbeam_channel::Sender<Job>,
+    worker: Option<std::thread::JoinHandle<()>>,
     /// A second connection that only checkpoints the WAL (see `open`).
     checkpointer: Arc<Mutex<Connection>>,
     path: PathBuf,
@@ -90,8 +109,76 @@ INSERT INTO detected_patterns (customer, merchant, txn_count, avg_weight, avg_am
     weight_rank, F, M, patternId, actionType, chunk_name, processed_at, y_start_time, detection_time)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
+/// The database's clock, in milliseconds since the Unix epoch.
+const NOW_MS: &str = "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
+const SELECT_PAIRS: &str =
+    "SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_state";
+
+impl Columns for rusqlite::Row<'_> {
+    fn int(&self, index: usize) -> DbResult<i64> {
+        Ok(self.get(index)?)
+    }
+    fn opt_int(&self, index: usize) -> DbResult<Option<i64>> {
+        Ok(self.get(index)?)
+    }
+    fn text(&self, index: usize) -> DbResult<String> {
+        Ok(self.get(index)?)
+    }
+    fn opt_text(&self, index: usize) -> DbResult<Option<String>> {
+        Ok(self.get(index)?)
+    }
+    fn flag(&self, index: usize) -> DbResult<bool> {
+        Ok(self.get(index)?)
+    }
+}
+
+/// Decodes the rows of `sql` with one of [`rules`]' decoders.
+fn query_all<T>(
+    connection: &Connection,
+    sql: &str,
+    params: impl Params,
+    decode: fn(&dyn Columns) -> DbResult<T>,
+) -> DbResult<Vec<T>> {
+    let mut statement = connection.prepare_cached(sql)?;
+    let mut rows = statement.query(params)?;
+    let mut decoded = Vec::new();
+    while let Some(row) = rows.next()? {
+        decoded.push(decode(row)?);
+    }
+    Ok(decoded)
+}
+
+/// The first row of `sql`, if any, decoded.
+fn query_opt<T>(
+    connection: &Connection,
+    sql: &str,
+    params: impl Params,
+    decode: fn(&dyn Columns) -> DbResult<T>,
+) -> DbResult<Option<T>> {
+    let mut statement = connection.prepare_cached(sql)?;
+    let mut rows = statement.query(params)?;
+    rows.next()?.map(|row| decode(row)).transpose()
+}
+
+/// The row of a query that always has one (an aggregate).
+fn query_one<T>(
+    connection: &Connection,
+    sql: &str,
+    params: impl Params,
+    decode: fn(&dyn Columns) -> DbResult<T>,
+) -> DbResult<T> {
+    query_opt(connection, sql, params, decode)?
+        .ok_or_else(|| DbError::Failed(format!("no row from {sql}")))
+}
+
+fn stopped() -> DbError {
+    DbError::Failed("the SQLite thread has stopped".into())
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database of a `sqlite://PATH` URL.
+    /// Opens (creating if needed) the database of a `sqlite://PATH` URL,
+    /// and starts the store's thread.
     pub fn open(url: &str) -> DbResult<SqliteStore> {
         let path = path_of(url)?;
         let path = path.as_path();
@@ -118,9 +205,16 @@ impl SqliteStore {
         // chunks). Commits ask a thread of ours to checkpoint instead, on
         // its own connection, beside them; `compact` checkpoints too.
         let (ask, asked) = crossbeam_channel::bounded::<()>(1);
-        connection.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
+        let backstop = checkpointer.clone();
+        connection.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
             if pages >= WAL_BACKSTOP_PAGES {
-                wal.checkpoint()?;
+                // On the checkpointer's connection, after the background
+                // checkpoint in progress if there is one (on this one, it
+                // would be refused as busy). The commit is in the WAL
+                // already: an error here must not report it as failed.
+                if let Err(error) = passive_checkpoint(&backstop) {
+                    tracing::warn!(%error, "WAL backstop checkpoint failed");
+                }
             } else if pages >= BACKGROUND_CHECKPOINT_PAGES {
                 // One request waiting is enough.
                 let _ = ask.try_send(());
@@ -139,8 +233,20 @@ impl SqliteStore {
                 }
             })
             .map_err(|e| DbError::Failed(format!("cannot start the checkpoint thread: {e}")))?;
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let worker = std::thread::Builder::new()
+            .name("sqlite".into())
+            .spawn(move || {
+                let mut connection = connection;
+                // Ends when the store, and with it the sender, goes.
+                while let Ok(job) = queue.recv() {
+                    job(&mut connection);
+                }
+            })
+            .map_err(|e| DbError::Failed(format!("cannot start the SQLite thread: {e}")))?;
         Ok(SqliteStore {
-            connection: Mutex::new(connection),
+            jobs,
+            worker: Some(worker),
             checkpointer,
             path: path.to_path_buf(),
         })
@@ -150,12 +256,62 @@ impl SqliteStore {
         &self.path
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves the connection usable: any
-        // open transaction was rolled back when it was dropped.
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Runs `work` on the store's thread and waits for its answer. A panic
+    /// in `work` resumes in the caller (any open transaction was rolled
+    /// back as it unwound, so the connection stays usable).
+    async fn call<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> DbResult<T> + Send + 'static,
+    ) -> DbResult<T> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |connection| {
+                let _ = reply.send(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    work(connection)
+                })));
+            }))
+            .map_err(|_| stopped())?;
+        match answer.await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Err(stopped()),
+        }
+    }
+
+    /// Runs a scan on the store's thread; its rows come back in batches.
+    fn stream<T: Send + 'static>(
+        &self,
+        produce: impl FnOnce(&Connection, &mut Sink<T>) -> DbResult<()> + Send + 'static,
+    ) -> DbResult<Rows<T>> {
+        let (mut sink, rows) = scan::channel();
+        self.jobs
+            .send(Box::new(move |connection| {
+                let result =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| produce(connection, &mut sink)))
+                        .unwrap_or_else(|_| Err(DbError::Failed("a scan panicked".into())));
+                sink.finish_blocking(result);
+            }))
+            .map_err(|_| stopped())?;
+        Ok(rows)
+    }
+
+    /// Streams every row of `sql` (no parameters), each made owned by
+    /// `convert`.
+    fn stream_rows<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        convert: fn(&rusqlite::Row<'_>) -> DbResult<T>,
+    ) -> DbResult<Rows<T>> {
+        self.stream(move |connection, sink| {
+            let mut statement = connection.prepare(sql)?;
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                if !sink.push_blocking(convert(row)?) {
+                    break;
+                }
+            }
+            Ok(())
+        })
     }
 }
 
@@ -176,94 +332,385 @@ fn passive_checkpoint(checkpointer: &Mutex<Connection>) -> rusqlite::Result<()> 
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-/// The database's clock, in milliseconds since the Unix epoch.
 fn now_ms(connection: &Connection) -> DbResult<i64> {
-    Ok(connection.query_row(
-        "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-        [],
-        |row| row.get(0),
-    )?)
+    Ok(connection.query_row(NOW_MS, [], |row| row.get(0))?)
 }
 
 fn read_lease(connection: &Connection, name: &str) -> DbResult<Option<LeaseRow>> {
-    Ok(connection
-        .query_row(
-            "SELECT name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms
-             FROM leases WHERE name = ?1",
-            [name],
-            |row| {
-                Ok(LeaseRow {
-                    name: row.get(0)?,
-                    owner_id: row.get(1)?,
-                    host: row.get(2)?,
-                    pid: row.get(3)?,
-                    epoch: to_u64(row.get(4)?),
-                    acquired_at_ms: row.get(5)?,
-                    expires_at_ms: row.get(6)?,
-                })
-            },
-        )
-        .optional()?)
+    query_opt(connection, sql::SELECT_LEASE, [name], rules::lease_row)
 }
 
-/// Refuses the transaction unless `fence` still holds its lease. Inside a
-/// write transaction (`BEGIN IMMEDIATE`), nobody can take the lease over
-/// before this transaction ends: SQLite has one writer at a time.
-fn check_fence(connection: &Connection, fence: &Fence) -> DbResult<()> {
-    lease::check(fence, read_lease(connection, &fence.lease)?.as_ref()).map_err(DbError::Fenced)
+/// Opens a write transaction and refuses it unless `fence` still holds its
+/// lease. Inside a write transaction (`BEGIN IMMEDIATE`), nobody can take
+/// the lease over before it ends: SQLite has one writer at a time.
+fn fenced<'c>(
+    connection: &'c mut Connection,
+    fence: &Fence,
+) -> DbResult<rusqlite::Transaction<'c>> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    lease::check(fence, read_lease(&tx, &fence.lease)?.as_ref()).map_err(DbError::Fenced)?;
+    Ok(tx)
+}
+
+impl Drop for SqliteStore {
+    /// Closes the connection before the store is gone, as closing the last
+    /// connection of a WAL database checkpoints it and removes the WAL.
+    fn drop(&mut self) {
+        let (closed, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(worker) = self.worker.take()
+            && worker.thread().id() != std::thread::current().id()
+        {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Two processes started at once must not both apply the same migration:
+/// an exclusive lock on a file beside the database serializes them (the
+/// second then finds nothing left to do).
+fn migrate(connection: &mut Connection, path: &Path) -> DbResult<()> {
+    let lock_path = {
+        let mut name = path.to_path_buf().into_os_string();
+        name.push(".migrate-lock");
+        PathBuf::from(name)
+    };
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| DbError::Failed(format!("cannot open {}: {e}", lock_path.display())))?;
+    lock.lock()
+        .map_err(|e| DbError::Failed(format!("cannot lock {}: {e}", lock_path.display())))?;
+    embedded::migrations::runner()
+        .run(connection)
+        .map_err(|e| DbError::Failed(format!("migrations: {e}")))?;
+    Ok(())
+}
+
+/// Lookup rows, owned (they move to the store's thread): the names of all
+/// rows in one buffer, and per row where its merchant and customer end,
+/// its weight sum and its row count.
+struct LookupRows {
+    names: String,
+    rows: Vec<(usize, usize, i64, i64)>,
+}
+
+impl LookupRows {
+    fn of(rows: &[WeightRow<'_>]) -> LookupRows {
+        let mut names = String::new();
+        let mut ends = Vec::with_capacity(rows.len());
+        for row in rows {
+            names.push_str(row.merchant);
+            let merchant_end = names.len();
+            names.push_str(row.customer);
+            ends.push((merchant_end, names.len(), row.weight_sum, to_i64(row.rows)));
+        }
+        LookupRows { names, rows: ends }
+    }
+}
+
+fn load_lookup(
+    connection: &mut Connection,
+    fence: &Fence,
+    source: &LookupSource,
+    lookup: &LookupRows,
+) -> DbResult<()> {
+    let tx = fenced(connection, fence)?;
+    tx.execute("DELETE FROM customer_importance", [])?;
+    {
+        let mut insert = tx.prepare(
+            "INSERT INTO customer_importance (merchant, customer, weight_sum_cents, weight_rows)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut start = 0;
+        for &(merchant_end, customer_end, sum, count) in &lookup.rows {
+            let merchant = &lookup.names[start..merchant_end];
+            let customer = &lookup.names[merchant_end..customer_end];
+            insert.execute(params![merchant, customer, sum, count])?;
+            start = customer_end;
+        }
+    }
+    tx.execute(
+        sql::SAVE_LOOKUP_SOURCE,
+        params![
+            source.source,
+            source.fingerprint,
+            to_i64(source.rows),
+            to_i64(source.bad_rows),
+            to_i64(source.pairs),
+            crate::clock::now_ist()
+        ],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn save_chunker_position(
+    connection: &mut Connection,
+    fence: &Fence,
+    position: &ChunkerPosition,
+) -> DbResult<()> {
+    let tx = fenced(connection, fence)?;
+    tx.execute(
+        sql::SAVE_CHUNKER_POSITION,
+        params![
+            position.source,
+            to_i64(position.rows_per_chunk),
+            to_i64(position.next_seq),
+            to_i64(position.next_offset),
+            to_i64(position.rows_emitted),
+            position.pending_column(),
+            position.last_key,
+            position.finished,
+            crate::clock::now_ist()
+        ],
+    )?;
+    {
+        let mut claim = tx.prepare_cached(
+            "INSERT INTO chunk_keys (seq, chunk_name) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )?;
+        for (seq, key) in position.claimed_keys() {
+            claim.execute(params![to_i64(seq), key])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn acquire_lease(
+    connection: &mut Connection,
+    name: String,
+    me: Claimant,
+    ttl_ms: u64,
+    dead_epoch: Option<u64>,
+) -> DbResult<LeaseGrant> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_ms(&tx)?;
+    let current = read_lease(&tx, &name)?;
+    let epoch = match lease::decide(current.as_ref(), now, dead_epoch) {
+        Decision::Held => {
+            let holder = current.expect("held leases exist");
+            return Ok(LeaseGrant::Held {
+                holder,
+                now_ms: now,
+            });
+        }
+        Decision::Create => 1,
+        Decision::TakeOver { epoch } => epoch,
+    };
+    tx.execute(
+        "INSERT INTO leases (name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (name) DO UPDATE SET owner_id = excluded.owner_id,
+             host = excluded.host, pid = excluded.pid, epoch = excluded.epoch,
+             acquired_at_ms = excluded.acquired_at_ms, expires_at_ms = excluded.expires_at_ms",
+        params![
+            name,
+            me.owner_id,
+            me.host,
+            me.pid,
+            to_i64(epoch),
+            now,
+            now.saturating_add(to_i64(ttl_ms))
+        ],
+    )?;
+    tx.execute(sql::REMOVE_STANDBY, [&me.owner_id])?;
+    tx.commit()?;
+    Ok(LeaseGrant::Granted(Fence {
+        lease: name,
+        owner_id: me.owner_id,
+        epoch,
+    }))
+}
+
+fn renew_lease(connection: &mut Connection, fence: &Fence, ttl_ms: u64) -> DbResult<Renewal> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current = read_lease(&tx, &fence.lease)?;
+    if lease::check(fence, current.as_ref()).is_err() {
+        return Ok(Renewal::Lost { holder: current });
+    }
+    let expires_at_ms = now_ms(&tx)?.saturating_add(to_i64(ttl_ms));
+    tx.execute(
+        "UPDATE leases SET expires_at_ms = ?2 WHERE name = ?1",
+        params![fence.lease, expires_at_ms],
+    )?;
+    tx.commit()?;
+    Ok(Renewal::Renewed { expires_at_ms })
+}
+
+fn compact(
+    connection: &mut Connection,
+    checkpointer: &Mutex<Connection>,
+    fence: &Fence,
+    max_chunks: usize,
+) -> DbResult<u64> {
+    let tx = fenced(connection, fence)?;
+    let mut merged = super::delta::Merged::default();
+    let mut last: Option<String> = None;
+    let mut folded = 0u64;
+    {
+        let mut statement = tx.prepare(sql::OLDEST_DELTAS)?;
+        let mut rows = statement.query([max_chunks as i64])?;
+        while let Some(row) = rows.next()? {
+            last = Some(row.get(0)?);
+            merged.add(row.get_ref(1)?.as_blob()?)?;
+            folded += 1;
+        }
+    }
+    let Some(last) = last else { return Ok(0) };
+    {
+        let mut upsert = tx.prepare_cached(UPSERT_PAIR)?;
+        for pair in merged.sorted() {
+            upsert.execute(params![
+                pair.merchant,
+                pair.customer,
+                to_i64(pair.count),
+                pair.amount,
+                pair.gender.code()
+            ])?;
+        }
+    }
+    tx.execute(sql::DELETE_DELTAS_UP_TO, [&last])?;
+    tx.commit()?;
+    passive_checkpoint(checkpointer)?;
+    Ok(folded)
+}
+
+fn commit(
+    connection: &mut Connection,
+    fence: &Fence,
+    rows: &CommitRows,
+) -> DbResult<CommitOutcome> {
+    let tx = fenced(connection, fence)?;
+    let last = query_one(&tx, sql::LAST_CHUNK, [], rules::opt_name)?;
+    if let Some(outcome) = rows.stale(last) {
+        return Ok(outcome);
+    }
+    {
+        let mut insert_delta = tx.prepare_cached(INSERT_DELTA)?;
+        for (chunk, blob) in rows.deltas.chunk.iter().zip(&rows.deltas.blob) {
+            insert_delta.execute(params![chunk, blob])?;
+        }
+        let c = &rows.chunks;
+        let mut insert_chunk = tx.prepare_cached(INSERT_CHUNK)?;
+        for (i, name) in c.name.iter().enumerate() {
+            insert_chunk.execute(params![
+                name,
+                c.seq[i],
+                c.status[i],
+                c.rows[i],
+                c.bad_rows[i],
+                c.detections[i],
+                c.reason[i],
+                rows.processed_at
+            ])?;
+        }
+        let d = &rows.detections;
+        let mut insert_detection = tx.prepare_cached(INSERT_DETECTION)?;
+        for (i, customer) in d.customer.iter().enumerate() {
+            insert_detection.execute(params![
+                customer,
+                d.merchant[i],
+                d.txn_count[i],
+                d.avg_weight[i],
+                d.avg_amount[i],
+                d.txn_rank[i],
+                d.weight_rank[i],
+                d.female[i],
+                d.male[i],
+                d.pattern_id[i],
+                d.action_type[i],
+                d.chunk_name[i],
+                rows.processed_at,
+                d.y_start_time[i],
+                d.detection_time[i]
+            ])?;
+        }
+    }
+    crate::pause_points::reached("commit");
+    tx.commit()?;
+    Ok(CommitOutcome::Committed)
+}
+
+fn assign_batches(
+    connection: &mut Connection,
+    fence: &Fence,
+    size: u64,
+    include_partial: bool,
+    stamp: &str,
+) -> DbResult<u64> {
+    let tx = fenced(connection, fence)?;
+    let (unbatched, last_batch_no) = query_one(&tx, sql::BATCH_PLAN_INPUT, [], |row| {
+        Ok((to_u64(row.int(0)?), to_u64(row.int(1)?)))
+    })?;
+    let plan = rules::plan_batches(unbatched, last_batch_no, size, include_partial, stamp);
+    let created_at = crate::clock::now_ist();
+    for batch in &plan {
+        tx.execute(
+            sql::ASSIGN_OLDEST,
+            params![batch.batch_no, batch.detections],
+        )?;
+        tx.execute(
+            sql::INSERT_BATCH,
+            params![batch.batch_no, batch.key, batch.detections, created_at],
+        )?;
+    }
+    tx.commit()?;
+    Ok(plan.len() as u64)
+}
+
+fn status(connection: &Connection, recent_restarts: usize) -> DbResult<StatusReport> {
+    let now_ms = now_ms(connection)?;
+    Ok(rules::StatusRows {
+        chunker: query_opt(
+            connection,
+            sql::CHUNKER_PROGRESS,
+            [],
+            rules::chunker_progress,
+        )?,
+        counts: query_one(connection, sql::STATUS_COUNTS, [], rules::status_counts)?,
+        detections: query_all(
+            connection,
+            sql::DETECTIONS_BY_PATTERN,
+            [],
+            rules::pattern_count,
+        )?,
+        recent_restarts: query_all(
+            connection,
+            sql::RECENT_RESTARTS,
+            [recent_restarts as i64],
+            rules::restart_event,
+        )?,
+        lease: read_lease(connection, lease::PIPELINE_LEASE)?,
+        now_ms,
+        standbys: query_all(connection, sql::LIVE_STANDBYS, [now_ms], rules::standby_row)?,
+    }
+    .report())
+}
+
+fn pair(row: &rusqlite::Row<'_>) -> DbResult<scan::OwnedPair> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        Gender::from_code(row.get_ref(4)?.as_str()?),
+    ))
 }
 
 #[async_trait]
 impl StateStore for SqliteStore {
     async fn migrate(&self) -> DbResult<()> {
-        // Two processes started at once must not both apply the same
-        // migration: an exclusive lock on a file beside the database
-        // serializes them (the second then finds nothing left to do).
-        let lock_path = {
-            let mut name = self.path.clone().into_os_string();
-            name.push(".migrate-lock");
-            PathBuf::from(name)
-        };
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| DbError::Failed(format!("cannot open {}: {e}", lock_path.display())))?;
-        lock.lock()
-            .map_err(|e| DbError::Failed(format!("cannot lock {}: {e}", lock_path.display())))?;
-        let mut connection = self.lock();
-        embedded::migrations::runner()
-            .run(&mut *connection)
-            .map_err(|e| DbError::Failed(format!("migrations: {e}")))?;
-        Ok(())
+        let path = self.path.clone();
+        self.call(move |connection| migrate(connection, &path))
+            .await
     }
 
     async fn lookup_source(&self) -> DbResult<Option<LookupSource>> {
-        let connection = self.lock();
-        Ok(connection
-            .query_row(
-                "SELECT source, fingerprint, rows, bad_rows, pairs FROM lookup_source WHERE id = 1",
-                [],
-                |row| {
-                    Ok(LookupSource {
-                        source: row.get(0)?,
-                        fingerprint: row.get(1)?,
-                        rows: to_u64(row.get(2)?),
-                        bad_rows: to_u64(row.get(3)?),
-                        pairs: to_u64(row.get(4)?),
-                    })
-                },
-            )
-            .optional()?)
+        self.call(|c| query_opt(c, sql::LOOKUP_SOURCE, [], rules::lookup_source))
+            .await
     }
 
     async fn load_lookup(
@@ -272,86 +719,26 @@ impl StateStore for SqliteStore {
         source: &LookupSource,
         rows: &[WeightRow<'_>],
     ) -> DbResult<()> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        check_fence(&tx, fence)?;
-        tx.execute("DELETE FROM customer_importance", [])?;
-        {
-            let mut insert = tx.prepare(
-                "INSERT INTO customer_importance (merchant, customer, weight_sum_cents, weight_rows)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for row in rows {
-                insert.execute(params![
-                    row.merchant,
-                    row.customer,
-                    row.weight_sum,
-                    to_i64(row.rows)
-                ])?;
-            }
-        }
-        tx.execute(
-            "INSERT INTO lookup_source (id, source, fingerprint, rows, bad_rows, pairs, loaded_at)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (id) DO UPDATE SET source = excluded.source,
-                 fingerprint = excluded.fingerprint, rows = excluded.rows,
-                 bad_rows = excluded.bad_rows, pairs = excluded.pairs,
-                 loaded_at = excluded.loaded_at",
-            params![
-                source.source,
-                source.fingerprint,
-                to_i64(source.rows),
-                to_i64(source.bad_rows),
-                to_i64(source.pairs),
-                crate::clock::now_ist()
-            ],
-        )?;
-        tx.commit()?;
-        Ok(())
+        let (fence, source) = (fence.clone(), source.clone());
+        let rows = LookupRows::of(rows);
+        self.call(move |c| load_lookup(c, &fence, &source, &rows))
+            .await
     }
 
     async fn scan_weights(
         &self,
         visit: &mut (dyn for<'r> FnMut(WeightRow<'r>) + Send),
     ) -> DbResult<()> {
-        let connection = self.lock();
-        let mut statement = connection.prepare(
+        let rows = self.stream_rows(
             "SELECT merchant, customer, weight_sum_cents, weight_rows FROM customer_importance",
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
         )?;
-        let mut rows = statement.query([])?;
-        while let Some(row) = rows.next()? {
-            visit(WeightRow {
-                merchant: row.get_ref(0)?.as_str()?,
-                customer: row.get_ref(1)?.as_str()?,
-                weight_sum: row.get(2)?,
-                rows: to_u64(row.get(3)?),
-            });
-        }
-        Ok(())
+        scan::visit_all(rows, scan::visit_weights(visit)).await
     }
 
     async fn chunker_position(&self) -> DbResult<Option<ChunkerPosition>> {
-        let connection = self.lock();
-        Ok(connection
-            .query_row(
-                "SELECT source, rows_per_chunk, next_seq, next_offset, rows_emitted, pending_key,
-                        last_key, finished
-                 FROM chunker_position WHERE id = 1",
-                [],
-                |row| {
-                    Ok(ChunkerPosition {
-                        source: row.get(0)?,
-                        rows_per_chunk: to_u64(row.get(1)?),
-                        next_seq: to_u64(row.get(2)?),
-                        next_offset: to_u64(row.get(3)?),
-                        rows_emitted: to_u64(row.get(4)?),
-                        pending_keys: ChunkerPosition::pending_from_column(row.get(5)?),
-                        last_key: row.get(6)?,
-                        finished: row.get(7)?,
-                    })
-                },
-            )
-            .optional()?)
+        self.call(|c| query_opt(c, sql::CHUNKER_POSITION, [], rules::chunker_position))
+            .await
     }
 
     async fn save_chunker_position(
@@ -359,95 +746,53 @@ impl StateStore for SqliteStore {
         fence: &Fence,
         position: &ChunkerPosition,
     ) -> DbResult<()> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        check_fence(&tx, fence)?;
-        tx.execute(
-            "INSERT INTO chunker_position (id, source, rows_per_chunk, next_seq, next_offset,
-                 rows_emitted, pending_key, last_key, finished, updated_at)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (id) DO UPDATE SET source = excluded.source,
-                 rows_per_chunk = excluded.rows_per_chunk, next_seq = excluded.next_seq,
-                 next_offset = excluded.next_offset, rows_emitted = excluded.rows_emitted,
-                 pending_key = excluded.pending_key, last_key = excluded.last_key,
-                 finished = excluded.finished, updated_at = excluded.updated_at",
-            params![
-                position.source,
-                to_i64(position.rows_per_chunk),
-                to_i64(position.next_seq),
-                to_i64(position.next_offset),
-                to_i64(position.rows_emitted),
-                position.pending_column(),
-                position.last_key,
-                position.finished,
-                crate::clock::now_ist()
-            ],
-        )?;
-        {
-            let mut claim = tx.prepare_cached(
-                "INSERT INTO chunk_keys (seq, chunk_name) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            )?;
-            for (seq, key) in position.claimed_keys() {
-                claim.execute(params![to_i64(seq), key])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        let (fence, position) = (fence.clone(), position.clone());
+        self.call(move |c| save_chunker_position(c, &fence, &position))
+            .await
     }
 
     async fn chunk_claims(&self, from_seq: u64, limit: usize) -> DbResult<ChunkClaims> {
-        let connection = self.lock();
-        let mut claims = ChunkClaims::default();
-        if let Some((next_seq, finished)) = connection
-            .query_row(
-                "SELECT next_seq, finished FROM chunker_position WHERE id = 1",
-                [],
-                |row| Ok((row.get::<_, i64>(0)?, row.get(1)?)),
-            )
-            .optional()?
-        {
-            claims.chunker_next_seq = to_u64(next_seq);
-            claims.chunker_finished = finished;
-        }
-        let mut statement = connection.prepare_cached(
-            "SELECT seq, chunk_name FROM chunk_keys WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        claims.keys = statement
-            .query_map(params![to_i64(from_seq), limit as i64], |row| {
-                Ok((to_u64(row.get(0)?), row.get(1)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(claims)
+        self.call(move |c| {
+            let progress = query_opt(c, sql::CHUNKER_PROGRESS, [], rules::chunker_progress)?;
+            let (chunker_next_seq, _, chunker_finished) = progress.unwrap_or_default();
+            Ok(ChunkClaims {
+                keys: query_all(
+                    c,
+                    sql::CHUNK_KEYS_FROM,
+                    params![to_i64(from_seq), limit as i64],
+                    rules::chunk_key,
+                )?,
+                chunker_next_seq,
+                chunker_finished,
+            })
+        })
+        .await
     }
 
     async fn processed_names_between(&self, first: &str, last: &str) -> DbResult<Vec<String>> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached(
-            "SELECT chunk_name FROM processed_chunks WHERE chunk_name BETWEEN ?1 AND ?2",
-        )?;
-        let names = statement
-            .query_map([first, last], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        Ok(names)
+        let (first, last) = (first.to_string(), last.to_string());
+        self.call(move |c| query_all(c, sql::PROCESSED_BETWEEN, [first, last], |row| row.text(0)))
+            .await
     }
 
     async fn record_ignored(&self, fence: &Fence, object: &IgnoredObject) -> DbResult<bool> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        check_fence(&tx, fence)?;
-        let inserted = tx.execute(
-            "INSERT INTO ignored_objects (object_key, seq, reason, quarantine_key, seen_at)
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-            params![
-                object.key,
-                object.seq.map(to_i64),
-                object.reason,
-                object.quarantine_key,
-                crate::clock::now_ist()
-            ],
-        )?;
-        tx.commit()?;
-        Ok(inserted == 1)
+        let (fence, object) = (fence.clone(), object.clone());
+        self.call(move |c| {
+            let tx = fenced(c, &fence)?;
+            let inserted = tx.execute(
+                sql::RECORD_IGNORED,
+                params![
+                    object.key,
+                    object.seq.map(to_i64),
+                    object.reason,
+                    object.quarantine_key,
+                    crate::clock::now_ist()
+                ],
+            )?;
+            tx.commit()?;
+            Ok(inserted == 1)
+        })
+        .await
     }
 
     async fn acquire_lease(
@@ -457,307 +802,141 @@ impl StateStore for SqliteStore {
         ttl_ms: u64,
         dead_epoch: Option<u64>,
     ) -> DbResult<LeaseGrant> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = now_ms(&tx)?;
-        let current = read_lease(&tx, name)?;
-        let expires = now.saturating_add(to_i64(ttl_ms));
-        let epoch = match lease::decide(current.as_ref(), now, dead_epoch) {
-            Decision::Held => {
-                let holder = current.expect("held leases exist");
-                return Ok(LeaseGrant::Held {
-                    holder,
-                    now_ms: now,
-                });
-            }
-            Decision::Create => 1,
-            Decision::TakeOver { epoch } => epoch,
-        };
-        tx.execute(
-            "INSERT INTO leases (name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (name) DO UPDATE SET owner_id = excluded.owner_id,
-                 host = excluded.host, pid = excluded.pid, epoch = excluded.epoch,
-                 acquired_at_ms = excluded.acquired_at_ms, expires_at_ms = excluded.expires_at_ms",
-            params![
-                name,
-                me.owner_id,
-                me.host,
-                me.pid,
-                to_i64(epoch),
-                now,
-                expires
-            ],
-        )?;
-        tx.execute(
-            "DELETE FROM lease_standbys WHERE owner_id = ?1",
-            [&me.owner_id],
-        )?;
-        tx.commit()?;
-        Ok(LeaseGrant::Granted(Fence {
-            lease: name.to_string(),
-            owner_id: me.owner_id.clone(),
-            epoch,
-        }))
+        let (name, me) = (name.to_string(), me.clone());
+        self.call(move |c| acquire_lease(c, name, me, ttl_ms, dead_epoch))
+            .await
     }
 
     async fn renew_lease(&self, fence: &Fence, ttl_ms: u64) -> DbResult<Renewal> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = read_lease(&tx, &fence.lease)?;
-        if lease::check(fence, current.as_ref()).is_err() {
-            return Ok(Renewal::Lost { holder: current });
-        }
-        let expires_at_ms = now_ms(&tx)?.saturating_add(to_i64(ttl_ms));
-        tx.execute(
-            "UPDATE leases SET expires_at_ms = ?2 WHERE name = ?1",
-            params![fence.lease, expires_at_ms],
-        )?;
-        tx.commit()?;
-        Ok(Renewal::Renewed { expires_at_ms })
+        let fence = fence.clone();
+        self.call(move |c| renew_lease(c, &fence, ttl_ms)).await
     }
 
     async fn release_lease(&self, fence: &Fence) -> DbResult<()> {
-        let connection = self.lock();
-        let now = now_ms(&connection)?;
-        connection.execute(
-            "UPDATE leases SET expires_at_ms = ?4
-             WHERE name = ?1 AND owner_id = ?2 AND epoch = ?3",
-            params![fence.lease, fence.owner_id, to_i64(fence.epoch), now],
-        )?;
-        Ok(())
+        let fence = fence.clone();
+        self.call(move |c| {
+            let now = now_ms(c)?;
+            c.execute(
+                "UPDATE leases SET expires_at_ms = ?4
+                 WHERE name = ?1 AND owner_id = ?2 AND epoch = ?3",
+                params![fence.lease, fence.owner_id, to_i64(fence.epoch), now],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     async fn register_standby(&self, name: &str, me: &Claimant, ttl_ms: u64) -> DbResult<()> {
-        let connection = self.lock();
-        let now = now_ms(&connection)?;
-        connection.execute(
-            "INSERT INTO lease_standbys (owner_id, lease, host, pid, since_ms, expires_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (owner_id) DO UPDATE SET expires_at_ms = excluded.expires_at_ms",
-            params![
-                me.owner_id,
-                name,
-                me.host,
-                me.pid,
-                now,
-                now.saturating_add(to_i64(ttl_ms))
-            ],
-        )?;
-        Ok(())
+        let (name, me) = (name.to_string(), me.clone());
+        self.call(move |c| {
+            let now = now_ms(c)?;
+            c.execute(
+                "INSERT INTO lease_standbys (owner_id, lease, host, pid, since_ms, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (owner_id) DO UPDATE SET expires_at_ms = excluded.expires_at_ms",
+                params![
+                    me.owner_id,
+                    name,
+                    me.host,
+                    me.pid,
+                    now,
+                    now.saturating_add(to_i64(ttl_ms))
+                ],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     async fn remove_standby(&self, me: &Claimant) -> DbResult<()> {
-        let connection = self.lock();
-        connection.execute(
-            "DELETE FROM lease_standbys WHERE owner_id = ?1",
-            [&me.owner_id],
-        )?;
-        Ok(())
+        let owner_id = me.owner_id.clone();
+        self.call(move |c| Ok(c.execute(sql::REMOVE_STANDBY, [owner_id]).map(drop)?))
+            .await
     }
 
     async fn last_chunk(&self) -> DbResult<Option<String>> {
-        let connection = self.lock();
-        Ok(
-            connection.query_row("SELECT max(chunk_name) FROM processed_chunks", [], |row| {
-                row.get(0)
-            })?,
-        )
+        self.call(|c| query_one(c, sql::LAST_CHUNK, [], rules::opt_name))
+            .await
     }
 
     async fn scan_compacted_pairs(
         &self,
         visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
     ) -> DbResult<()> {
-        let connection = self.lock();
-        let mut statement = connection.prepare(
-            "SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_state",
-        )?;
-        let mut rows = statement.query([])?;
-        while let Some(row) = rows.next()? {
-            visit(PairRow {
-                merchant: row.get_ref(0)?.as_str()?,
-                customer: row.get_ref(1)?.as_str()?,
-                count: to_u64(row.get(2)?),
-                amount: row.get(3)?,
-                gender: Gender::from_code(row.get_ref(4)?.as_str()?),
-            });
-        }
-        Ok(())
+        let rows = self.stream_rows(SELECT_PAIRS, pair)?;
+        scan::visit_all(rows, scan::visit_pairs(visit)).await
     }
 
     async fn scan_pairs(
         &self,
         visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
     ) -> DbResult<()> {
-        // One lock for both reads: nothing can compact in between.
-        let connection = self.lock();
-        let mut merged = super::delta::Merged::default();
-        {
-            let mut statement =
-                connection.prepare("SELECT delta FROM chunk_deltas ORDER BY chunk_name")?;
-            let mut rows = statement.query([])?;
+        // Both reads in one job: nothing can compact in between.
+        let parts = self.stream(|connection, sink| {
+            let mut deltas = connection.prepare(sql::PENDING_DELTAS)?;
+            let mut rows = deltas.query([])?;
             while let Some(row) = rows.next()? {
-                merged.add(row.get_ref(0)?.as_blob()?)?;
+                if !sink.push_blocking(PairPart::Delta(row.get(0)?)) {
+                    return Ok(());
+                }
             }
-        }
-        let mut statement = connection.prepare(
-            "SELECT merchant, customer, txn_count, amount_cents, gender FROM pair_state",
-        )?;
-        let mut rows = statement.query([])?;
-        while let Some(row) = rows.next()? {
-            merged.overlay_row(
-                PairRow {
-                    merchant: row.get_ref(0)?.as_str()?,
-                    customer: row.get_ref(1)?.as_str()?,
-                    count: to_u64(row.get(2)?),
-                    amount: row.get(3)?,
-                    gender: Gender::from_code(row.get_ref(4)?.as_str()?),
-                },
-                &mut *visit,
-            );
-        }
-        merged.finish(visit);
-        Ok(())
+            let mut pairs = connection.prepare(SELECT_PAIRS)?;
+            let mut rows = pairs.query([])?;
+            while let Some(row) = rows.next()? {
+                if !sink.push_blocking(PairPart::Pair(pair(row)?)) {
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        scan::merge_pairs(parts, visit).await
     }
 
     async fn pending_deltas(&self) -> DbResult<Vec<Vec<u8>>> {
-        let connection = self.lock();
-        let mut statement =
-            connection.prepare("SELECT delta FROM chunk_deltas ORDER BY chunk_name")?;
-        let blobs = statement
-            .query_map([], |row| row.get(0))?
-            .collect::<Result<Vec<Vec<u8>>, _>>()?;
-        Ok(blobs)
+        self.call(|c| {
+            let mut statement = c.prepare(sql::PENDING_DELTAS)?;
+            let blobs = statement
+                .query_map([], |row| row.get(0))?
+                .collect::<Result<Vec<Vec<u8>>, _>>()?;
+            Ok(blobs)
+        })
+        .await
     }
 
     async fn pending_delta_count(&self) -> DbResult<u64> {
-        let connection = self.lock();
-        let count: i64 =
-            connection.query_row("SELECT count(*) FROM chunk_deltas", [], |row| row.get(0))?;
-        Ok(count as u64)
+        self.call(|c| query_one(c, sql::PENDING_DELTA_COUNT, [], rules::count))
+            .await
     }
 
     async fn compact(&self, fence: &Fence, max_chunks: usize) -> DbResult<u64> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        check_fence(&tx, fence)?;
-        let mut merged = super::delta::Merged::default();
-        let mut last: Option<String> = None;
-        let mut folded = 0u64;
-        {
-            let mut statement = tx.prepare(
-                "SELECT chunk_name, delta FROM chunk_deltas ORDER BY chunk_name LIMIT ?1",
-            )?;
-            let mut rows = statement.query([max_chunks as i64])?;
-            while let Some(row) = rows.next()? {
-                last = Some(row.get(0)?);
-                merged.add(row.get_ref(1)?.as_blob()?)?;
-                folded += 1;
-            }
-        }
-        let Some(last) = last else { return Ok(0) };
-        {
-            let mut upsert = tx.prepare_cached(UPSERT_PAIR)?;
-            for pair in merged.sorted() {
-                upsert.execute(params![
-                    pair.merchant,
-                    pair.customer,
-                    to_i64(pair.count),
-                    pair.amount,
-                    pair.gender.code()
-                ])?;
-            }
-        }
-        tx.execute("DELETE FROM chunk_deltas WHERE chunk_name <= ?1", [&last])?;
-        tx.commit()?;
-        drop(connection);
-        passive_checkpoint(&self.checkpointer)?;
-        Ok(folded)
+        let (fence, checkpointer) = (fence.clone(), self.checkpointer.clone());
+        self.call(move |c| compact(c, &checkpointer, &fence, max_chunks))
+            .await
     }
 
     async fn scan_emitted(
         &self,
         visit: &mut (dyn for<'r> FnMut(EmittedRow<'r>) + Send),
     ) -> DbResult<()> {
-        let connection = self.lock();
-        let mut statement =
-            connection.prepare("SELECT patternId, merchant, customer FROM detected_patterns")?;
-        let mut rows = statement.query([])?;
-        while let Some(row) = rows.next()? {
-            let id = row.get_ref(0)?.as_str()?;
-            let pattern = Pattern::from_id(id)
-                .ok_or_else(|| DbError::Failed(format!("unknown patternId {id:?} in table")))?;
-            visit(EmittedRow {
-                pattern,
-                merchant: row.get_ref(1)?.as_str()?,
-                customer: row.get_ref(2)?.as_str()?,
-            });
-        }
-        Ok(())
+        let rows = self.stream_rows(
+            "SELECT patternId, merchant, customer FROM detected_patterns",
+            |row| {
+                Ok((
+                    scan::pattern(row.get_ref(0)?.as_str()?)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                ))
+            },
+        )?;
+        scan::visit_all(rows, scan::visit_emitted(visit)).await
     }
 
     async fn commit(&self, fence: &Fence, batch: &CommitBatch<'_>) -> DbResult<CommitOutcome> {
-        let Some(final_chunk) = batch.chunks.last() else {
+        let Some(rows) = CommitRows::of(batch) else {
             return Ok(CommitOutcome::Committed);
         };
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        check_fence(&tx, fence)?;
-        let last: Option<String> =
-            tx.query_row("SELECT max(chunk_name) FROM processed_chunks", [], |row| {
-                row.get(0)
-            })?;
-        if last.as_deref() != batch.expected_last {
-            return Ok(if last.as_deref() == Some(final_chunk.name.as_str()) {
-                CommitOutcome::AlreadyCommitted
-            } else {
-                CommitOutcome::Conflict { last }
-            });
-        }
-        {
-            let mut insert_delta = tx.prepare_cached(INSERT_DELTA)?;
-            for delta in batch.deltas {
-                insert_delta.execute(params![delta.chunk, delta.blob])?;
-            }
-            let mut insert_chunk = tx.prepare_cached(INSERT_CHUNK)?;
-            for chunk in batch.chunks {
-                insert_chunk.execute(params![
-                    chunk.name,
-                    chunk.seq.map(to_i64),
-                    chunk.status.as_str(),
-                    to_i64(chunk.rows),
-                    to_i64(chunk.bad_rows),
-                    to_i64(chunk.detections),
-                    chunk.reason,
-                    batch.processed_at
-                ])?;
-            }
-            let mut insert_detection = tx.prepare_cached(INSERT_DETECTION)?;
-            for detection in batch.detections {
-                let e = &detection.evidence;
-                insert_detection.execute(params![
-                    detection.customer,
-                    detection.merchant,
-                    e.txn_count.map(to_i64),
-                    e.weight.map(|w| w.as_f64()),
-                    e.avg_amount(),
-                    e.txn_rank.map(|r| r.as_f64()),
-                    e.weight_rank.map(|r| r.as_f64()),
-                    e.female.map(to_i64),
-                    e.male.map(to_i64),
-                    detection.pattern.id(),
-                    detection.pattern.action(),
-                    detection.chunk_name,
-                    batch.processed_at,
-                    detection.y_start_time,
-                    detection.detection_time
-                ])?;
-            }
-        }
-        crate::pause_points::reached("commit");
-        tx.commit()?;
-        Ok(CommitOutcome::Committed)
+        let fence = fence.clone();
+        self.call(move |c| commit(c, &fence, &rows)).await
     }
 
     async fn assign_batches(
@@ -767,216 +946,58 @@ impl StateStore for SqliteStore {
         include_partial: bool,
         stamp: &str,
     ) -> DbResult<u64> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        check_fence(&tx, fence)?;
-        let mut created = 0;
-        loop {
-            let (count, max_id): (i64, Option<i64>) = tx.query_row(
-                "SELECT count(*), max(id) FROM (
-                     SELECT id FROM detected_patterns WHERE batch_no IS NULL ORDER BY id LIMIT ?1)",
-                [to_i64(size)],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )?;
-            let count = to_u64(count);
-            let Some(max_id) = max_id else { break };
-            if count < size && !include_partial {
-                break;
-            }
-            let batch_no: i64 = tx.query_row(
-                "SELECT COALESCE(max(batch_no), 0) + 1 FROM detection_batches",
-                [],
-                |row| row.get(0),
-            )?;
-            tx.execute(
-                "UPDATE detected_patterns SET batch_no = ?1 WHERE batch_no IS NULL AND id <= ?2",
-                params![batch_no, max_id],
-            )?;
-            tx.execute(
-                "INSERT INTO detection_batches (batch_no, object_key, detections, created_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    batch_no,
-                    crate::layout::batch_key(to_u64(batch_no), stamp),
-                    to_i64(count),
-                    crate::clock::now_ist()
-                ],
-            )?;
-            created += 1;
-            if count < size {
-                break;
-            }
-        }
-        tx.commit()?;
-        Ok(created)
+        let (fence, stamp) = (fence.clone(), stamp.to_string());
+        self.call(move |c| assign_batches(c, &fence, size, include_partial, &stamp))
+            .await
     }
 
     async fn unwritten_batches(&self) -> DbResult<Vec<Batch>> {
-        let connection = self.lock();
-        let mut statement = connection.prepare(
-            "SELECT batch_no, object_key, detections FROM detection_batches
-             WHERE written_at IS NULL ORDER BY batch_no",
-        )?;
-        let batches = statement
-            .query_map([], |row| {
-                Ok(Batch {
-                    batch_no: to_u64(row.get(0)?),
-                    key: row.get(1)?,
-                    detections: to_u64(row.get(2)?),
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(batches)
+        self.call(|c| query_all(c, sql::UNWRITTEN_BATCHES, [], rules::batch))
+            .await
     }
 
     async fn batch_lines(&self, batch_no: u64) -> DbResult<Vec<DetectionLine>> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached(
-            "SELECT y_start_time, detection_time, patternId, actionType, customer, merchant
-             FROM detected_patterns WHERE batch_no = ?1 ORDER BY id",
-        )?;
-        let lines = statement
-            .query_map([to_i64(batch_no)], |row| {
-                Ok(DetectionLine {
-                    y_start_time: row.get(0)?,
-                    detection_time: row.get(1)?,
-                    pattern_id: row.get(2)?,
-                    action_type: row.get(3)?,
-                    customer: row.get(4)?,
-                    merchant: row.get(5)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(lines)
+        self.call(move |c| {
+            query_all(
+                c,
+                "SELECT y_start_time, detection_time, patternId, actionType, customer, merchant
+                 FROM detected_patterns WHERE batch_no = ?1 ORDER BY id",
+                [to_i64(batch_no)],
+                rules::detection_line,
+            )
+        })
+        .await
     }
 
     async fn mark_batch_written(&self, fence: &Fence, batch_no: u64, at: &str) -> DbResult<()> {
-        let mut connection = self.lock();
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        check_fence(&tx, fence)?;
-        tx.execute(
-            "UPDATE detection_batches SET written_at = ?2 WHERE batch_no = ?1",
-            params![to_i64(batch_no), at],
-        )?;
-        tx.commit()?;
-        Ok(())
+        let (fence, at) = (fence.clone(), at.to_string());
+        self.call(move |c| {
+            let tx = fenced(c, &fence)?;
+            tx.execute(sql::MARK_BATCH_WRITTEN, params![at, to_i64(batch_no)])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 
     async fn outbox(&self) -> DbResult<(u64, Option<String>)> {
-        let connection = self.lock();
-        let (count, oldest): (i64, Option<String>) = connection.query_row(
-            "SELECT count(*), min(processed_at) FROM detected_patterns WHERE batch_no IS NULL",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
-        Ok((to_u64(count), oldest))
+        self.call(|c| query_one(c, sql::OUTBOX, [], rules::outbox))
+            .await
     }
 
     async fn record_restart(&self, event: &RestartEvent) -> DbResult<()> {
-        let connection = self.lock();
-        connection.execute(
-            "INSERT INTO restart_events (actor, reason, restart_count, at) VALUES (?1, ?2, ?3, ?4)",
-            params![event.actor, event.reason, event.restart_count, event.at],
-        )?;
-        Ok(())
+        let event = event.clone();
+        self.call(move |c| {
+            c.execute(
+                sql::RECORD_RESTART,
+                params![event.actor, event.reason, event.restart_count, event.at],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     async fn status(&self, recent_restarts: usize) -> DbResult<StatusReport> {
-        let connection = self.lock();
-        let mut report = StatusReport::default();
-        if let Some((next_seq, rows, finished)) = connection
-            .query_row(
-                "SELECT next_seq, rows_emitted, finished FROM chunker_position WHERE id = 1",
-                [],
-                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get(2)?)),
-            )
-            .optional()?
-        {
-            report.chunks_produced = to_u64(next_seq);
-            report.rows_produced = to_u64(rows);
-            report.chunker_finished = finished;
-        }
-        let (processed, rejected, rows, bad, last): (i64, i64, i64, i64, Option<String>) =
-            connection.query_row(
-                "SELECT count(*) FILTER (WHERE status = 'processed'),
-                        count(*) FILTER (WHERE status = 'rejected'),
-                        COALESCE(sum(rows), 0), COALESCE(sum(bad_rows), 0), max(chunk_name)
-                 FROM processed_chunks",
-                [],
-                |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                    ))
-                },
-            )?;
-        report.chunks_processed = to_u64(processed);
-        report.chunks_rejected = to_u64(rejected);
-        report.rows_processed = to_u64(rows);
-        report.bad_rows = to_u64(bad);
-        report.last_chunk = last;
-        let mut statement = connection.prepare(
-            "SELECT patternId, count(*) FROM detected_patterns GROUP BY patternId ORDER BY patternId",
-        )?;
-        report.detections = statement
-            .query_map([], |row| Ok((row.get(0)?, to_u64(row.get(1)?))))?
-            .collect::<Result<Vec<_>, _>>()?;
-        let (written, pending): (i64, i64) = connection.query_row(
-            "SELECT count(written_at), count(*) - count(written_at) FROM detection_batches",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
-        report.batches_written = to_u64(written);
-        report.batches_pending = to_u64(pending);
-        report.detections_unbatched = to_u64(connection.query_row(
-            "SELECT count(*) FROM detected_patterns WHERE batch_no IS NULL",
-            [],
-            |row| row.get(0),
-        )?);
-        let mut statement = connection.prepare(
-            "SELECT actor, reason, restart_count, at FROM restart_events ORDER BY id DESC LIMIT ?1",
-        )?;
-        report.recent_restarts = statement
-            .query_map([recent_restarts as i64], |row| {
-                Ok(RestartEvent {
-                    actor: row.get(0)?,
-                    reason: row.get(1)?,
-                    restart_count: row.get(2)?,
-                    at: row.get(3)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        report.last_seq = connection
-            .query_row("SELECT max(seq) FROM processed_chunks", [], |row| {
-                row.get::<_, Option<i64>>(0)
-            })?
-            .map(to_u64);
-        report.ignored_objects = to_u64(connection.query_row(
-            "SELECT count(*) FROM ignored_objects",
-            [],
-            |row| row.get(0),
-        )?);
-        report.now_ms = now_ms(&connection)?;
-        report.owner = read_lease(&connection, lease::PIPELINE_LEASE)?;
-        let mut statement = connection.prepare(
-            "SELECT lease, owner_id, host, pid, since_ms, expires_at_ms FROM lease_standbys
-             WHERE expires_at_ms > ?1 ORDER BY since_ms",
-        )?;
-        report.standbys = statement
-            .query_map([report.now_ms], |row| {
-                Ok(StandbyRow {
-                    lease: row.get(0)?,
-                    owner_id: row.get(1)?,
-                    host: row.get(2)?,
-                    pid: row.get(3)?,
-                    since_ms: row.get(4)?,
-                    expires_at_ms: row.get(5)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(report)
+        self.call(move |c| status(c, recent_restarts)).await
     }
 }
