@@ -30,11 +30,32 @@ pub struct Committed {
 }
 
 impl Committed {
-    /// Reads the committed state from the database.
+    /// Reads the committed state from the database: the last committed
+    /// chunk, then the state, then the last chunk again. Commits write a
+    /// chunk's state and its `processed_chunks` row in one transaction, so
+    /// if the last chunk did not change, the state read in between is
+    /// exactly the state as of that chunk; if it changed, read again.
     pub async fn load(wiring: &Wiring, generation: u64) -> Result<Committed, DbError> {
-        let w = wiring;
+        loop {
+            let last = wiring
+                .db("read last chunk", || wiring.state.last_chunk())
+                .await?;
+            let snapshot = Self::read_state(wiring).await?;
+            let again = wiring
+                .db("read last chunk", || wiring.state.last_chunk())
+                .await?;
+            if again == last {
+                return Ok(Committed {
+                    generation,
+                    last_chunk: last.map(Arc::from),
+                    snapshot,
+                });
+            }
+        }
+    }
+
+    async fn read_state(w: &Wiring) -> Result<Snapshot, DbError> {
         let names = &*w.names;
-        let last = w.db("read last chunk", || w.state.last_chunk()).await?;
         let mut snapshot = Snapshot::default();
         w.state
             .scan_pairs(&mut |row| {
@@ -56,11 +77,7 @@ impl Committed {
                 })
             })
             .await?;
-        Ok(Committed {
-            generation,
-            last_chunk: last.map(Arc::from),
-            snapshot,
-        })
+        Ok(snapshot)
     }
 }
 

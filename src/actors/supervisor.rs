@@ -40,7 +40,7 @@ pub use super::supervised::{
     EXIT_FATAL, EXIT_LOST_LEASE, EXIT_RESTART_LIMIT, EXIT_SHUTDOWN_TIMEOUT, EXIT_STANDBY_REFUSED,
 };
 use super::supervised::{Group, Restarted, Supervised};
-use super::tracker::{Tracker, TrackerActor};
+use super::tracker::{Quiesce, Tracker, TrackerActor};
 use super::watcher::{Drain, S3WatcherActor, Watcher, WhenIdle};
 use super::wiring::Wiring;
 use crate::db::Renewal;
@@ -251,7 +251,13 @@ impl SupervisorActor {
         self.generation += 1;
         let generation = self.generation;
         let wiring = self.wiring.clone();
+        let tracker = self.topology.as_ref().map(|t| t.tracker.clone());
         let load = async move {
+            // No commit of the old generation may land while the snapshot
+            // is read (the snapshot check would only retry).
+            if let Some(tracker) = tracker {
+                let _ = tracker.send(Quiesce).await;
+            }
             tokio::time::sleep(delay).await;
             loop {
                 match Committed::load(&wiring, generation).await {

@@ -84,6 +84,18 @@ pub struct Evaluated {
     pub outcome: ChunkOutcome,
 }
 
+/// Stop committing for the current generation (a new one is about to be
+/// loaded); answered once no commit is under way.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Quiesce;
+
+/// Start the next commit if one is due (sent to itself after a commit, so
+/// that outcomes that arrived meanwhile join the next group).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CommitNext;
+
 /// Chunks became durable; `detections` of them wait in the outbox.
 #[derive(Message, Clone, Copy)]
 #[rtype(result = "()")]
@@ -171,6 +183,23 @@ impl Handler<Start> for TrackerActor {
         }
         let max_chunks = self.behaviour.wiring.settings.watcher.max_chunks_per_commit;
         self.state = Some(TrackerState::restore(&committed, max_chunks));
+    }
+}
+
+impl Handler<Quiesce> for TrackerActor {
+    type Result = ();
+
+    /// Commits run with the mailbox held, so this runs between commits.
+    fn handle(&mut self, _msg: Quiesce, _ctx: &mut Context<Self>) {
+        self.state = None;
+    }
+}
+
+impl Handler<CommitNext> for TrackerActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CommitNext, ctx: &mut Context<Self>) {
+        self.commit_next(ctx);
     }
 }
 
@@ -265,7 +294,7 @@ impl TrackerActor {
         }));
         if let Some(state) = self.state.as_mut().filter(|s| s.generation == generation) {
             state.schedule.committed(last);
-            self.commit_next(ctx);
+            ctx.notify(CommitNext);
         }
     }
 }
