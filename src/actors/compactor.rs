@@ -109,13 +109,14 @@ impl Handler<FinalCompact> for CompactorActor {
         let work = async move {
             // Leaving deltas behind is always safe (the next start reads
             // them and compacts them), so the final fold only takes what
-            // fits in its share of the shutdown bound, in small slices so
-            // that no single transaction overruns it.
-            let every = wiring.settings.database.compact_every as u64;
+            // fits in its share of the shutdown bound, in slices of bounded
+            // memory so that no single transaction overruns it. A pair
+            // touched by several chunks is written once per slice, so the
+            // slices are as large as that bound allows.
             let budget = Duration::from_millis(wiring.settings.database.shutdown_compact_ms);
             let stop_at = Instant::now() + budget;
             while Instant::now() < stop_at {
-                if compact(&wiring, every).await? == 0 {
+                if compact(&wiring, FORCED_SLICE).await? == 0 {
                     return Ok(());
                 }
             }

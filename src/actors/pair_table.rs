@@ -285,3 +285,57 @@ impl PairTableActor {
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{
+        Cents, ChunkDelta, CustomerId, Gender, MerchantId, PairDelta, PairState, Snapshot,
+        Thresholds, WeightTable,
+    };
+
+    #[test]
+    fn the_restart_constructor_folds_on_top_of_committed_pairs() {
+        let engine = Engine::new(
+            Thresholds::SPEC,
+            Arc::new(WeightTable::from_entries(std::iter::empty())),
+            [1, 1, 1],
+        );
+        let (merchant, customer) = (MerchantId(1), CustomerId(2));
+        let committed = Committed {
+            generation: 5,
+            last_chunk: Some(Arc::from("c7")),
+            snapshot: Snapshot {
+                pairs: vec![PairState {
+                    merchant,
+                    customer,
+                    count: 10,
+                    amount: Cents(1000),
+                    gender: Gender::Male,
+                }],
+                emitted: Vec::new(),
+            },
+        };
+        let mut state = PairTableState::restore(&engine, &committed);
+        assert_eq!(state.generation, 5);
+        assert_eq!(state.applied.as_deref(), Some("c7"));
+        assert!(
+            state
+                .chain
+                .follow(Some(&Arc::from("c7")), Arc::from("c8"))
+                .is_ok()
+        );
+        let update = state.totals.fold(&ChunkDelta {
+            pairs: vec![PairDelta {
+                merchant,
+                customer,
+                count: 2,
+                amount: Cents(300),
+                first_gender: Gender::Female,
+            }],
+        });
+        let pair = update.pairs[0];
+        assert_eq!((pair.count, pair.amount), (12, Cents(1300)));
+        assert_eq!(pair.gender, Gender::Male, "the first gender ever stays");
+    }
+}

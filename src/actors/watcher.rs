@@ -253,18 +253,38 @@ struct Found {
     recorded: bool,
 }
 
+/// Where the watcher stands in a generation: which chunk comes next and
+/// how the next announcement is numbered.
+pub struct Position {
+    pub generation: u64,
+    pub gate: ChunkGate,
+    /// Where the next LIST starts: the last key applied.
+    pub cursor: Option<String>,
+    /// The chunk announced last.
+    pub previous: Option<Arc<str>>,
+    /// Number of the next announcement in this generation.
+    pub next_number: u64,
+}
+
+impl Position {
+    /// The restart constructor: listing goes on after the last committed
+    /// chunk, and announcements are numbered from 0.
+    pub fn restore(committed: &Committed, gap_timeout: Duration) -> Position {
+        Position {
+            generation: committed.generation,
+            gate: ChunkGate::new(committed.last_chunk.as_deref(), gap_timeout),
+            cursor: committed.last_chunk.as_deref().map(str::to_string),
+            previous: committed.last_chunk.clone(),
+            next_number: 0,
+        }
+    }
+}
+
 /// The watcher's state in one generation, owned by the listing task.
 pub struct Listing {
     wiring: Arc<Wiring>,
     reader: Addr<ReaderActor>,
-    generation: u64,
-    gate: ChunkGate,
-    /// Where the next LIST starts: the last key applied.
-    cursor: Option<String>,
-    /// The chunk announced last.
-    previous: Option<Arc<str>>,
-    /// Number of the next announcement in this generation.
-    next_number: u64,
+    at: Position,
     permits: Arc<Semaphore>,
     in_flight_limit: u32,
     queue: VecDeque<(String, Instant)>,
@@ -287,14 +307,7 @@ impl Listing {
         let settings = &wiring.settings.watcher;
         let in_flight_limit = settings.max_in_flight.min(Semaphore::MAX_PERMITS) as u32;
         Listing {
-            gate: ChunkGate::new(
-                committed.last_chunk.as_deref(),
-                Duration::from_millis(settings.gap_timeout_ms),
-            ),
-            cursor: committed.last_chunk.as_deref().map(str::to_string),
-            previous: committed.last_chunk.clone(),
-            generation: committed.generation,
-            next_number: 0,
+            at: Position::restore(committed, Duration::from_millis(settings.gap_timeout_ms)),
             permits: Arc::new(Semaphore::new(in_flight_limit as usize)),
             in_flight_limit,
             queue: VecDeque::new(),
@@ -363,7 +376,7 @@ impl Listing {
                     let found = self.list().await?;
                     let now = Instant::now();
                     if let Some(last) = found.applied.last() {
-                        self.cursor = Some(last.clone());
+                        self.at.cursor = Some(last.clone());
                     }
                     let any = !found.applied.is_empty();
                     self.queue.extend(found.applied.into_iter().map(|key| (key, now)));
@@ -389,7 +402,7 @@ impl Listing {
                         self.idle_listings += 1;
                         let idle = self.idle_listings;
                         for (_, waiter) in self.idle_waiters.extract_if(.., |(at, _)| *at <= idle) {
-                            let _ = waiter.send(self.previous.clone());
+                            let _ = waiter.send(self.at.previous.clone());
                         }
                         if !self.idle_waiters.is_empty() {
                             next_list_at = now;
@@ -456,15 +469,15 @@ impl Listing {
             .map(|(_, body)| body);
         let key: Arc<str> = Arc::from(key);
         let fetch = Fetch {
-            generation: self.generation,
-            number: self.next_number,
+            generation: self.at.generation,
+            number: self.at.next_number,
             key: key.clone(),
-            previous: self.previous.replace(key),
+            previous: self.at.previous.replace(key),
             listed_at,
             body,
             permit,
         };
-        self.next_number += 1;
+        self.at.next_number += 1;
         self.wiring.metrics.chunks_listed.inc();
         Ok(self.reader.send(fetch).await.is_ok())
     }
@@ -476,7 +489,7 @@ impl Listing {
     async fn list(&mut self) -> Result<Found, WatchError> {
         let p = self.wiring.clone();
         let mut listing = Found::default();
-        let mut page_after = self.cursor.clone();
+        let mut page_after = self.at.cursor.clone();
         let mut claims_fresh = false;
         loop {
             let keys = p
@@ -489,16 +502,16 @@ impl Listing {
             // Chunks this process's chunker claimed: no need to ask.
             for key in &keys {
                 if let Some(seq) = layout::chunk_seq(key)
-                    && seq >= self.gate.expected()
+                    && seq >= self.at.gate.expected()
                     && self.claimed.iter().rev().any(|k| k == key)
                 {
-                    self.gate.note_claim(seq, key);
+                    self.at.gate.note_claim(seq, key);
                 }
             }
             let mut decided = 0;
             let applied_before = listing.applied.len();
             let stop = loop {
-                let admission = self.gate.admit(&keys[decided..], now, claims_fresh);
+                let admission = self.at.gate.admit(&keys[decided..], now, claims_fresh);
                 decided += admission.consumed;
                 for verdict in admission.verdicts {
                     match verdict {
@@ -511,13 +524,13 @@ impl Listing {
                 if admission.stop != Stop::NeedClaims {
                     break admission.stop;
                 }
-                let from = self.gate.expected();
+                let from = self.at.gate.expected();
                 let claims = p
                     .db("read chunk claims", || {
                         p.state.chunk_claims(from, CLAIMS_PAGE)
                     })
                     .await?;
-                self.gate.update_claims(claims);
+                self.at.gate.update_claims(claims);
                 claims_fresh = true;
             };
             listing.held = stop == Stop::Held;
@@ -562,7 +575,7 @@ impl Listing {
             .into_iter()
             .collect();
         for key in keys.iter().filter(|key| !applied.contains(*key)) {
-            if let Some(Verdict::Ignore { key, why }) = self.gate.passed_over(key) {
+            if let Some(Verdict::Ignore { key, why }) = self.at.gate.passed_over(key) {
                 self.set_aside(&key, &why).await?;
             }
         }
@@ -608,5 +621,29 @@ impl Listing {
                   "object under stream_chunks/ is not applied");
         }
         Ok(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restart_constructor_lists_after_the_committed_chunk() {
+        let committed = Committed {
+            generation: 3,
+            last_chunk: Some(Arc::from(
+                "stream_chunks/chunk-0000000041-20261201T000000000Z.csv",
+            )),
+            ..Committed::default()
+        };
+        let at = Position::restore(&committed, Duration::from_secs(1));
+        assert_eq!(at.generation, 3);
+        assert_eq!(at.cursor.as_deref(), committed.last_chunk.as_deref());
+        assert_eq!(at.previous, committed.last_chunk);
+        assert_eq!(at.next_number, 0);
+        assert_eq!(at.gate.expected(), 42, "the next sequence number");
+        let fresh = Position::restore(&Committed::default(), Duration::from_secs(1));
+        assert_eq!((fresh.cursor, fresh.gate.expected()), (None, 0));
     }
 }
