@@ -2,7 +2,7 @@
 //! it out.
 //!
 //! Mechanism Y's stages (watcher, reader, pair table, detectors, tracker)
-//! hold views of one cumulative state. They must agree on which chunk
+//! hold views of one cumulative state, over one lookup table. They must agree on which chunk
 //! that state ends with, so they are started together: the supervisor
 //! loads one [`Committed`] snapshot from the database (on start, and
 //! whenever one of them restarted) and sends it to each with [`Start`],
@@ -17,16 +17,18 @@ use actix::prelude::*;
 
 use super::wiring::Wiring;
 use crate::db::DbError;
-use crate::detect::{Cents, DetectionKey, PairState, Snapshot};
+use crate::detect::{Cents, DetectionKey, Engine, PairState, Snapshot};
 
 /// Committed state as of the last committed chunk.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Committed {
     pub generation: u64,
     /// The last chunk committed (processed or rejected).
     pub last_chunk: Option<Arc<str>>,
     /// Cumulative pair state and the detections already emitted.
     pub snapshot: Snapshot,
+    /// The detection engine over the loaded lookup table.
+    pub engine: Engine,
 }
 
 impl Committed {
@@ -35,7 +37,11 @@ impl Committed {
     /// chunk's state and its `processed_chunks` row in one transaction, so
     /// if the last chunk did not change, the state read in between is
     /// exactly the state as of that chunk; if it changed, read again.
-    pub async fn load(wiring: &Wiring, generation: u64) -> Result<Committed, DbError> {
+    pub async fn load(
+        wiring: &Wiring,
+        generation: u64,
+        engine: Engine,
+    ) -> Result<Committed, DbError> {
         loop {
             let last = wiring
                 .db("read last chunk", || wiring.state.last_chunk())
@@ -49,6 +55,7 @@ impl Committed {
                     generation,
                     last_chunk: last.map(Arc::from),
                     snapshot,
+                    engine,
                 });
             }
         }

@@ -105,7 +105,7 @@ impl Handler<Start> for DetectorActor {
         }
         let b = &self.behaviour;
         let built =
-            contain(|| DetectorState::restore(&b.wiring.engine, b.pattern, b.shard, &committed));
+            contain(|| DetectorState::restore(&committed.engine, b.pattern, b.shard, &committed));
         match built {
             Ok(state) => self.state = Some(state),
             Err(panic) => self.fail(ctx, Failure::Restart(panic)),
@@ -198,7 +198,7 @@ mod tests {
         let fresh = Committed {
             generation: 1,
             last_chunk: Some(Arc::from("c1")),
-            snapshot: Snapshot::default(),
+            ..Committed::default()
         };
         let mut state = DetectorState::restore(&engine, Pattern::Child, Shard::ALL, &fresh);
         assert_eq!(apply(&mut state, "c2", Some("c1"), 80), 1);
@@ -210,6 +210,7 @@ mod tests {
                 pairs: Vec::new(),
                 emitted: vec![key],
             },
+            ..Committed::default()
         };
         let mut state = DetectorState::restore(&engine, Pattern::Child, Shard::ALL, &emitted);
         assert_eq!(apply(&mut state, "c2", Some("c1"), 80), 0);

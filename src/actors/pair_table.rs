@@ -109,8 +109,7 @@ impl Handler<Start> for PairTableActor {
         {
             return;
         }
-        let engine = &self.behaviour.wiring.engine;
-        match super::wiring::contain(|| PairTableState::restore(engine, &committed)) {
+        match super::wiring::contain(|| PairTableState::restore(&committed.engine, &committed)) {
             Ok(state) => self.state = Some(state),
             Err(panic) => self.fail(ctx, Failure::Restart(panic)),
         }
@@ -315,6 +314,7 @@ mod tests {
                 }],
                 emitted: Vec::new(),
             },
+            ..Committed::default()
         };
         let mut state = PairTableState::restore(&engine, &committed);
         assert_eq!(state.generation, 5);

@@ -44,6 +44,7 @@ use super::tracker::{Quiesce, Tracker, TrackerActor};
 use super::watcher::{Drain, S3WatcherActor, Watcher, WhenIdle};
 use super::wiring::Wiring;
 use crate::db::Renewal;
+use crate::detect::{Engine, parts};
 use crate::signals::Signals;
 
 /// When the supervisor ends the run on its own.
@@ -113,9 +114,7 @@ impl Topology {
                 supervisor: supervisor.clone(),
             }
         );
-        let detectors: Vec<_> = wiring
-            .engine
-            .parts()
+        let detectors: Vec<_> = parts(shards(&wiring.settings))
             .map(|(pattern, shard)| {
                 spawn!(
                     &Detector::name(pattern, shard),
@@ -211,11 +210,20 @@ impl Topology {
         }
         self.detectors
             .iter()
-            .zip(wiring.engine.parts())
+            .zip(parts(shards(&wiring.settings)))
             .find(|(d, _)| !d.connected())
             .map(|(_, (pattern, shard))| Detector::name(pattern, shard))
     }
 }
+
+/// Detector shards per pattern, from the configuration.
+fn shards(settings: &crate::config::Settings) -> [u32; 3] {
+    let d = &settings.detectors;
+    [d.patid1, d.patid2, d.patid3]
+}
+
+/// Builds the detection engine once the lookup table is loaded.
+pub type LookupLoad = futures::future::LocalBoxFuture<'static, anyhow::Result<Engine>>;
 
 /// Starts the topology, watches it, and shuts it down.
 pub struct SupervisorActor {
@@ -223,6 +231,10 @@ pub struct SupervisorActor {
     signals: Signals,
     mode: RunMode,
     topology: Option<Topology>,
+    /// Loads the lookup table while the chunker starts; Mechanism Y starts
+    /// once it is done.
+    lookup: Option<LookupLoad>,
+    engine: Option<Engine>,
     /// Mechanism Y's current generation.
     generation: u64,
     /// Resyncs since the last generation that committed anything.
@@ -231,12 +243,19 @@ pub struct SupervisorActor {
 }
 
 impl SupervisorActor {
-    pub fn new(wiring: Arc<Wiring>, signals: Signals, mode: RunMode) -> SupervisorActor {
+    pub fn new(
+        wiring: Arc<Wiring>,
+        signals: Signals,
+        mode: RunMode,
+        lookup: LookupLoad,
+    ) -> SupervisorActor {
         SupervisorActor {
             wiring,
             signals,
             mode,
             topology: None,
+            lookup: Some(lookup),
+            engine: None,
             generation: 0,
             resyncs: 0,
             stopping: false,
@@ -245,6 +264,11 @@ impl SupervisorActor {
 
     /// Starts a new generation of Mechanism Y after `delay`.
     fn new_generation(&mut self, ctx: &mut Context<Self>, delay: Duration) {
+        // Before the lookup table is loaded, nothing of Mechanism Y runs:
+        // the first generation starts when it is.
+        let Some(engine) = self.engine.clone() else {
+            return;
+        };
         if self.stopping {
             return;
         }
@@ -260,7 +284,7 @@ impl SupervisorActor {
             }
             tokio::time::sleep(delay).await;
             loop {
-                match Committed::load(&wiring, generation).await {
+                match Committed::load(&wiring, generation, engine.clone()).await {
                     Ok(committed) => return Arc::new(committed),
                     Err(error) => {
                         warn!(%error, "could not read committed state; trying again");
@@ -384,7 +408,20 @@ impl Actor for SupervisorActor {
             "pipeline started"
         );
         self.topology = Some(topology);
-        self.new_generation(ctx, Duration::ZERO);
+        if let Some(lookup) = self.lookup.take() {
+            ctx.spawn(
+                actix::fut::wrap_future::<_, Self>(lookup).map(|loaded, act, ctx| match loaded {
+                    Ok(engine) => {
+                        act.engine = Some(engine);
+                        act.new_generation(ctx, Duration::ZERO);
+                    }
+                    Err(error) => act
+                        .wiring
+                        .supervision
+                        .fatal("lookup", format!("loading the lookup table: {error:#}")),
+                }),
+            );
+        }
         ctx.run_interval(Duration::from_secs(1), |act, ctx| {
             if act.stopping {
                 return;
@@ -405,11 +442,16 @@ impl Actor for SupervisorActor {
         });
         let signals = self.signals.clone();
         ctx.spawn(
-            actix::fut::wrap_future(async move {
-                let signal = signals.received().await;
-                info!(signal, "received signal");
-            })
-            .map(|_, act: &mut Self, ctx| act.begin_shutdown(ctx, "signal")),
+            actix::fut::wrap_future(async move { signals.received().await }).map(
+                |signal, act: &mut Self, ctx| {
+                    if act.engine.is_none() {
+                        info!(signal, "received signal during start-up; stopping");
+                    } else {
+                        info!(signal, "received signal");
+                    }
+                    act.begin_shutdown(ctx, "signal")
+                },
+            ),
         );
         ctx.spawn(actix::fut::wrap_future(keep_lease(self.wiring.clone())));
     }

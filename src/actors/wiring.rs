@@ -1,6 +1,6 @@
 //! What every actor shares, all of it immutable wiring: settings, the two
-//! stores and the ownership fence, the name table, the engine's
-//! composition, the metrics facility and the supervision policy. Nothing
+//! stores and the ownership fence, the name table, the metrics facility and
+//! the supervision policy. Nothing
 //! here carries control: work and control travel as messages. Plus the
 //! two helpers every actor uses: panic containment and retries with
 //! backoff.
@@ -18,7 +18,6 @@ use super::faults::FaultPlan;
 use super::supervised::Supervision;
 use crate::config::Settings;
 use crate::db::{DbError, Fence, StateStore};
-use crate::detect::Engine;
 use crate::metrics::Metrics;
 use crate::names::Names;
 use crate::store::source::Sources;
@@ -35,9 +34,6 @@ pub struct Wiring {
     /// the lease over.
     pub fence: Fence,
     pub names: Arc<Names>,
-    /// How the detection engine is put together (thresholds, lookup
-    /// weights, shards).
-    pub engine: Engine,
     pub metrics: Arc<Metrics>,
     pub supervision: Arc<Supervision>,
     pub faults: FaultPlan,

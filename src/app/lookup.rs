@@ -1,9 +1,14 @@
 //! Loads the CustomerImportance file into the database once, and builds the
-//! in-memory weight table from the database.
+//! in-memory weight table.
 //!
 //! The file is fingerprinted (xxh3 of its bytes). Starting again with the
 //! same file skips the load; a different file is refused once chunks have
 //! been processed, because it would change what earlier chunks meant.
+//!
+//! Two steps: [`check`] runs before any actor starts (a refused file must
+//! stop the process before anything is written); [`Plan::load`] runs while
+//! the chunker already cuts chunks, and Mechanism Y starts once it is done
+//! (its first commit must follow the lookup table's).
 
 use std::io::Read;
 use std::sync::Arc;
@@ -15,7 +20,7 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::config::Settings;
 use crate::db::{Fence, LookupSource, StateStore, WeightRow};
 use crate::detect::{Cents, WeightTable};
-use crate::input::importance::read_importance;
+use crate::input::importance::{check_header, read_importance};
 use crate::names::Names;
 use crate::store::source::Sources;
 
@@ -49,9 +54,83 @@ impl<R> Fingerprinting<R> {
     }
 }
 
-/// Loads the lookup file into the database unless it is there already, and
-/// returns the weight table.
-pub async fn ensure_loaded(
+/// Where the weight table comes from.
+pub enum Plan {
+    /// The same file is loaded already: read the weights from the database.
+    FromDatabase,
+    /// Parse the file and load it into the database.
+    FromFile,
+}
+
+/// Decides where the weights come from, and refuses a lookup file other
+/// than the one chunks were already processed with.
+pub async fn check(
+    settings: &Settings,
+    sources: &Sources,
+    state: &dyn StateStore,
+) -> anyhow::Result<Plan> {
+    let location = settings.source.customer_importance.clone();
+    let Some(existing) = state.lookup_source().await? else {
+        return from_file(settings, sources).await;
+    };
+    let (path, reading) = (location.clone(), sources.clone());
+    let fingerprint = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let mut reader = Fingerprinting::new(reading.open_at(&path, 0)?);
+        std::io::copy(&mut reader, &mut std::io::sink())?;
+        Ok(reader.fingerprint())
+    })
+    .await??;
+    if fingerprint == existing.fingerprint {
+        info!(pairs = existing.pairs, "lookup table already loaded");
+        return Ok(Plan::FromDatabase);
+    }
+    if state.last_chunk().await?.is_some() {
+        return Err(super::Mismatch(format!(
+            "CustomerImportance file {location} differs from the one loaded before ({}); \
+             chunks were already processed with the old weights. Use a fresh database \
+             and bucket to change the lookup table",
+            existing.source
+        ))
+        .into());
+    }
+    from_file(settings, sources).await
+}
+
+/// The file is read while the chunker starts; what can be checked at once
+/// (it opens, it is a regular file, its header names the columns) is
+/// checked now.
+async fn from_file(settings: &Settings, sources: &Sources) -> anyhow::Result<Plan> {
+    let (path, sources) = (settings.source.customer_importance.clone(), sources.clone());
+    let max_record_bytes = settings.input.max_record_bytes;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        check_header(sources.open_at(&path, 0)?, max_record_bytes)
+            .with_context(|| format!("CustomerImportance file {path}"))
+    })
+    .await??;
+    Ok(Plan::FromFile)
+}
+
+impl Plan {
+    /// Builds the weight table, loading the file into the database first
+    /// if that is the plan.
+    pub async fn load(
+        self,
+        settings: &Settings,
+        sources: &Sources,
+        state: &dyn StateStore,
+        fence: &Fence,
+        names: &Arc<Names>,
+    ) -> anyhow::Result<WeightTable> {
+        match self {
+            Plan::FromDatabase => weight_table(state, names).await,
+            Plan::FromFile => load_file(settings, sources, state, fence, names).await,
+        }
+    }
+}
+
+/// Parses the lookup file, loads it into the database, and returns the
+/// weight table.
+async fn load_file(
     settings: &Settings,
     sources: &Sources,
     state: &dyn StateStore,
@@ -60,29 +139,6 @@ pub async fn ensure_loaded(
 ) -> anyhow::Result<WeightTable> {
     let location = settings.source.customer_importance.clone();
     let max_record_bytes = settings.input.max_record_bytes;
-    let existing = state.lookup_source().await?;
-    if let Some(existing) = &existing {
-        let (path, sources) = (location.clone(), sources.clone());
-        let fingerprint = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-            let mut reader = Fingerprinting::new(sources.open_at(&path, 0)?);
-            std::io::copy(&mut reader, &mut std::io::sink())?;
-            Ok(reader.fingerprint())
-        })
-        .await??;
-        if fingerprint == existing.fingerprint {
-            info!(pairs = existing.pairs, "lookup table already loaded");
-            return weight_table(state, names).await;
-        }
-        if state.last_chunk().await?.is_some() {
-            return Err(super::Mismatch(format!(
-                "CustomerImportance file {location} differs from the one loaded before ({}); \
-                 chunks were already processed with the old weights. Use a fresh database \
-                 and bucket to change the lookup table",
-                existing.source
-            ))
-            .into());
-        }
-    }
     crate::pause_points::reached("lookup-load");
     let (importance, fingerprint) = tokio::task::spawn_blocking({
         let (location, sources, names) = (location.clone(), sources.clone(), names.clone());

@@ -16,7 +16,7 @@ use tracing::info;
 
 use crate::actors::faults::{FaultPlan, FaultRule};
 use crate::actors::supervised::{EXIT_FATAL, EXIT_LOST_LEASE, EXIT_STANDBY_REFUSED, Supervision};
-use crate::actors::supervisor::{RunMode, SupervisorActor};
+use crate::actors::supervisor::{LookupLoad, RunMode, SupervisorActor};
 use crate::actors::wiring::Wiring;
 use crate::config::{LogFormat, Settings};
 use crate::db::{Claimant, Fence, StateStore};
@@ -112,13 +112,14 @@ pub fn init_logging(settings: &Settings) {
 
 /// Everything checked before any actor starts, by the owner of the
 /// pipeline lease: the master file's header, the object store, the chunker
-/// position, and the lookup table (loaded into the database once).
+/// position, and whether the lookup file is the one loaded before. Returns
+/// the wiring and the lookup table's load, which runs beside the chunker.
 pub async fn prepare(
     settings: Settings,
     faults: Vec<FaultRule>,
     state: Arc<dyn StateStore>,
     fence: Fence,
-) -> anyhow::Result<Arc<Wiring>> {
+) -> anyhow::Result<(Arc<Wiring>, LookupLoad)> {
     let sources = Sources::for_settings(&settings).await;
     {
         let (sources, source) = (sources.clone(), settings.source.transactions.clone());
@@ -139,29 +140,33 @@ pub async fn prepare(
             )
             .map_err(Mismatch)?;
     }
-    let names = Arc::new(Names::new());
-    let weights =
-        Arc::new(lookup::ensure_loaded(&settings, &sources, &*state, &fence, &names).await?);
-    info!(pairs = weights.len(), "lookup table ready");
-    let detectors = &settings.detectors;
-    let engine = Engine::new(
-        Thresholds::SPEC,
-        weights,
-        [detectors.patid1, detectors.patid2, detectors.patid3],
-    );
-    Ok(Arc::new(Wiring {
+    let plan = lookup::check(&settings, &sources, &*state).await?;
+    let wiring = Arc::new(Wiring {
         supervision: Arc::new(Supervision::new(settings.supervisor.clone())),
         settings,
         objects,
         sources,
         state,
         fence,
-        names,
-        engine,
+        names: Arc::new(Names::new()),
         metrics: Arc::new(Metrics::default()),
         faults: FaultPlan::new(faults),
         y_start_time: crate::clock::now_ist(),
-    }))
+    });
+    let w = wiring.clone();
+    let load: LookupLoad = Box::pin(async move {
+        let weights = plan
+            .load(&w.settings, &w.sources, &*w.state, &w.fence, &w.names)
+            .await?;
+        info!(pairs = weights.len(), "lookup table ready");
+        let d = &w.settings.detectors;
+        Ok(Engine::new(
+            Thresholds::SPEC,
+            Arc::new(weights),
+            [d.patid1, d.patid2, d.patid3],
+        ))
+    });
+    Ok((wiring, load))
 }
 
 /// The database belongs to another master file, chunk size or lookup file:
@@ -223,8 +228,8 @@ pub fn run_observed(
             }
         }
     });
-    let pipeline = match prepared {
-        Ok(Some(pipeline)) => pipeline,
+    let (pipeline, lookup) = match prepared {
+        Ok(Some(prepared)) => prepared,
         Ok(None) => {
             release(&*state, &fence);
             return Ok(early_exit(0, None));
@@ -240,7 +245,7 @@ pub fn run_observed(
     let supervised = pipeline.clone();
     let handle = system.block_on(async move {
         let metrics = supervised.metrics.clone();
-        SupervisorActor::new(supervised, signals, mode).start();
+        SupervisorActor::new(supervised, signals, mode, lookup).start();
         RunHandle {
             system: System::current(),
             metrics,

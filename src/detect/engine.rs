@@ -22,7 +22,7 @@ pub trait PatternEngine: Send {
 }
 
 /// Builds the engine for `pattern` on `shard`.
-pub fn engine_for(
+fn engine_for(
     pattern: Pattern,
     shard: Shard,
     thresholds: Thresholds,
@@ -100,6 +100,28 @@ impl Engine {
                 .map(|(pattern, shard)| self.detector(pattern, shard, committed))
                 .collect(),
         }
+    }
+}
+
+/// Every `(pattern, shard)` of an engine with `shards` shards per pattern
+/// (in [`Pattern::ALL`] order).
+pub fn parts(shards: [u32; 3]) -> impl Iterator<Item = (Pattern, Shard)> {
+    Pattern::ALL
+        .into_iter()
+        .zip(shards.map(|n| n.max(1)))
+        .flat_map(|(pattern, count)| {
+            (0..count).map(move |index| (pattern, Shard::new(index, count)))
+        })
+}
+
+/// No lookup weights, the contract's thresholds, one shard per pattern.
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new(
+            Thresholds::SPEC,
+            Arc::new(WeightTable::from_entries(std::iter::empty())),
+            [1, 1, 1],
+        )
     }
 }
 

@@ -35,7 +35,7 @@ mod weight;
 pub use amount::{Cents, ParseAmountError, parse_amount};
 pub use child::ChildDetector;
 pub use dei::DeiDetector;
-pub use engine::{Engine, LocalEngine, PatternEngine, engine_for};
+pub use engine::{Engine, LocalEngine, PatternEngine, parts};
 pub use totals::PairTotals;
 pub use upgrade::UpgradeDetector;
 pub use weight::{Weight, WeightTable};

@@ -84,6 +84,31 @@ fn check_row<'r>(
     })
 }
 
+/// Checks that a CustomerImportance file starts with a usable header (what
+/// start-up checks before anything runs).
+pub fn check_header<R: Read>(source: R, max_record_bytes: usize) -> Result<(), ImportanceError> {
+    let mut records = RawRecords::new(source, max_record_bytes);
+    header(&mut records, &mut csv::ByteRecord::new()).map(|_| ())
+}
+
+/// Reads the header: its number of fields and the required columns'
+/// positions.
+fn header<R: Read>(
+    records: &mut RawRecords<R>,
+    record: &mut csv::ByteRecord,
+) -> Result<(usize, [usize; 3]), ImportanceError> {
+    match records.next_into(record)? {
+        None => return Err(ImportanceError::Empty),
+        Some(header) => {
+            if let Some(oversized) = header.oversized {
+                return Err(ImportanceError::OversizedHeader(oversized));
+            }
+        }
+    }
+    let columns = locate_columns(record, REQUIRED_COLUMNS).map_err(ImportanceError::Columns)?;
+    Ok((record.len(), columns))
+}
+
 /// Reads and aggregates a CustomerImportance file; names become ids of
 /// `names`, so a file of millions of rows costs a few bytes per pair.
 /// Records longer than `max_record_bytes` are bad rows.
@@ -94,16 +119,7 @@ pub fn read_importance<R: Read>(
 ) -> Result<Importance, ImportanceError> {
     let mut records = RawRecords::new(source, max_record_bytes);
     let mut record = csv::ByteRecord::new();
-    match records.next_into(&mut record)? {
-        None => return Err(ImportanceError::Empty),
-        Some(header) => {
-            if let Some(oversized) = header.oversized {
-                return Err(ImportanceError::OversizedHeader(oversized));
-            }
-        }
-    }
-    let header_fields = record.len();
-    let columns = locate_columns(&record, REQUIRED_COLUMNS).map_err(ImportanceError::Columns)?;
+    let (header_fields, columns) = header(&mut records, &mut record)?;
     let mut slots: FxHashMap<(u32, u32), usize> = FxHashMap::default();
     let mut summary = Importance::default();
     while let Some(raw) = records.next_into(&mut record)? {
