@@ -279,8 +279,8 @@ impl ChunkParser {
     /// merchant in two spare bytes. The second folds rows by that key in a
     /// [`PrefetchTable`], asking for the slot of the row
     /// [`PREFETCH_AHEAD`] rows on: a chunk of 10,000 distinct pairs does
-    /// not fit in cache, and the first version's fold stalled on one cache
-    /// miss per row.
+    /// not fit in cache, and a fold that waited for each row's slot would
+    /// stall on one cache miss per row.
     fn parse_plain(
         &mut self,
         body: &[u8],
