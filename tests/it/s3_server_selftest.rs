@@ -1,8 +1,7 @@
-//! Self-test of the in-process S3 test server (tests/support/s3_server.rs) with the real
+//! Self-test of the in-process S3 test server (tests/it/support/s3_server.rs) with the real
 //! aws-sdk-s3 client: round trips, listing and pagination, SigV4, checksums and fault injection.
 
-#[path = "support/s3_server.rs"]
-mod s3_server;
+use crate::support::s3_server;
 
 use std::time::{Duration, Instant};
 
