@@ -2,9 +2,9 @@
 //! generated data, on both backends, plus paced-mode latency.
 //!
 //! ```text
-//! cargo run --release --example bench                    # every workload
-//! cargo run --release --example bench -- banksim-embedded paced-embedded
-//! cargo run --release --example bench -- --repeat 3 banksim-s3pg
+//! cargo run --profile perf --example bench                    # every workload
+//! cargo run --profile perf --example bench -- banksim-embedded paced-embedded
+//! cargo run --profile perf --example bench -- --repeat 3 banksim-s3pg
 //! ```
 //!
 //! Workloads: `banksim-embedded`, `banksim-s3pg`, `gen10m-embedded`,
@@ -22,7 +22,7 @@
 //! round, and each line reports the median run.
 //! `BENCH_PERF=FILE` records a `perf` profile of the pipeline process.
 
-#[path = "../tests/support/s3_server.rs"]
+#[path = "../tests/it/support/s3_server.rs"]
 mod s3_server;
 
 use std::path::{Path, PathBuf};

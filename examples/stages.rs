@@ -3,8 +3,8 @@
 //! between BankSim and the 10M-row workload.
 //!
 //! ```text
-//! cargo run --release --example stages                 # BankSim and 10M
-//! cargo run --release --example stages -- --repeat 5 gen10m
+//! cargo run --profile perf --example stages                 # BankSim and 10M
+//! cargo run --profile perf --example stages -- --repeat 5 gen10m
 //! ```
 //!
 //! The pipeline benchmark (`examples/bench.rs`) measures the whole system,
@@ -50,7 +50,7 @@ fn workload(name: &str) -> (PathBuf, PathBuf) {
     };
     assert!(
         files.0.is_file() && files.1.is_file(),
-        "{} missing: run `cargo run --release --example bench -- {name}-embedded` once",
+        "{} missing: run `cargo run --profile perf --example bench -- {name}-embedded` once",
         files.0.display()
     );
     files

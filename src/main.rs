@@ -82,6 +82,7 @@ enum Command {
     /// a chunk the database refuses for a reason no retry fixes (the error
     /// names it). Refused while another process holds the ownership lease.
     SkipChunk {
+        /// Configuration file layered over the embedded defaults.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Why (kept in processed_chunks.reason).
@@ -92,14 +93,20 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate {
+        /// Configuration file layered over the embedded defaults.
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Print progress from the database: lag, bad rows, detections, restarts,
     /// the active owner and any standby. Changes nothing.
     Status {
+        /// Configuration file layered over the embedded defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The status of the last `txpipe demo` in this directory (its
+        /// database under var/demo/).
+        #[arg(long)]
+        demo: bool,
     },
 }
 
@@ -192,10 +199,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 "  database          {} (tables detected_patterns, processed_chunks, ...)",
                 demo.database.display()
             );
-            println!(
-                "status of this run: TXPIPE__DATABASE__URL=sqlite://{} txpipe status",
-                demo.database.display()
-            );
+            println!("status of this run: txpipe status --demo");
             Ok(ExitCode::from(demo.report.exit_code.clamp(0, 255) as u8))
         }
         Command::Generate {
@@ -249,8 +253,11 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { config } => {
-            let settings = load(config.as_deref())?;
+        Command::Status { config, demo } => {
+            let mut settings = load(config.as_deref())?;
+            if demo {
+                settings = app::demo::settings(settings, std::path::Path::new(app::demo::DEMO_DIR));
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

@@ -19,7 +19,7 @@
 //! same detections as one.
 //!
 //! All decisions use integers (amounts in hundredths, weights as exact
-//! fractions); see `README.md` for the semantics in plain words and
+//! fractions); see `docs/patterns.md` for the semantics in plain words and
 //! `../shared/spec/patterns.md` for the contract.
 
 mod amount;

@@ -43,6 +43,15 @@ pub struct S3Store {
     sign_payload: bool,
 }
 
+/// The HTTPS client of every S3 client (and of the credential providers):
+/// the SDK's own, over rustls with the ring crypto provider.
+pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 /// Builds an S3 client from the storage settings and the default
 /// credential chain.
 pub async fn client(storage: &StorageConfig) -> Client {
@@ -59,6 +68,7 @@ pub async fn client_with(storage: &StorageConfig, credentials: Option<Credential
             .operation_attempt_timeout(Duration::from_millis(storage.request_timeout_ms))
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client())
             .region(Region::new(storage.region.clone()))
             .timeout_config(timeouts)
             .retry_config(RetryConfig::disabled());

@@ -5,7 +5,7 @@
 //! (duplicates of a sequence number, foreign names) during a paced run.
 //! Every run must end with exactly the outputs of one uninterrupted run.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! (The bucket is a small tmpfs; without the right to mount one, these
 //! tests are skipped.)
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

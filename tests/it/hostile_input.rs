@@ -4,7 +4,7 @@
 //! on SQLite and PostgreSQL, a master header naming a column twice, and a
 //! lookup file with an over-long record and a NUL.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! contract emits, in the same chunks. Thresholds are scaled down so that
 //! every pattern fires on small data.
 
-mod support;
+use crate::support;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;

@@ -2,7 +2,7 @@
 //! BankSim files, compared with the brute-force oracle, with every output
 //! promise checked.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
@@ -55,7 +55,7 @@ fn banksim_matches_the_oracle() {
     let expected = support::reference(&tx, &net, 10_000);
     assert_eq!(outputs.emissions(), expected);
     let count = |p: &str| expected.iter().filter(|e| e.1 == p).count();
-    // The oracle's verdict on BankSim, for the record (also in README).
+    // The oracle's verdict on BankSim, for the record (also in docs/patterns.md).
     assert_eq!(
         (count("PatId1"), count("PatId2"), count("PatId3")),
         (70, 86, 4)

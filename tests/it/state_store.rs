@@ -1,7 +1,7 @@
 //! The state-store contract, run against both backends: SQLite (embedded)
 //! and PostgreSQL (the machine's server, a fresh database per test).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

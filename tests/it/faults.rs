@@ -3,7 +3,7 @@
 //! connections killed and refused, an S3 server answering 500 / 503 /
 //! nothing, and a local bucket that fills up or turns read-only.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

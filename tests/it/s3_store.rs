@@ -3,7 +3,7 @@
 //! pagination past 1,000 keys, start-after, retries through injected
 //! 500 / 503 SlowDown / hung requests, and streaming reads of sources.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::time::Duration;

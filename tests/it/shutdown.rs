@@ -3,7 +3,7 @@
 //! and the next start continues seamlessly. A slow object store with a fast
 //! chunker: memory stays bounded and nothing is dropped.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use support::outputs::Outputs;
 
 const ROWS_PER_CHUNK: u64 = 2_000;
 const BATCH: u64 = 7;
-/// Documented in the README: graceful shutdown takes well under a second
+/// Documented in docs/delivery.md: graceful shutdown takes well under a second
 /// on this data; `supervisor.shutdown_timeout_ms` (30 s) is the hard bound.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
 
@@ -128,7 +128,7 @@ fn run_measuring_peak_rss(args: &[&str], env: &[(String, String)]) -> (u64, Vec<
     }
 }
 
-/// Documented in the README.
+/// Documented in docs/delivery.md.
 const SLOW_STORE_RSS_BOUND: u64 = 256 * 1024 * 1024;
 
 #[test]

@@ -3,7 +3,7 @@
 //! file too. The pipeline never panics, each case gives its documented
 //! outcome, and good rows beside bad ones still count.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

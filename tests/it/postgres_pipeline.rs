@@ -1,7 +1,7 @@
 //! The pipeline with the PostgreSQL state store (and a local bucket): the
 //! same exactly-once results as the embedded run.
 
-mod support;
+use crate::support;
 
 use support::outputs::Outputs;
 use support::pg::TestDb;

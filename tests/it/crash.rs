@@ -5,7 +5,7 @@
 //! restarted each time. The final outputs must equal an uninterrupted
 //! run's, on both backends.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

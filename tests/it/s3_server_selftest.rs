@@ -1,8 +1,7 @@
-//! Self-test of the in-process S3 test server (tests/support/s3_server.rs) with the real
+//! Self-test of the in-process S3 test server (tests/it/support/s3_server.rs) with the real
 //! aws-sdk-s3 client: round trips, listing and pagination, SigV4, checksums and fault injection.
 
-#[path = "support/s3_server.rs"]
-mod s3_server;
+use crate::support::s3_server;
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use s3_server::{Faults, S3TestServer};
 /// response validation) are kept on purpose: they work against s3s-fs 0.14.
 fn client_with(server: &S3TestServer, retry: RetryConfig, timeouts: TimeoutConfig) -> Client {
     let config = aws_sdk_s3::Config::builder()
+        .http_client(txpipe::store::s3::http_client())
         .credentials_provider(Credentials::new(
             server.access_key(),
             server.secret_key(),
@@ -627,6 +627,7 @@ async fn put_delay_slows_uploads_only() {
 async fn sigv4_is_enforced() {
     let server = S3TestServer::start("auth");
     let config = aws_sdk_s3::Config::builder()
+        .http_client(txpipe::store::s3::http_client())
         .credentials_provider(Credentials::new(
             server.access_key(),
             "wrong-secret",

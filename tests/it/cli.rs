@@ -1,6 +1,6 @@
 //! The `txpipe` binary as users run it.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -76,6 +76,38 @@ fn generate_run_and_status() {
     assert!(text(&out.stderr).contains("rows processed      0"));
 }
 
+/// `txpipe demo` works in var/demo/, apart from the embedded defaults'
+/// var/: it says how to see its status, and `status --demo` reads its
+/// database while plain `status` still reads var/.
+#[test]
+fn demo_then_status_of_the_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = txpipe(&["demo", "--rows", "30000"], dir.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(summary.contains("rows processed      30000"), "{summary}");
+    assert!(
+        summary.contains("status of this run: txpipe status --demo"),
+        "{summary}"
+    );
+    assert!(dir.path().join("var/demo/txpipe.sqlite").is_file());
+
+    let out = txpipe(&["status", "--demo"], dir.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status = text(&out.stdout);
+    assert!(
+        status.contains("chunks processed    3 (0 rejected)"),
+        "{status}"
+    );
+    assert!(status.contains("lag                 0 chunks"), "{status}");
+
+    // Without --demo, status reads the embedded defaults' database, which
+    // the demo never touched (and status creates nothing).
+    let out = txpipe(&["status"], dir.path(), &[]);
+    assert!(!out.status.success());
+    assert!(!dir.path().join("var/txpipe.sqlite").exists());
+}
+
 #[test]
 fn configuration_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,9 +165,9 @@ fn small_dataset(dir: &Path) {
 
 const CATCH_UP: (&str, &str) = ("TXPIPE__CHUNKER__INTERVAL_MS", "0");
 
-/// Every exit code of the README's table that a run can give, from the
-/// binary itself (3, the restart limit, is in tests/faults.rs and
-/// tests/restart.rs; 6 and 7 in tests/ownership.rs).
+/// Every exit code of docs/operations.md's table that a run can give, from the
+/// binary itself (3, the restart limit, is in tests/it/faults.rs and
+/// tests/it/restart.rs; 6 and 7 in tests/it/ownership.rs).
 #[test]
 fn exit_codes_mean_what_the_readme_says() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,5 @@
 //! Shared helpers for the integration tests: datasets, a pipeline runner,
 //! readers of the outputs, and the brute-force oracle.
-#![allow(dead_code)]
 
 pub mod child;
 pub mod configs;
@@ -15,6 +14,32 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use txpipe::config::Settings;
+
+/// Runs the test `name` (its full name, `module::function`) alone in a
+/// child process of this test binary, for tests that measure the process
+/// itself (its resident memory), which the other tests running in this
+/// process beside it would disturb. Returns `true` in the parent, which
+/// has then checked that the child passed, and `false` in the child, which
+/// then runs the test's body.
+pub fn run_isolated(name: &str) -> bool {
+    const VAR: &str = "TXPIPE_IT_ISOLATED";
+    if std::env::var(VAR).is_ok_and(|v| v == name) {
+        return false;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(VAR, name)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{name} in a process of its own:\n{stdout}\n{stderr}"
+    );
+    true
+}
 
 /// Whether this is a CI run, where missing services and data fail tests.
 pub fn ci() -> bool {

@@ -2,7 +2,7 @@
 //! single actors killed by injected faults, must give exactly the outputs
 //! of an uninterrupted run.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

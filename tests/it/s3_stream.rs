@@ -1,9 +1,9 @@
 //! A master file much larger than the chunker's buffers streams from S3
 //! through ranged GETs: it is cut into chunks without ever being held in
-//! memory. (A test binary of its own, so no other test disturbs the
+//! memory. (In a process of its own, so no other test disturbs the
 //! process's memory figures.)
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -31,6 +31,9 @@ fn resident_bytes() -> u64 {
 
 #[test]
 fn a_large_master_file_streams_from_s3_in_bounded_memory() {
+    if support::run_isolated("s3_stream::a_large_master_file_streams_from_s3_in_bounded_memory") {
+        return;
+    }
     let server = S3TestServer::start("txpipe-input");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.csv");

@@ -1,7 +1,7 @@
 //! Each pattern at its edges, through the pure engine (chunk parser and
 //! pattern engines, no I/O), and the oracle agreeing on every case.
 
-mod support;
+use crate::support;
 
 use support::engine::{network, oracle, row, run};
 use support::oracle::Emission;

@@ -3,7 +3,7 @@
 //! S3-protocol server on 127.0.0.1) and state in PostgreSQL, against the
 //! embedded run.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 
