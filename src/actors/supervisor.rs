@@ -222,7 +222,8 @@ fn shards(settings: &crate::config::Settings) -> [u32; 3] {
     [d.patid1, d.patid2, d.patid3]
 }
 
-/// Builds the detection engine once the lookup table is loaded.
+/// Stores a newly read lookup table in the database (if there is one to
+/// store), then gives the detection engine over it.
 pub type LookupLoad = futures::future::LocalBoxFuture<'static, anyhow::Result<Engine>>;
 
 /// Starts the topology, watches it, and shuts it down.
@@ -231,8 +232,8 @@ pub struct SupervisorActor {
     signals: Signals,
     mode: RunMode,
     topology: Option<Topology>,
-    /// Loads the lookup table while the chunker starts; Mechanism Y starts
-    /// once it is done.
+    /// Stores the lookup table while the chunker starts; Mechanism Y starts
+    /// once it is stored (no commit without its lookup table).
     lookup: Option<LookupLoad>,
     engine: Option<Engine>,
     /// Mechanism Y's current generation.

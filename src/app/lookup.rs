@@ -5,10 +5,12 @@
 //! same file skips the load; a different file is refused once chunks have
 //! been processed, because it would change what earlier chunks meant.
 //!
-//! Two steps: [`check`] runs before any actor starts (a refused file must
-//! stop the process before anything is written); [`Plan::load`] runs while
-//! the chunker already cuts chunks, and Mechanism Y starts once it is done
-//! (its first commit must follow the lookup table's).
+//! Three steps: [`check`] (a refused file must stop the process before
+//! anything is written) and [`Plan::read`] (the weight table, which
+//! Mechanism Y needs) run before any actor starts; [`Pending::store`]
+//! writes a newly read file into the database while the chunker and
+//! Mechanism Y start, and Mechanism Y's first generation waits for it, so
+//! that no commit exists without the lookup table it was made with.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::config::Settings;
 use crate::db::{Fence, LookupSource, StateStore, WeightRow};
 use crate::detect::{Cents, WeightTable};
-use crate::input::importance::{check_header, read_importance};
+use crate::input::importance::{ImportanceRow, check_header, read_importance};
 use crate::names::Names;
 use crate::store::source::Sources;
 
@@ -96,9 +98,8 @@ pub async fn check(
     from_file(settings, sources).await
 }
 
-/// The file is read while the chunker starts; what can be checked at once
-/// (it opens, it is a regular file, its header names the columns) is
-/// checked now.
+/// The file will be read: check at once what can be (it opens, it is a
+/// regular file, its header names the columns).
 async fn from_file(settings: &Settings, sources: &Sources) -> anyhow::Result<Plan> {
     let (path, sources) = (settings.source.customer_importance.clone(), sources.clone());
     let max_record_bytes = settings.input.max_record_bytes;
@@ -110,33 +111,38 @@ async fn from_file(settings: &Settings, sources: &Sources) -> anyhow::Result<Pla
     Ok(Plan::FromFile)
 }
 
+/// The weight table, and the lookup rows still to store in the database.
+pub struct Loaded {
+    pub weights: WeightTable,
+    pub store: Option<Pending>,
+}
+
 impl Plan {
-    /// Builds the weight table, loading the file into the database first
-    /// if that is the plan.
-    pub async fn load(
+    /// Builds the weight table: from the database, or by parsing the file
+    /// (whose rows are then still to be stored, see [`Pending`]).
+    pub async fn read(
         self,
         settings: &Settings,
         sources: &Sources,
         state: &dyn StateStore,
-        fence: &Fence,
         names: &Arc<Names>,
-    ) -> anyhow::Result<WeightTable> {
+    ) -> anyhow::Result<Loaded> {
         match self {
-            Plan::FromDatabase => weight_table(state, names).await,
-            Plan::FromFile => load_file(settings, sources, state, fence, names).await,
+            Plan::FromDatabase => Ok(Loaded {
+                weights: weight_table(state, names).await?,
+                store: None,
+            }),
+            Plan::FromFile => read_file(settings, sources, names).await,
         }
     }
 }
 
-/// Parses the lookup file, loads it into the database, and returns the
-/// weight table.
-async fn load_file(
+/// Parses the lookup file into the weight table and the rows to store.
+async fn read_file(
     settings: &Settings,
     sources: &Sources,
-    state: &dyn StateStore,
-    fence: &Fence,
     names: &Arc<Names>,
-) -> anyhow::Result<WeightTable> {
+) -> anyhow::Result<Loaded> {
     let location = settings.source.customer_importance.clone();
     let max_record_bytes = settings.input.max_record_bytes;
     crate::pause_points::reached("lookup-load");
@@ -151,41 +157,64 @@ async fn load_file(
         }
     })
     .await??;
-    let mut rows: Vec<WeightRow<'_>> = importance
-        .entries
-        .iter()
-        .map(|entry| WeightRow {
-            merchant: names.name(entry.merchant.0),
-            customer: names.name(entry.customer.0),
-            weight_sum: entry.weight_sum.0,
-            rows: entry.rows,
-        })
-        .collect();
-    // In primary-key order, every insert appends to the table's B-tree
-    // instead of splitting pages all over it (10 s of the start-up of a
-    // 10M-row file went to inserts in file order on SQLite).
-    rows.sort_unstable_by(|a, b| (a.merchant, a.customer).cmp(&(b.merchant, b.customer)));
-    let loaded = LookupSource {
+    let weights = WeightTable::from_entries(
+        importance
+            .entries
+            .iter()
+            .map(|e| (e.merchant, e.customer, e.weight_sum, e.rows)),
+    );
+    let source = LookupSource {
         source: location,
         fingerprint,
         rows: importance.rows,
         bad_rows: importance.bad_rows,
-        pairs: rows.len() as u64,
+        pairs: importance.entries.len() as u64,
     };
-    state.load_lookup(fence, &loaded, &rows).await?;
-    info!(
-        rows = loaded.rows,
-        bad_rows = loaded.bad_rows,
-        pairs = loaded.pairs,
-        "lookup table loaded"
-    );
-    drop(rows);
-    Ok(WeightTable::from_entries(
-        importance
+    Ok(Loaded {
+        weights,
+        store: Some(Pending {
+            source,
+            entries: importance.entries,
+            names: names.clone(),
+        }),
+    })
+}
+
+/// Lookup rows parsed but not yet in the database. They are stored while
+/// the chunker and Mechanism Y start; Mechanism Y's commits wait for them
+/// (a commit must never exist without the lookup table it was made with).
+pub struct Pending {
+    source: LookupSource,
+    entries: Vec<ImportanceRow>,
+    names: Arc<Names>,
+}
+
+impl Pending {
+    pub async fn store(self, state: &dyn StateStore, fence: &Fence) -> anyhow::Result<()> {
+        let names = &self.names;
+        let mut rows: Vec<WeightRow<'_>> = self
             .entries
-            .into_iter()
-            .map(|e| (e.merchant, e.customer, e.weight_sum, e.rows)),
-    ))
+            .iter()
+            .map(|entry| WeightRow {
+                merchant: names.name(entry.merchant.0),
+                customer: names.name(entry.customer.0),
+                weight_sum: entry.weight_sum.0,
+                rows: entry.rows,
+            })
+            .collect();
+        // In primary-key order, every insert appends to the table's B-tree
+        // instead of splitting pages all over it (10 s of the start-up of
+        // a 10M-row file went to inserts in file order on SQLite).
+        rows.sort_unstable_by(|a, b| (a.merchant, a.customer).cmp(&(b.merchant, b.customer)));
+        state.load_lookup(fence, &self.source, &rows).await?;
+        info!(
+            rows = self.source.rows,
+            bad_rows = self.source.bad_rows,
+            pairs = self.source.pairs,
+            "lookup table loaded"
+        );
+        Ok(())
+    }
 }
 
 pub async fn weight_table(state: &dyn StateStore, names: &Names) -> anyhow::Result<WeightTable> {

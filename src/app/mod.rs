@@ -141,6 +141,15 @@ pub async fn prepare(
             .map_err(Mismatch)?;
     }
     let plan = lookup::check(&settings, &sources, &*state).await?;
+    let names = Arc::new(Names::new());
+    let lookup = plan.read(&settings, &sources, &*state, &names).await?;
+    info!(pairs = lookup.weights.len(), "lookup table ready");
+    let d = &settings.detectors;
+    let engine = Engine::new(
+        Thresholds::SPEC,
+        Arc::new(lookup.weights),
+        [d.patid1, d.patid2, d.patid3],
+    );
     let wiring = Arc::new(Wiring {
         supervision: Arc::new(Supervision::new(settings.supervisor.clone())),
         settings,
@@ -148,23 +157,18 @@ pub async fn prepare(
         sources,
         state,
         fence,
-        names: Arc::new(Names::new()),
+        names,
         metrics: Arc::new(Metrics::default()),
         faults: FaultPlan::new(faults),
         y_start_time: crate::clock::now_ist(),
     });
     let w = wiring.clone();
+    let store = lookup.store;
     let load: LookupLoad = Box::pin(async move {
-        let weights = plan
-            .load(&w.settings, &w.sources, &*w.state, &w.fence, &w.names)
-            .await?;
-        info!(pairs = weights.len(), "lookup table ready");
-        let d = &w.settings.detectors;
-        Ok(Engine::new(
-            Thresholds::SPEC,
-            Arc::new(weights),
-            [d.patid1, d.patid2, d.patid3],
-        ))
+        if let Some(pending) = store {
+            pending.store(&*w.state, &w.fence).await?;
+        }
+        Ok(engine)
     });
     Ok((wiring, load))
 }
