@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::batch_writer::BatchWriterActor;
 use super::committed::{Committed, Start};
@@ -89,12 +89,6 @@ pub struct Evaluated {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Quiesce;
-
-/// Start the next commit if one is due (sent to itself after a commit, so
-/// that outcomes that arrived meanwhile join the next group).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct CommitNext;
 
 /// Chunks became durable; `detections` of them wait in the outbox.
 #[derive(Message, Clone, Copy)]
@@ -158,6 +152,10 @@ impl<T> CommitSchedule<T> {
 pub struct TrackerState {
     generation: u64,
     schedule: CommitSchedule<ChunkOutcome>,
+    /// A new generation is being loaded: take nothing more, start no
+    /// commit, and tell `waiters` when the commit under way is done.
+    quiesced: bool,
+    waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl TrackerState {
@@ -166,6 +164,8 @@ impl TrackerState {
         TrackerState {
             generation: committed.generation,
             schedule: CommitSchedule::new(committed.last_chunk.clone(), max_chunks),
+            quiesced: false,
+            waiters: Vec::new(),
         }
     }
 }
@@ -187,19 +187,24 @@ impl Handler<Start> for TrackerActor {
 }
 
 impl Handler<Quiesce> for TrackerActor {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    /// Commits run with the mailbox held, so this runs between commits.
-    fn handle(&mut self, _msg: Quiesce, _ctx: &mut Context<Self>) {
-        self.state = None;
-    }
-}
-
-impl Handler<CommitNext> for TrackerActor {
-    type Result = ();
-
-    fn handle(&mut self, _msg: CommitNext, ctx: &mut Context<Self>) {
-        self.commit_next(ctx);
+    /// Answers once no commit of this generation is under way.
+    fn handle(&mut self, _msg: Quiesce, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(state) = self.state.as_mut() else {
+            return Box::pin(async {});
+        };
+        state.quiesced = true;
+        if !state.schedule.committing {
+            return Box::pin(async {});
+        }
+        let (done, answer) = oneshot::channel();
+        state.waiters.push(done);
+        // Dropped unanswered when the tracker restarts or starts over:
+        // then nothing is under way either.
+        Box::pin(async move {
+            let _ = answer.await;
+        })
     }
 }
 
@@ -210,7 +215,7 @@ impl Handler<Evaluated> for TrackerActor {
         let Some(state) = self
             .state
             .as_mut()
-            .filter(|s| s.generation == msg.generation)
+            .filter(|s| s.generation == msg.generation && !s.quiesced)
         else {
             return;
         };
@@ -232,7 +237,7 @@ enum CommitFailure {
 impl TrackerActor {
     /// Starts the next commit if one is due.
     fn commit_next(&mut self, ctx: &mut Context<Self>) {
-        let Some(state) = self.state.as_mut() else {
+        let Some(state) = self.state.as_mut().filter(|s| !s.quiesced) else {
             return;
         };
         let Some(group) = state.schedule.next_group() else {
@@ -294,7 +299,13 @@ impl TrackerActor {
         }));
         if let Some(state) = self.state.as_mut().filter(|s| s.generation == generation) {
             state.schedule.committed(last);
-            ctx.notify(CommitNext);
+            if state.quiesced {
+                for waiter in state.waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+            } else {
+                self.commit_next(ctx);
+            }
         }
     }
 }
