@@ -266,9 +266,13 @@ fn freeze_until_taken_over(config: &Path, env: &[(String, String)], committed: i
             Waited::TimedOut => panic!("no takeover in {tries} tries"),
         }
     }
-    // The new owner goes on committing while the old one is frozen.
+    // The new owner goes on committing while the old one is frozen. If the
+    // old one froze inside a commit on PostgreSQL, its open transaction
+    // holds row locks the new owner's commit waits for until the server
+    // ends it (after max(3 × TTL, 30 s) idle); and the suites share two
+    // cores. Hence a bound well past 30 s.
     let frozen_at = committed();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while committed() == frozen_at && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
