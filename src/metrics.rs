@@ -72,6 +72,8 @@ pub struct Metrics {
     /// Chunk listed → its commit durable, in microseconds.
     latency_us: Mutex<Histogram<u64>>,
     first_chunk: OnceLock<Mark>,
+    /// When Mechanism Y could start (the lookup table loaded).
+    detection_ready: OnceLock<Mark>,
     last_commit: Mutex<Option<Mark>>,
     last_file: Mutex<Option<Instant>>,
 }
@@ -95,6 +97,7 @@ impl Default for Metrics {
                 Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             ),
             first_chunk: OnceLock::new(),
+            detection_ready: OnceLock::new(),
             last_commit: Mutex::default(),
             last_file: Mutex::default(),
         }
@@ -111,6 +114,21 @@ impl Metrics {
         self.first_chunk.get_or_init(Mark::now);
         self.chunks_written.inc();
         self.rows_chunked.add(rows);
+    }
+
+    /// The lookup table is loaded: Mechanism Y can start.
+    pub fn detection_ready(&self) {
+        self.detection_ready.get_or_init(Mark::now);
+    }
+
+    /// Where the detection window starts: the first chunk written, or
+    /// Mechanism Y's start if that came later (start-up is not in it).
+    fn window_start(&self) -> Option<Mark> {
+        let first = *self.first_chunk.get()?;
+        Some(match self.detection_ready.get() {
+            Some(ready) if ready.at > first.at => *ready,
+            _ => first,
+        })
     }
 
     /// Detections of `pattern` committed.
@@ -157,24 +175,25 @@ impl Metrics {
         (!histogram.is_empty()).then(|| histogram.value_at_percentile(percentile) as f64 / 1000.0)
     }
 
-    /// First chunk written → last commit (every detection durable).
+    /// Window start (see [`Metrics::window_start`]) → last commit (every
+    /// detection durable).
     pub fn end_to_end(&self) -> Option<Duration> {
-        let first = self.first_chunk.get()?;
+        let first = self.window_start()?;
         let last = (*lock(&self.last_commit))?;
         Some(last.at.saturating_duration_since(first.at))
     }
 
-    /// First chunk written → last detection file written.
+    /// Window start → last detection file written.
     pub fn to_last_file(&self) -> Option<Duration> {
-        let first = self.first_chunk.get()?;
+        let first = self.window_start()?;
         let last = (*lock(&self.last_file))?;
         Some(last.saturating_duration_since(first.at))
     }
 
-    /// CPU seconds the process used between the first chunk and the last
-    /// commit.
+    /// CPU seconds the process used between the window's start and the
+    /// last commit.
     pub fn window_cpu_seconds(&self) -> Option<f64> {
-        let first = self.first_chunk.get()?.cpu_seconds?;
+        let first = self.window_start()?.cpu_seconds?;
         let last = (*lock(&self.last_commit))?.cpu_seconds?;
         Some(last - first)
     }

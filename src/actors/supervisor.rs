@@ -413,6 +413,7 @@ impl Actor for SupervisorActor {
             ctx.spawn(
                 actix::fut::wrap_future::<_, Self>(lookup).map(|loaded, act, ctx| match loaded {
                     Ok(engine) => {
+                        act.wiring.metrics.detection_ready();
                         act.engine = Some(engine);
                         act.new_generation(ctx, Duration::ZERO);
                     }
