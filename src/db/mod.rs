@@ -436,6 +436,27 @@ pub fn stalled_transaction_timeout(settings: &Settings) -> std::time::Duration {
 
 /// Opens the state store a configuration selects and applies migrations.
 pub async fn open(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {
+    // Processes started at once meet on a new SQLite file (one switches it
+    // to WAL or migrates while the other opens it): a locked database at
+    // this point is a moment's wait, not a failure.
+    let mut attempt = 0u32;
+    loop {
+        match open_once(settings).await {
+            Err(error)
+                if attempt < 20
+                    && error
+                        .downcast_ref::<DbError>()
+                        .is_some_and(DbError::is_transient) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt))).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn open_once(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {
     let store: Arc<dyn StateStore> = match DatabaseKind::of(&settings.database.url) {
         Some(DatabaseKind::Sqlite) => Arc::new(sqlite::SqliteStore::open(&settings.database.url)?),
         Some(DatabaseKind::Postgres) => Arc::new(
