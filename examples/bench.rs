@@ -22,6 +22,9 @@
 //! round, and each line reports the median run.
 //! `BENCH_PERF=FILE` records a `perf` profile of the pipeline process.
 
+// The tests' S3 server; the benchmark uses only part of it (not the fault
+// injection the tests drive), so only this inclusion allows unused items.
+#[allow(dead_code)]
 #[path = "../tests/it/support/s3_server.rs"]
 mod s3_server;
 

@@ -37,7 +37,6 @@
 //!   the SDK with `ChecksumMismatch`. Clients that overwrite keys with multipart uploads need
 //!   `response_checksum_validation(ResponseChecksumValidation::WhenRequired)` (and no
 //!   `checksum_mode(Enabled)`), or must delete the key first. PUT over PUT is fine.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
