@@ -32,6 +32,13 @@ pub struct Committed {
 }
 
 impl Committed {
+    /// Whether this snapshot replaces the state of generation `current`
+    /// (`None`: no state yet). A `Start` of an older generation, delivered
+    /// late, is ignored.
+    pub fn supersedes(&self, current: Option<u64>) -> bool {
+        current.is_none_or(|generation| generation <= self.generation)
+    }
+
     /// Reads the committed state from the database: the last committed
     /// chunk, then the state, then the last chunk again. Commits write a
     /// chunk's state and its `processed_chunks` row in one transaction, so

@@ -96,11 +96,7 @@ impl Handler<Start> for DetectorActor {
     type Result = ();
 
     fn handle(&mut self, Start(committed): Start, ctx: &mut Context<Self>) {
-        if self
-            .state
-            .as_ref()
-            .is_some_and(|s| s.generation > committed.generation)
-        {
+        if !committed.supersedes(self.state.as_ref().map(|s| s.generation)) {
             return;
         }
         let b = &self.behaviour;

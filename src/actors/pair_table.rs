@@ -102,11 +102,7 @@ impl Handler<Start> for PairTableActor {
     type Result = ();
 
     fn handle(&mut self, Start(committed): Start, ctx: &mut Context<Self>) {
-        if self
-            .state
-            .as_ref()
-            .is_some_and(|s| s.generation > committed.generation)
-        {
+        if !committed.supersedes(self.state.as_ref().map(|s| s.generation)) {
             return;
         }
         match super::wiring::contain(|| PairTableState::restore(&committed.engine, &committed)) {

@@ -82,11 +82,7 @@ impl Handler<Start> for ReaderActor {
     type Result = ();
 
     fn handle(&mut self, Start(committed): Start, _ctx: &mut Context<Self>) {
-        if self
-            .state
-            .as_ref()
-            .is_none_or(|s| s.generation <= committed.generation)
-        {
+        if committed.supersedes(self.state.as_ref().map(|s| s.generation)) {
             self.state = Some(ReaderState {
                 generation: committed.generation,
             });

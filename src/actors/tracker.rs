@@ -174,11 +174,7 @@ impl Handler<Start> for TrackerActor {
     type Result = ();
 
     fn handle(&mut self, Start(committed): Start, _ctx: &mut Context<Self>) {
-        if self
-            .state
-            .as_ref()
-            .is_some_and(|s| s.generation > committed.generation)
-        {
+        if !committed.supersedes(self.state.as_ref().map(|s| s.generation)) {
             return;
         }
         let max_chunks = self.behaviour.wiring.settings.watcher.max_chunks_per_commit;

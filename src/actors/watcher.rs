@@ -117,11 +117,10 @@ impl Handler<Start> for S3WatcherActor {
     type Result = ();
 
     fn handle(&mut self, Start(committed): Start, ctx: &mut Context<Self>) {
+        if !committed.supersedes(self.state.as_ref().map(|s| s.generation)) {
+            return;
+        }
         if let Some(old) = self.state.take() {
-            if old.generation > committed.generation {
-                self.state = Some(old);
-                return;
-            }
             ctx.cancel_future(old.task);
         }
         let (control, inbox) = mpsc::channel(CONTROL_CAPACITY);
