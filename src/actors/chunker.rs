@@ -199,43 +199,74 @@ impl Chunking {
             .map_err(|e| ChunkerError::Fatal(e.to_string()))?
             .map_err(ChunkerError::Fatal)?
         };
-        let position = match p
+        let saved = p
             .db("read chunker position", || p.state.chunker_position())
-            .await?
-        {
-            Some(position) => {
-                position
-                    .check(&source, rows_per_chunk)
-                    .map_err(ChunkerError::Fatal)?;
-                position
-            }
-            None => ChunkerPosition {
-                source: source.clone(),
-                rows_per_chunk,
-                next_seq: 0,
-                next_offset: data_offset,
-                rows_emitted: 0,
-                pending_keys: Vec::new(),
-                last_key: None,
-                finished: false,
-            },
-        };
-        let cutter: Cutter = {
+            .await?;
+        let position = resume_position(saved, &source, rows_per_chunk, data_offset)
+            .map_err(ChunkerError::Fatal)?;
+        let reader = {
             let (sources, source, offset) =
                 (p.sources.clone(), source.clone(), position.next_offset);
-            let reader = tokio::task::spawn_blocking(move || sources.open_at(&source, offset))
+            tokio::task::spawn_blocking(move || sources.open_at(&source, offset))
                 .await
-                .map_err(|e| ChunkerError::Fatal(e.to_string()))??;
-            ChunkCutter::new(reader, position.next_offset, header, max_record_bytes)
-                .with_max_chunk_bytes(
-                    usize::try_from(p.settings.watcher.max_chunk_bytes).unwrap_or(usize::MAX),
-                )
+                .map_err(|e| ChunkerError::Fatal(e.to_string()))??
         };
-        Ok(Chunking {
+        let max_chunk_bytes =
+            usize::try_from(p.settings.watcher.max_chunk_bytes).unwrap_or(usize::MAX);
+        Ok(Chunking::at(
+            source,
+            position,
+            header,
+            reader,
+            max_record_bytes,
+            max_chunk_bytes,
+        ))
+    }
+
+    /// The loop's state from a resume position and the master file opened
+    /// at its offset: the I/O-free half of [`Chunking::open`].
+    fn at(
+        source: String,
+        position: ChunkerPosition,
+        header: Vec<u8>,
+        reader: Box<dyn std::io::Read + Send>,
+        max_record_bytes: usize,
+        max_chunk_bytes: usize,
+    ) -> Chunking {
+        let cutter = ChunkCutter::new(reader, position.next_offset, header, max_record_bytes)
+            .with_max_chunk_bytes(max_chunk_bytes);
+        Chunking {
             source,
             position,
             cutter,
-        })
+        }
+    }
+}
+
+/// Where cutting resumes: the saved position if there is one (refused when
+/// it belongs to another master file or chunk size), else the first data
+/// row of a master file nobody has chunked yet.
+fn resume_position(
+    saved: Option<ChunkerPosition>,
+    source: &str,
+    rows_per_chunk: u64,
+    data_offset: u64,
+) -> Result<ChunkerPosition, String> {
+    match saved {
+        Some(position) => {
+            position.check(source, rows_per_chunk)?;
+            Ok(position)
+        }
+        None => Ok(ChunkerPosition {
+            source: source.to_string(),
+            rows_per_chunk,
+            next_seq: 0,
+            next_offset: data_offset,
+            rows_emitted: 0,
+            pending_keys: Vec::new(),
+            last_key: None,
+            finished: false,
+        }),
     }
 }
 
@@ -426,4 +457,64 @@ async fn finish(p: &Wiring, position: &mut ChunkerPosition) -> Result<(), Chunke
         "master file fully chunked"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASTER: &[u8] = b"step,customer\n0,C1\n0,C2\n0,C3\n0,C4\n0,C5\n";
+
+    /// The restart constructor's I/O-free half on an in-memory master
+    /// file: what the first cut after a (re)start holds.
+    fn first_cut(saved: Option<ChunkerPosition>) -> Result<(Chunking, Cut), String> {
+        let (header, data_offset) = master_header(MASTER, "master.csv", 1024)?;
+        let position = resume_position(saved, "master.csv", 2, data_offset)?;
+        let offset = usize::try_from(position.next_offset).unwrap();
+        let reader: Box<dyn std::io::Read + Send> = Box::new(&MASTER[offset..]);
+        let mut chunking = Chunking::at(
+            "master.csv".into(),
+            position,
+            header,
+            reader,
+            1024,
+            usize::MAX,
+        );
+        let cut = chunking.cutter.cut(2).map_err(|e| e.to_string())?;
+        Ok((chunking, cut))
+    }
+
+    #[test]
+    fn the_restart_constructor_resumes_at_the_saved_position() {
+        // Nothing saved: the first data row, sequence 0.
+        let (fresh, cut) = first_cut(None).unwrap();
+        assert_eq!(fresh.position.next_seq, 0);
+        assert_eq!(cut.body, b"step,customer\n0,C1\n0,C2\n");
+        // Two chunks done and the key of the third chosen before a crash:
+        // the third chunk holds the next rows, under the same key.
+        let after_two = b"step,customer\n0,C1\n0,C2\n0,C3\n0,C4\n".len() as u64;
+        let saved = ChunkerPosition {
+            source: "master.csv".into(),
+            rows_per_chunk: 2,
+            next_seq: 2,
+            next_offset: after_two,
+            rows_emitted: 4,
+            pending_keys: vec!["stream_chunks/2-x.csv".into()],
+            last_key: Some("stream_chunks/1-x.csv".into()),
+            finished: false,
+        };
+        let (resumed, cut) = first_cut(Some(saved.clone())).unwrap();
+        assert_eq!(resumed.position.next_seq, 2);
+        assert_eq!(resumed.position.pending_keys, saved.pending_keys);
+        assert_eq!(cut.rows, 1);
+        assert_eq!(cut.body, b"step,customer\n0,C5\n");
+        assert_eq!(cut.end_offset, MASTER.len() as u64);
+        // A position saved for another chunk size is refused, naming it.
+        let other = ChunkerPosition {
+            rows_per_chunk: 3,
+            ..saved
+        };
+        let refused = first_cut(Some(other)).err().unwrap();
+        assert!(refused.contains("rows_per_chunk"), "{refused}");
+    }
 }
