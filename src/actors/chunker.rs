@@ -463,15 +463,28 @@ async fn finish(p: &Wiring, position: &mut ChunkerPosition) -> Result<(), Chunke
 mod tests {
     use super::*;
 
-    const MASTER: &[u8] = b"step,customer\n0,C1\n0,C2\n0,C3\n0,C4\n0,C5\n";
+    const HEADER: &str = "customer,gender,merchant,category,amount\n";
+    const ROWS: [&str; 5] = [
+        "C1,F,M1,food,1\n",
+        "C2,F,M1,food,2\n",
+        "C3,M,M1,food,3\n",
+        "C4,M,M2,food,4\n",
+        "C5,F,M2,food,5\n",
+    ];
+
+    fn master() -> Vec<u8> {
+        [HEADER].iter().chain(&ROWS).copied().collect::<String>().into_bytes()
+    }
 
     /// The restart constructor's I/O-free half on an in-memory master
     /// file: what the first cut after a (re)start holds.
     fn first_cut(saved: Option<ChunkerPosition>) -> Result<(Chunking, Cut), String> {
-        let (header, data_offset) = master_header(MASTER, "master.csv", 1024)?;
+        let master = master();
+        let (header, data_offset) = master_header(&master[..], "master.csv", 1024)?;
         let position = resume_position(saved, "master.csv", 2, data_offset)?;
         let offset = usize::try_from(position.next_offset).unwrap();
-        let reader: Box<dyn std::io::Read + Send> = Box::new(&MASTER[offset..]);
+        let reader: Box<dyn std::io::Read + Send> =
+            Box::new(std::io::Cursor::new(master[offset..].to_vec()));
         let mut chunking = Chunking::at(
             "master.csv".into(),
             position,
@@ -489,10 +502,10 @@ mod tests {
         // Nothing saved: the first data row, sequence 0.
         let (fresh, cut) = first_cut(None).unwrap();
         assert_eq!(fresh.position.next_seq, 0);
-        assert_eq!(cut.body, b"step,customer\n0,C1\n0,C2\n");
+        assert_eq!(cut.body, [HEADER, ROWS[0], ROWS[1]].concat().as_bytes());
         // Two chunks done and the key of the third chosen before a crash:
         // the third chunk holds the next rows, under the same key.
-        let after_two = b"step,customer\n0,C1\n0,C2\n0,C3\n0,C4\n".len() as u64;
+        let after_two = [HEADER, ROWS[0], ROWS[1], ROWS[2], ROWS[3]].concat().len() as u64;
         let saved = ChunkerPosition {
             source: "master.csv".into(),
             rows_per_chunk: 2,
@@ -507,8 +520,8 @@ mod tests {
         assert_eq!(resumed.position.next_seq, 2);
         assert_eq!(resumed.position.pending_keys, saved.pending_keys);
         assert_eq!(cut.rows, 1);
-        assert_eq!(cut.body, b"step,customer\n0,C5\n");
-        assert_eq!(cut.end_offset, MASTER.len() as u64);
+        assert_eq!(cut.body, [HEADER, ROWS[4]].concat().as_bytes());
+        assert_eq!(cut.end_offset, master().len() as u64);
         // A position saved for another chunk size is refused, naming it.
         let other = ChunkerPosition {
             rows_per_chunk: 3,
