@@ -473,7 +473,12 @@ mod tests {
     ];
 
     fn master() -> Vec<u8> {
-        [HEADER].iter().chain(&ROWS).copied().collect::<String>().into_bytes()
+        [HEADER]
+            .iter()
+            .chain(&ROWS)
+            .copied()
+            .collect::<String>()
+            .into_bytes()
     }
 
     /// The restart constructor's I/O-free half on an in-memory master
