@@ -158,8 +158,14 @@ async fn read(
             let parsed = tokio::task::spawn_blocking(move || {
                 ChunkParser::new(max_record_bytes)
                     .parse(&data, &names)
-                    .map(|chunk| {
-                        let encoded = Bytes::from(crate::db::delta::encode(&chunk.delta, &names));
+                    .map(|mut chunk| {
+                        let encoded = Bytes::from(crate::db::delta::encode_named(
+                            &chunk.delta,
+                            chunk.names.merchants(),
+                            chunk.names.pairs(),
+                        ));
+                        // The names served the encoding only.
+                        chunk.names = Default::default();
                         Content { chunk, encoded }
                     })
             })
@@ -213,6 +219,34 @@ fn bad_rows_report(bad_rows: &[BadRow]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::input::transactions::BadRowReason;
+    use crate::names::Names;
+
+    /// The reader encodes from the chunk's own names; the encoding is the
+    /// one the process-wide ids give (which the state store's tests use).
+    #[test]
+    fn a_parsed_chunk_encodes_as_its_ids_do() {
+        let chunk = "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n\
+                     0,'C1','4','F','1','M1','1','es_food',1.50,0\n\
+                     0,'C2','4','M','1','M2','1','es_food',2,0\n\
+                     0,'C1','4','F','1','M2','1','es_food',3,0\n\
+                     0,'C1','4','F','1','M1','1','es_food',4,0\n";
+        let names = Names::new();
+        // Ids that do not follow the chunk's order of first appearance.
+        names.customer("C2");
+        names.merchant("M2");
+        let parsed = ChunkParser::new(1 << 20)
+            .parse(chunk.as_bytes(), &names)
+            .unwrap();
+        assert_eq!(parsed.delta.pairs.len(), 3);
+        assert_eq!(
+            crate::db::delta::encode_named(
+                &parsed.delta,
+                parsed.names.merchants(),
+                parsed.names.pairs()
+            ),
+            crate::db::delta::encode(&parsed.delta, &names)
+        );
+    }
 
     #[test]
     fn quarantine_report_keeps_raw_bytes() {

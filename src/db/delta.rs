@@ -65,15 +65,39 @@ pub fn encode(delta: &ChunkDelta, names: &Names) -> Vec<u8> {
     encoder.finish()
 }
 
-/// Builds an encoded delta from names the caller already holds (the
-/// parser has them in the chunk's bytes), so nothing is looked up.
-pub struct Encoder<'a> {
+/// Encodes a chunk's delta from the names its chunk spelled: `merchants`
+/// in the order of their chunk-local numbers, then per pair of `delta`, in
+/// order, its merchant's number and its customer (what the parser gives,
+/// `input::transactions::PairNames`), so no id is looked up.
+pub fn encode_named<'a>(
+    delta: &ChunkDelta,
+    merchants: impl IntoIterator<Item = &'a str>,
+    pairs: impl IntoIterator<Item = (u32, &'a str)>,
+) -> Vec<u8> {
+    let mut encoder = Encoder::with_capacity(delta.pairs.len());
+    for merchant in merchants {
+        encoder.merchant(merchant);
+    }
+    for (pair, (merchant, customer)) in delta.pairs.iter().zip(pairs) {
+        encoder.pair(
+            merchant,
+            customer,
+            pair.count,
+            pair.amount,
+            pair.first_gender,
+        );
+    }
+    encoder.finish()
+}
+
+/// Builds an encoded delta from names the caller already holds.
+struct Encoder<'a> {
     merchants: Vec<&'a str>,
     pairs: Vec<EncodedPair<'a>>,
 }
 
 impl<'a> Encoder<'a> {
-    pub fn with_capacity(pairs: usize) -> Encoder<'a> {
+    fn with_capacity(pairs: usize) -> Encoder<'a> {
         Encoder {
             merchants: Vec::new(),
             pairs: Vec::with_capacity(pairs),
@@ -82,12 +106,12 @@ impl<'a> Encoder<'a> {
 
     /// Adds a merchant name and returns its index for [`Encoder::pair`];
     /// the caller adds each merchant once.
-    pub fn merchant(&mut self, name: &'a str) -> u32 {
+    fn merchant(&mut self, name: &'a str) -> u32 {
         self.merchants.push(name);
         self.merchants.len() as u32 - 1
     }
 
-    pub fn pair(
+    fn pair(
         &mut self,
         merchant: u32,
         customer: &'a str,
@@ -104,7 +128,7 @@ impl<'a> Encoder<'a> {
         });
     }
 
-    pub fn finish(self) -> Vec<u8> {
+    fn finish(self) -> Vec<u8> {
         postcard::to_allocvec(&Encoded {
             version: VERSION,
             merchants: self.merchants,

@@ -179,7 +179,7 @@ pub struct ChunkRecord {
     pub reason: Option<String>,
 }
 
-/// One chunk's state change, encoded by [`delta::encode`] or [`delta::Encoder`].
+/// One chunk's state change, encoded by [`delta::encode`] or [`delta::encode_named`].
 #[derive(Clone, Copy, Debug)]
 pub struct DeltaBlob<'a> {
     pub chunk: &'a str,

@@ -88,9 +88,72 @@ pub enum RejectReason {
 #[derive(Clone, Debug, Default)]
 pub struct ParsedChunk {
     pub delta: ChunkDelta,
+    /// The names of `delta`'s pairs, as the chunk spells them.
+    pub names: PairNames,
     /// Data rows, good and bad.
     pub rows: u64,
     pub bad_rows: Vec<BadRow>,
+}
+
+/// The names behind a chunk's pairs, in the order of its delta's pairs:
+/// each merchant once, then per pair the chunk-local number of its
+/// merchant and its customer's name. The delta holds process-wide ids;
+/// whoever stores the delta by name (the state store's encoding,
+/// `db::delta`) reads the names here, copied once from the chunk, instead
+/// of resolving every id through the shared name table.
+#[derive(Clone, Debug, Default)]
+pub struct PairNames {
+    text: String,
+    /// Chunk-local merchant number → its span in `text`.
+    merchants: Vec<(u32, u32)>,
+    /// Per pair: its merchant's chunk-local number and its customer's span.
+    pairs: Vec<(u32, u32, u32)>,
+}
+
+impl PairNames {
+    fn with_capacity(pairs: usize) -> PairNames {
+        PairNames {
+            text: String::with_capacity(pairs * 12),
+            merchants: Vec::new(),
+            pairs: Vec::with_capacity(pairs),
+        }
+    }
+
+    fn span(&mut self, name: &str) -> (u32, u32) {
+        let start = self.text.len();
+        self.text.push_str(name);
+        // A chunk is far below 4 GiB (`watcher.max_chunk_bytes`).
+        (start as u32, self.text.len() as u32)
+    }
+
+    /// Adds the next merchant (numbered from 0 in the order added).
+    fn merchant(&mut self, name: &str) {
+        let span = self.span(name);
+        self.merchants.push(span);
+    }
+
+    /// Adds the next pair.
+    fn pair(&mut self, merchant: u32, customer: &str) {
+        let (start, end) = self.span(customer);
+        self.pairs.push((merchant, start, end));
+    }
+
+    fn get(&self, (start, end): (u32, u32)) -> &str {
+        &self.text[start as usize..end as usize]
+    }
+
+    /// The merchants, by chunk-local number.
+    pub fn merchants(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.merchants.iter().map(|&span| self.get(span))
+    }
+
+    /// Per pair, in the delta's order: its merchant's chunk-local number
+    /// and its customer.
+    pub fn pairs(&self) -> impl ExactSizeIterator<Item = (u32, &str)> {
+        self.pairs
+            .iter()
+            .map(|&(merchant, start, end)| (merchant, self.get((start, end))))
+    }
 }
 
 /// Column positions, found from a header.
@@ -168,6 +231,8 @@ fn check_row<'r>(schema: &Schema, fields: &'r csv::ByteRecord) -> Result<Row<'r>
 pub struct ChunkParser {
     fields: csv::ByteRecord,
     slots: FxHashMap<(u32, u32), usize>,
+    /// Merchant id → chunk-local number (for [`PairNames`]).
+    local_merchants: FxHashMap<u32, u32>,
     bounds: Vec<(usize, usize)>,
     /// `input.max_record_bytes`: longer rows are bad rows, cut to this.
     max_record: usize,
@@ -191,6 +256,7 @@ impl ChunkParser {
         ChunkParser {
             fields: csv::ByteRecord::new(),
             slots: FxHashMap::default(),
+            local_merchants: FxHashMap::default(),
             bounds: Vec::new(),
             max_record: max_record_bytes.max(1),
         }
@@ -226,6 +292,7 @@ impl ChunkParser {
     ) -> ParsedChunk {
         let mut parsed = ParsedChunk::default();
         self.slots.clear();
+        self.local_merchants.clear();
         while let Some(record) = next_in_memory(&mut records, &mut self.fields) {
             parsed.rows += 1;
             let checked = match record.oversized {
@@ -248,11 +315,18 @@ impl ChunkParser {
             };
             let merchant = names.merchant(row.merchant);
             let customer = names.customer(row.customer);
-            let pairs = &mut parsed.delta.pairs;
+            let (pairs, pair_names) = (&mut parsed.delta.pairs, &mut parsed.names);
+            let local_merchants = &mut self.local_merchants;
             let slot = *self
                 .slots
                 .entry((merchant.0, customer.0))
                 .or_insert_with(|| {
+                    let next = local_merchants.len() as u32;
+                    let local = *local_merchants.entry(merchant.0).or_insert_with(|| {
+                        pair_names.merchant(row.merchant);
+                        next
+                    });
+                    pair_names.pair(local, row.customer);
                     pairs.push(PairDelta {
                         merchant,
                         customer,
@@ -439,6 +513,13 @@ impl ChunkParser {
         let customers: Vec<&str> = folds.iter().map(|fold| text(fold.customer)).collect();
         let mut customer_ids = Vec::new();
         names.ids(&customers, &mut customer_ids);
+        parsed.names = PairNames::with_capacity(folds.len());
+        for merchant in &merchants {
+            parsed.names.merchant(merchant);
+        }
+        for (fold, customer) in folds.iter().zip(&customers) {
+            parsed.names.pair(fold.merchant, customer);
+        }
         parsed.delta.pairs = folds
             .iter()
             .zip(customer_ids)
@@ -505,6 +586,34 @@ mod tests {
             .iter()
             .map(|b| (b.line, b.reason.to_string()))
             .collect()
+    }
+
+    /// The parser's pair names say what the name table says of the
+    /// delta's ids, on the plain path and on the general one.
+    #[test]
+    fn pair_names_match_the_delta_on_both_paths() {
+        let plain = format!(
+            "{HEADER}0,'C1','4','F','28007','M1','28007','es_food',1,0\r\n\
+             0,'C2','4','M','28007','M2','28007','es_food',1,0\r\n\
+             0,'C1','4','M','28007','M2','28007','es_food',1,0\r\n\
+             0,'C1','4','M','28007','M1','28007','es_food',1,0\r\n"
+        );
+        let quoted = format!(
+            "{HEADER}0,\"C,1\",'4','F','28007','M1','28007','es_food',1,0\r\n\
+             0,'C2','4','M','28007',\"M\"\"2\",'28007','es_food',1,0\r\n\
+             0,\"C,1\",'4','M','28007',\"M\"\"2\",'28007','es_food',1,0\r\n"
+        );
+        for data in [plain, quoted] {
+            let (parsed, names) = parse(&data);
+            let merchants: Vec<&str> = parsed.names.merchants().collect();
+            let pairs: Vec<(u32, &str)> = parsed.names.pairs().collect();
+            assert_eq!(pairs.len(), parsed.delta.pairs.len());
+            assert!(parsed.delta.pairs.len() >= 3);
+            for (pair, (merchant, customer)) in parsed.delta.pairs.iter().zip(pairs) {
+                assert_eq!(merchants[merchant as usize], names.name(pair.merchant.0));
+                assert_eq!(customer, names.name(pair.customer.0));
+            }
+        }
     }
 
     #[test]
