@@ -33,6 +33,27 @@ use crate::db::DbError;
 /// (and how long it holds SQLite's single writer).
 const FORCED_SLICE: u64 = 256;
 
+/// The first slice of the final fold, before its cost is known.
+const FIRST_FINAL_SLICE: u64 = 32;
+
+/// The next slice of the final fold with `remaining` of its budget left,
+/// after a slice of `last = (chunks, took)`: as many chunks as the last
+/// slice's pace fits in half of what remains (a slice must not overrun the
+/// shutdown bound: a large state folds slowly), at most [`FORCED_SLICE`];
+/// none when not even one chunk fits.
+fn final_slice(remaining: Duration, last: Option<(u64, Duration)>) -> Option<u64> {
+    let Some((chunks, took)) = last else {
+        return (!remaining.is_zero()).then_some(FIRST_FINAL_SLICE);
+    };
+    let per_chunk = took.as_secs_f64() / chunks.max(1) as f64;
+    let fits = if per_chunk > 0.0 {
+        (remaining.as_secs_f64() / 2.0 / per_chunk).floor()
+    } else {
+        f64::MAX
+    };
+    (fits >= 1.0).then(|| (fits as u64).min(FORCED_SLICE))
+}
+
 /// How long without commits counts as idle.
 const IDLE_AFTER: Duration = Duration::from_millis(250);
 
@@ -115,10 +136,16 @@ impl Handler<FinalCompact> for CompactorActor {
             // slices are as large as that bound allows.
             let budget = Duration::from_millis(wiring.settings.database.shutdown_compact_ms);
             let stop_at = Instant::now() + budget;
-            while Instant::now() < stop_at {
-                if compact(&wiring, FORCED_SLICE).await? == 0 {
+            let mut last = None;
+            while let Some(slice) =
+                final_slice(stop_at.saturating_duration_since(Instant::now()), last)
+            {
+                let started = Instant::now();
+                let folded = compact(&wiring, slice).await?;
+                if folded == 0 {
                     return Ok(());
                 }
+                last = Some((folded, started.elapsed()));
             }
             info!(
                 budget_ms = budget.as_millis() as u64,
@@ -265,6 +292,22 @@ mod tests {
             waiting,
             last_commit: at,
         }
+    }
+
+    #[test]
+    fn final_slices_follow_the_pace_of_the_last_one_within_the_budget() {
+        let ms = Duration::from_millis;
+        assert_eq!(final_slice(ms(15_000), None), Some(FIRST_FINAL_SLICE));
+        assert_eq!(final_slice(Duration::ZERO, None), None);
+        // Fast folds take the largest slices.
+        assert_eq!(
+            final_slice(ms(15_000), Some((32, ms(100)))),
+            Some(FORCED_SLICE)
+        );
+        // 40 ms a chunk with 4 s left: half of it fits 50 chunks.
+        assert_eq!(final_slice(ms(4_000), Some((32, ms(1_280)))), Some(50));
+        // Not even one chunk fits in half of what is left.
+        assert_eq!(final_slice(ms(50), Some((32, ms(1_280)))), None);
     }
 
     #[test]
