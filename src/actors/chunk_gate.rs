@@ -146,6 +146,16 @@ impl ChunkGate {
         self.chunker_finished = claims.chunker_finished;
     }
 
+    /// The key the chunker claimed for `seq`. A finished chunker's claims
+    /// at or after its last number are void: it claims keys ahead of its
+    /// cuts, and never writes those beyond the end of the master file.
+    fn claim(&self, seq: u64) -> Option<&String> {
+        if self.chunker_finished && seq >= self.chunker_next_seq {
+            return None;
+        }
+        self.claims.get(&seq)
+    }
+
     /// Notes a claim known without asking the database: a key this
     /// process's chunker wrote (it saved the claim before the PUT). A claim
     /// already known is kept.
@@ -173,7 +183,7 @@ impl ChunkGate {
                 continue;
             };
             if seq < self.expected {
-                let taken_by = self.claims.get(&seq).cloned();
+                let taken_by = self.claim(seq).cloned();
                 verdicts.push(self.ignore(key, Ignored::Duplicate { seq, taken_by }));
                 consumed += 1;
                 continue;
@@ -190,7 +200,7 @@ impl ChunkGate {
                 // Decide the same key again against the new expectation.
                 continue;
             }
-            match self.claims.get(&seq) {
+            match self.claim(seq) {
                 Some(claimed) if claimed == key => {
                     verdicts.push(Verdict::Apply(key.clone()));
                     self.applied(seq);
@@ -224,7 +234,7 @@ impl ChunkGate {
         let why = match layout::chunk_seq(key) {
             Some(seq) => Ignored::Duplicate {
                 seq,
-                taken_by: self.claims.get(&seq).cloned(),
+                taken_by: self.claim(seq).cloned(),
             },
             None => Ignored::Foreign,
         };
@@ -258,7 +268,7 @@ impl ChunkGate {
         if now.duration_since(since) < self.gap_timeout {
             return GapStep::Wait(Stop::Held);
         }
-        if let Some(claimed) = self.claims.get(&self.expected) {
+        if let Some(claimed) = self.claim(self.expected).cloned() {
             // Only once the chunker has recorded the PUT as done (its
             // position moved past the number): until then the PUT may
             // still be under way, retried, or redone by the next owner.
@@ -274,7 +284,7 @@ impl ChunkGate {
                 "a chunk the chunker wrote is still not listed; reading it directly"
             );
             self.gap_since = None;
-            return GapStep::ApplyClaimed(claimed.clone());
+            return GapStep::ApplyClaimed(claimed);
         }
         if !self.unclaimable(self.expected, claims_fresh) {
             return if claims_fresh {
@@ -443,6 +453,22 @@ mod tests {
         let admission = gate.admit(&[key(2, "x"), key(2, "y"), key(3, "x")], now, true);
         assert_eq!(applied(&admission), vec![key(2, "x"), key(3, "x")]);
         assert_eq!(ignored(&admission), vec![(key(2, "y"), "duplicate")]);
+    }
+
+    #[test]
+    fn claims_the_finished_chunker_made_past_its_end_are_void() {
+        // The chunker claims keys in blocks: 2 and 3 were claimed, but the
+        // master file ended after chunk 1.
+        let mut gate = ChunkGate::new(Some(&key(1, "a")), TIMEOUT);
+        gate.update_claims(claims(&[(1, "a"), (2, "a"), (3, "a")], 2, true));
+        let now = Instant::now();
+        let admission = gate.admit(&[key(2, "x"), key(3, "y")], now, true);
+        assert_eq!(applied(&admission), vec![key(2, "x"), key(3, "y")]);
+        // While it runs, the same claims hold.
+        let mut gate = ChunkGate::new(Some(&key(1, "a")), TIMEOUT);
+        gate.update_claims(claims(&[(1, "a"), (2, "a"), (3, "a")], 2, false));
+        let admission = gate.admit(&[key(2, "x")], now, true);
+        assert_eq!(ignored(&admission), vec![(key(2, "x"), "duplicate")]);
     }
 
     #[test]

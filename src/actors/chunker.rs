@@ -2,11 +2,14 @@
 //! under `stream_chunks/`, `rows_per_chunk` data rows each (header
 //! repeated), one every `interval_ms`.
 //!
-//! Its position (next sequence number and byte offset) is durable. Before a
-//! chunk's PUT, the key chosen for it is saved as *pending*; after the PUT,
-//! the position advances. A crash between the two re-PUTs the same key with
-//! the same rows on restart, so no chunk is ever written under two names
-//! and no row is skipped or repeated. Reading and cutting run on a blocking
+//! Its position (next sequence number and byte offset) is durable. Keys
+//! are chosen and saved as *pending* a block of `max_in_flight` at a time,
+//! always before their PUTs; the position advances after each PUT and is
+//! saved with the next block (one write per block, not per chunk, so the
+//! chunker does not queue behind commits on the state store), at a stop
+//! and at the end. A crash re-PUTs the chunks written since the last save
+//! under the same keys with the same rows, so no chunk is ever written
+//! under two names and no row is skipped or repeated. Reading and cutting run on a blocking
 //! thread so a large master file streams through a fixed buffer.
 //!
 //! No master record longer than `input.max_record_bytes` is held whole: a
@@ -308,6 +311,7 @@ async fn run(
     let mut next_seq = position.next_seq;
     let mut cut_all = false;
     let mut dirty = !reused.is_empty();
+    let mut unsaved = false;
     let mut next_tick = Instant::now();
     loop {
         // Cut more chunks and fix their keys while the window has room
@@ -332,9 +336,20 @@ async fn run(
                     cut.rows
                 )));
             }
-            let key = reused.pop_front().unwrap_or_else(|| {
-                layout::chunk_key(next_seq, &crate::clock::name_stamp(chrono::Utc::now()))
-            });
+            let key = match reused.pop_front() {
+                Some(key) => key,
+                None => {
+                    // Claim the keys of the next `window` chunks in one
+                    // write, rather than one write per chunk.
+                    let stamp = crate::clock::name_stamp(chrono::Utc::now());
+                    reused.extend(
+                        (next_seq..next_seq + window as u64)
+                            .map(|seq| layout::chunk_key(seq, &stamp)),
+                    );
+                    dirty = true;
+                    reused.pop_front().expect("a block of at least one key")
+                }
+            };
             let first_row = next_seq * rows_per_chunk;
             for short in &cut.oversized {
                 report_cut_short(&source, &key, first_row, short);
@@ -348,11 +363,11 @@ async fn run(
             next_seq += 1;
             next_tick += interval;
         }
-        // One write records both the chunks done and the keys about to be
-        // written; a key is always durable before its PUT starts. Keys a
+        // One write records both the chunks done and a new block of keys;
+        // a key is always durable before its PUT starts. Keys a
         // previous life chose but this one has not cut yet (pacing cuts
         // one per tick) stay pending too: their objects may exist already.
-        if dirty || !fresh.is_empty() {
+        if dirty {
             position.pending_keys = in_flight
                 .iter()
                 .map(|c| c.key.clone())
@@ -368,6 +383,7 @@ async fn run(
                 .send(ChunksClaimed(position.pending_keys.clone()))
                 .await;
             dirty = false;
+            unsaved = false;
         }
         for (key, body) in fresh {
             p.faults.hit("chunker")?;
@@ -390,6 +406,13 @@ async fn run(
                 return Ok(());
             }
             if stopping {
+                if unsaved {
+                    position.pending_keys = reused.iter().cloned().collect();
+                    p.db("save chunker position", || {
+                        p.state.save_chunker_position(&p.fence, &position)
+                    })
+                    .await?;
+                }
                 return Ok(());
             }
         }
@@ -404,7 +427,9 @@ async fn run(
                 position.next_offset = done.end_offset;
                 position.rows_emitted += done.rows;
                 position.last_key = Some(done.key.clone());
-                dirty = true;
+                // Saved with the next block of claims, at a stop or at the
+                // end; a crash before re-PUTs these chunks, identically.
+                unsaved = true;
                 p.metrics.chunk_written(done.rows);
                 debug!(chunk = %done.key, rows = done.rows, "chunk written");
                 let _ = links.watcher.send(ChunkWritten { key, body }).await;
