@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{DbError, DbResult, PairRow};
-use crate::detect::{Cents, ChunkDelta, Gender};
+use crate::detect::{ChunkDelta, Gender};
 use crate::names::Names;
 use lasso::{Key, Rodeo, Spur};
 
@@ -46,23 +46,24 @@ fn gender_byte(gender: Gender) -> u8 {
     gender.code().as_bytes()[0]
 }
 
-/// Encodes a chunk's delta with the names behind its ids.
+/// Encodes a chunk's delta with the names behind its ids: merchants
+/// numbered in order of first appearance among the pairs, as the parser
+/// numbers them, so this is [`encode_named`]'s encoding.
 pub fn encode(delta: &ChunkDelta, names: &Names) -> Vec<u8> {
-    let mut encoder = Encoder::with_capacity(delta.pairs.len());
     let mut merchant_index: FxHashMap<u32, u32> = FxHashMap::default();
-    for pair in &delta.pairs {
-        let merchant = *merchant_index
-            .entry(pair.merchant.0)
-            .or_insert_with(|| encoder.merchant(names.name(pair.merchant.0)));
-        encoder.pair(
-            merchant,
-            names.name(pair.customer.0),
-            pair.count,
-            pair.amount,
-            pair.first_gender,
-        );
-    }
-    encoder.finish()
+    let mut merchants = Vec::new();
+    let pairs: Vec<(u32, &str)> = delta
+        .pairs
+        .iter()
+        .map(|pair| {
+            let merchant = *merchant_index.entry(pair.merchant.0).or_insert_with(|| {
+                merchants.push(names.name(pair.merchant.0));
+                merchants.len() as u32 - 1
+            });
+            (merchant, names.name(pair.customer.0))
+        })
+        .collect();
+    encode_named(delta, merchants, pairs)
 }
 
 /// Encodes a chunk's delta from the names its chunk spelled: `merchants`
@@ -74,68 +75,25 @@ pub fn encode_named<'a>(
     merchants: impl IntoIterator<Item = &'a str>,
     pairs: impl IntoIterator<Item = (u32, &'a str)>,
 ) -> Vec<u8> {
-    let mut encoder = Encoder::with_capacity(delta.pairs.len());
-    for merchant in merchants {
-        encoder.merchant(merchant);
-    }
-    for (pair, (merchant, customer)) in delta.pairs.iter().zip(pairs) {
-        encoder.pair(
+    let pairs: Vec<EncodedPair<'a>> = delta
+        .pairs
+        .iter()
+        .zip(pairs)
+        .map(|(pair, (merchant, customer))| EncodedPair {
             merchant,
             customer,
-            pair.count,
-            pair.amount,
-            pair.first_gender,
-        );
-    }
-    encoder.finish()
-}
-
-/// Builds an encoded delta from names the caller already holds.
-struct Encoder<'a> {
-    merchants: Vec<&'a str>,
-    pairs: Vec<EncodedPair<'a>>,
-}
-
-impl<'a> Encoder<'a> {
-    fn with_capacity(pairs: usize) -> Encoder<'a> {
-        Encoder {
-            merchants: Vec::new(),
-            pairs: Vec::with_capacity(pairs),
-        }
-    }
-
-    /// Adds a merchant name and returns its index for [`Encoder::pair`];
-    /// the caller adds each merchant once.
-    fn merchant(&mut self, name: &'a str) -> u32 {
-        self.merchants.push(name);
-        self.merchants.len() as u32 - 1
-    }
-
-    fn pair(
-        &mut self,
-        merchant: u32,
-        customer: &'a str,
-        count: u32,
-        amount: Cents,
-        gender: Gender,
-    ) {
-        self.pairs.push(EncodedPair {
-            merchant,
-            customer,
-            count,
-            amount: amount.0,
-            gender: gender_byte(gender),
-        });
-    }
-
-    fn finish(self) -> Vec<u8> {
-        postcard::to_allocvec(&Encoded {
-            version: VERSION,
-            merchants: self.merchants,
-            pairs: self.pairs,
+            count: pair.count,
+            amount: pair.amount.0,
+            gender: gender_byte(pair.first_gender),
         })
-        .expect("encoding to memory cannot fail")
-    }
+        .collect();
+    debug_assert_eq!(pairs.len(), delta.pairs.len(), "a name for every pair");
+    postcard::to_allocvec(&Encoded {
+        version: VERSION,
+        merchants: merchants.into_iter().collect(),
+        pairs,
+    })
+    .expect("encoding to memory cannot fail")
 }
 
 /// Calls `visit` for every pair of an encoded delta, in order.
