@@ -9,8 +9,9 @@
 //! chunker does not queue behind commits on the state store), at a stop
 //! and at the end. A crash re-PUTs the chunks written since the last save
 //! under the same keys with the same rows, so no chunk is ever written
-//! under two names and no row is skipped or repeated. Reading and cutting run on a blocking
-//! thread so a large master file streams through a fixed buffer.
+//! under two names and no row is skipped or repeated. Reading and cutting
+//! run on a blocking thread so a large master file streams through a fixed
+//! buffer.
 //!
 //! No master record longer than `input.max_record_bytes` is held whole: a
 //! record that is too long, or whose double quote is never closed, takes
@@ -310,7 +311,10 @@ async fn run(
         FuturesOrdered::new();
     let mut next_seq = position.next_seq;
     let mut cut_all = false;
-    let mut dirty = !reused.is_empty();
+    // `claims`: keys were chosen that are not durable yet, so the position
+    // must be saved before their PUTs; `unsaved`: the position advanced
+    // since it was last saved, which may wait for the next save.
+    let mut claims = !reused.is_empty();
     let mut unsaved = false;
     let mut next_tick = Instant::now();
     loop {
@@ -346,7 +350,7 @@ async fn run(
                         (next_seq..next_seq + window as u64)
                             .map(|seq| layout::chunk_key(seq, &stamp)),
                     );
-                    dirty = true;
+                    claims = true;
                     reused.pop_front().expect("a block of at least one key")
                 }
             };
@@ -364,10 +368,12 @@ async fn run(
             next_tick += interval;
         }
         // One write records both the chunks done and a new block of keys;
-        // a key is always durable before its PUT starts. Keys a
-        // previous life chose but this one has not cut yet (pacing cuts
-        // one per tick) stay pending too: their objects may exist already.
-        if dirty {
+        // a key is always durable before its PUT starts. Keys chosen but
+        // not cut yet stay pending too: the rest of a block, and a previous
+        // life's keys, whose objects may exist already (pacing cuts one per
+        // tick). A stop saves the position if it advanced.
+        let stopped = stopping && in_flight.is_empty();
+        if claims || (stopped && unsaved) {
             position.pending_keys = in_flight
                 .iter()
                 .map(|c| c.key.clone())
@@ -382,7 +388,7 @@ async fn run(
                 .watcher
                 .send(ChunksClaimed(position.pending_keys.clone()))
                 .await;
-            dirty = false;
+            claims = false;
             unsaved = false;
         }
         for (key, body) in fresh {
@@ -405,14 +411,7 @@ async fn run(
                 let _ = links.supervisor.send(MasterChunked).await;
                 return Ok(());
             }
-            if stopping {
-                if unsaved {
-                    position.pending_keys = reused.iter().cloned().collect();
-                    p.db("save chunker position", || {
-                        p.state.save_chunker_position(&p.fence, &position)
-                    })
-                    .await?;
-                }
+            if stopped {
                 return Ok(());
             }
         }
