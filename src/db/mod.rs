@@ -436,24 +436,23 @@ pub fn stalled_transaction_timeout(settings: &Settings) -> std::time::Duration {
 
 /// Opens the state store a configuration selects and applies migrations.
 pub async fn open(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {
+    use backon::Retryable;
     // Processes started at once meet on a new SQLite file (one switches it
     // to WAL or migrates while the other opens it): a locked database at
-    // this point is a moment's wait, not a failure.
-    let mut attempt = 0u32;
-    loop {
-        match open_once(settings).await {
-            Err(error)
-                if attempt < 20
-                    && error
-                        .downcast_ref::<DbError>()
-                        .is_some_and(DbError::is_transient) =>
-            {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt))).await;
-            }
-            result => return result,
-        }
-    }
+    // this point is a moment's wait (up to about 10 s), not a failure.
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(50))
+        .with_max_delay(std::time::Duration::from_secs(1))
+        .with_max_times(14);
+    (|| open_once(settings))
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|error| {
+            error
+                .downcast_ref::<DbError>()
+                .is_some_and(DbError::is_transient)
+        })
+        .await
 }
 
 async fn open_once(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {
