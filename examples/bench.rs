@@ -21,6 +21,9 @@
 //! With `--repeat N` the workloads run in N rounds, one run of each per
 //! round, and each line reports the median run.
 //! `BENCH_PERF=FILE` records a `perf` profile of the pipeline process.
+//! `--http` turns the run's HTTP endpoints on and scrapes `/metrics` and
+//! `/api/state` every second (the cost of being watched); without it they
+//! are off. The figures come from the run's metrics either way.
 
 // The tests' S3 server; the benchmark uses only part of it (not the fault
 // injection the tests drive), so only this inclusion allows unused items.
@@ -315,13 +318,24 @@ fn empty_files(dir: &Path) {
 }
 
 /// The child: one pipeline run to completion, figures written as JSON.
+///
+/// With `BENCH_HTTP=1` (`--http`) the run serves its HTTP endpoints and a
+/// thread scrapes `/metrics` and `/api/state` once a second, as Prometheus
+/// and an open live page would; otherwise the server is off.
 fn child(config: &Path, report: &Path) {
-    let settings = txpipe::config::Settings::load(Some(config)).unwrap();
+    let mut settings = txpipe::config::Settings::load(Some(config)).unwrap();
+    let http = std::env::var("BENCH_HTTP").is_ok_and(|v| v == "1");
+    settings.http.listen = if http { "127.0.0.1:0" } else { "" }.to_string();
     txpipe::app::init_logging(&settings);
-    let outcome = txpipe::app::run(
+    let outcome = txpipe::app::run_observed(
         settings,
         txpipe::actors::supervisor::RunMode::UntilDone,
         Vec::new(),
+        |handle| {
+            if let Some(addr) = handle.http {
+                std::thread::spawn(move || scrape_every_second(addr));
+            }
+        },
     )
     .unwrap();
     assert_eq!(outcome.exit_code, 0, "{:?}", outcome.error);
@@ -330,6 +344,19 @@ fn child(config: &Path, report: &Path) {
         serde_json::to_vec_pretty(&JsonReport::new(&outcome)).unwrap(),
     )
     .unwrap();
+}
+
+/// What Prometheus and an open live page ask of a run, until it ends.
+fn scrape_every_second(addr: std::net::SocketAddr) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        for path in ["metrics", "api/state"] {
+            let Ok(mut response) = ureq::get(&format!("http://{addr}/{path}")).call() else {
+                return;
+            };
+            let _ = response.body_mut().read_to_string();
+        }
+    }
 }
 
 fn main() {
@@ -343,6 +370,11 @@ fn main() {
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
+            // Children serve HTTP and are scraped (see `child`).
+            "--http" => {
+                // SAFETY: set before any thread is started.
+                unsafe { std::env::set_var("BENCH_HTTP", "1") }
+            }
             "--repeat" => {
                 repeat = iter
                     .next()

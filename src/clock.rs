@@ -21,6 +21,16 @@ pub fn now_ist() -> String {
     ist_timestamp(Utc::now())
 }
 
+/// Seconds since the Unix epoch, with fractions (metrics' timestamps).
+pub fn unix_seconds() -> f64 {
+    Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
 /// A sortable UTC stamp for object names.
 pub fn name_stamp(at: DateTime<Utc>) -> String {
     at.format("%Y%m%dT%H%M%S%3fZ").to_string()

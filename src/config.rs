@@ -28,7 +28,25 @@ pub struct Settings {
     pub actors: ActorsConfig,
     pub supervisor: SupervisorConfig,
     pub ownership: OwnershipConfig,
+    pub http: HttpConfig,
     pub log: LogConfig,
+}
+
+/// The operator's HTTP endpoints (`app::web`): Prometheus metrics, health
+/// probes and the live page.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port` to listen on; empty: no HTTP server.
+    pub listen: String,
+}
+
+impl HttpConfig {
+    /// The address to listen on, or `None` when the server is off.
+    pub fn address(&self) -> Option<&str> {
+        let listen = self.listen.trim();
+        (!listen.is_empty()).then_some(listen)
+    }
 }
 
 /// One active process per bucket and database (see `db::lease`).
@@ -276,6 +294,13 @@ impl Settings {
             !self.source.transactions.is_empty(),
             "source.transactions",
             "must not be empty",
+        )?;
+        check(
+            self.http
+                .address()
+                .is_none_or(|a| a.parse::<std::net::SocketAddr>().is_ok()),
+            "http.listen",
+            "must be empty (no HTTP server) or an address with a port, e.g. 127.0.0.1:9464",
         )?;
         check(
             !self.source.customer_importance.is_empty(),

@@ -103,7 +103,20 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 }
 
 /// Writes both files into `dir` (created if needed).
+/// How often [`generate_observed`] reports progress, in rows.
+pub const PROGRESS_EVERY: u64 = 10_000;
+
 pub fn generate(options: &GenerateOptions, dir: &Path) -> anyhow::Result<Generated> {
+    generate_observed(options, dir, &|_| {})
+}
+
+/// [`generate`], telling `rows_done` how many transactions are written
+/// every [`PROGRESS_EVERY`] rows and at the end.
+pub fn generate_observed(
+    options: &GenerateOptions,
+    dir: &Path,
+    rows_done: &dyn Fn(u64),
+) -> anyhow::Result<Generated> {
     anyhow::ensure!(options.customers >= 2, "--customers must be at least 2");
     anyhow::ensure!(options.merchants >= 1, "--merchants must be at least 1");
     std::fs::create_dir_all(dir)?;
@@ -222,9 +235,13 @@ pub fn generate(options: &GenerateOptions, dir: &Path) -> anyhow::Result<Generat
                 cents % 100
             ),
         )?;
+        if (row + 1) % PROGRESS_EVERY == 0 {
+            rows_done(row + 1);
+        }
     }
     transactions.flush()?;
     network.flush()?;
+    rows_done(options.rows);
     Ok(generated)
 }
 

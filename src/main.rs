@@ -9,7 +9,7 @@ use txpipe::actors::faults::FaultRule;
 use txpipe::actors::supervisor::RunMode;
 use txpipe::app;
 use txpipe::config::Settings;
-use txpipe::generate::{GenerateOptions, generate};
+use txpipe::generate::{GenerateOptions, generate_observed};
 
 #[derive(Parser)]
 #[command(
@@ -107,6 +107,12 @@ enum Command {
         /// database under var/demo/).
         #[arg(long)]
         demo: bool,
+        /// Print the figures as one JSON object, for scripts.
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+        /// Refresh in place every SECONDS until interrupted.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
     },
 }
 
@@ -209,7 +215,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             seed,
             out_dir,
         } => {
-            let generated = generate(
+            let bar = app::progress::rows(rows, "generated");
+            let generated = generate_observed(
                 &GenerateOptions {
                     rows,
                     customers,
@@ -217,7 +224,13 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     seed,
                 },
                 &out_dir,
-            )?;
+                &|done| bar.set_position(done),
+            );
+            match &generated {
+                Ok(_) => bar.finish(),
+                Err(_) => bar.abandon(),
+            }
+            let generated = generated?;
             println!("{}", generated.transactions.display());
             println!("{}", generated.customer_importance.display());
             Ok(ExitCode::SUCCESS)
@@ -253,7 +266,12 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { config, demo } => {
+        Command::Status {
+            config,
+            demo,
+            json,
+            watch,
+        } => {
             let mut settings = load(config.as_deref())?;
             if demo {
                 settings = app::demo::settings(settings, std::path::Path::new(app::demo::DEMO_DIR));
@@ -261,11 +279,46 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let report = runtime.block_on(async {
+            runtime.block_on(async {
                 let state = txpipe::db::open_existing(&settings).await?;
-                anyhow::Ok(state.status(5).await?)
+                let Some(every) = watch else {
+                    let report = state.status(5).await?;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&app::report::StatusJson::new(&report))?
+                        );
+                    } else {
+                        print!("{}", app::report::status(&report));
+                    }
+                    return anyhow::Ok(());
+                };
+                anyhow::ensure!(
+                    every.is_finite() && every >= 0.1,
+                    "--watch needs an interval of at least 0.1 seconds"
+                );
+                let every = std::time::Duration::from_secs_f64(every);
+                print!("\x1b[2J");
+                loop {
+                    let report = state.status(5).await?;
+                    // Home, the report, then clear what an older, longer
+                    // report left below it: refreshed in place.
+                    print!(
+                        "\x1b[H{}\x1b[J",
+                        app::report::status(&report).replace('\n', "\x1b[K\n")
+                    );
+                    println!(
+                        "every {:.1} s, {}; Ctrl-C to stop\x1b[K",
+                        every.as_secs_f64(),
+                        chrono::Local::now().format("%H:%M:%S")
+                    );
+                    std::io::Write::flush(&mut std::io::stdout())?;
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                    }
+                }
             })?;
-            print!("{}", app::report::status(&report));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -42,7 +42,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::supervised::{Behaviour, Failure, Supervised};
+use super::supervised::{Behaviour, Failure, Mailbox, Supervised};
 use super::supervisor::{MasterChunked, SupervisorActor};
 use super::watcher::{ChunkWritten, ChunksClaimed, S3WatcherActor};
 use super::wiring::{Wiring, contain_async};
@@ -56,7 +56,7 @@ pub type ChunkerActor = Supervised<Chunker>;
 /// The chunker's wiring.
 pub struct Chunker {
     pub wiring: Arc<Wiring>,
-    pub watcher: Addr<S3WatcherActor>,
+    pub watcher: Mailbox<S3WatcherActor>,
     pub supervisor: Addr<SupervisorActor>,
 }
 
@@ -277,7 +277,7 @@ fn resume_position(
 /// Where the loop reports to.
 struct Links {
     wiring: Arc<Wiring>,
-    watcher: Addr<S3WatcherActor>,
+    watcher: Mailbox<S3WatcherActor>,
     supervisor: Addr<SupervisorActor>,
 }
 
@@ -295,6 +295,7 @@ async fn run(
     } = chunking;
     let rows_per_chunk = p.settings.chunker.rows_per_chunk;
     let interval = Duration::from_millis(p.settings.chunker.interval_ms);
+    p.metrics.chunker_at(position.next_seq);
     info!(
         next_seq = position.next_seq,
         offset = position.next_offset,
@@ -422,6 +423,7 @@ async fn run(
                 // PUTs complete in order here; the position follows them.
                 let done = in_flight.pop_front().expect("one per PUT");
                 crate::pause_points::reached("chunk-saved");
+                let seq = position.next_seq;
                 position.next_seq += 1;
                 position.next_offset = done.end_offset;
                 position.rows_emitted += done.rows;
@@ -429,7 +431,7 @@ async fn run(
                 // Saved with the next block of claims, at a stop or at the
                 // end; a crash before re-PUTs these chunks, identically.
                 unsaved = true;
-                p.metrics.chunk_written(done.rows);
+                p.metrics.chunk_written(seq, done.rows);
                 debug!(chunk = %done.key, rows = done.rows, "chunk written");
                 let _ = links.watcher.send(ChunkWritten { key, body }).await;
             }

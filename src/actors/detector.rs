@@ -103,7 +103,7 @@ impl Handler<Start> for DetectorActor {
         let built =
             contain(|| DetectorState::restore(&committed.engine, b.pattern, b.shard, &committed));
         match built {
-            Ok(state) => self.state = Some(state),
+            Ok(state) => self.set_state(state),
             Err(panic) => self.fail(ctx, Failure::Restart(panic)),
         }
     }

@@ -23,16 +23,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::watcher::InFlight;
 use actix::prelude::*;
 use futures::future::{LocalBoxFuture, join_all};
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::warn;
 
 use super::committed::{Committed, Start};
 use super::detector::{Apply, DetectorActor};
 use super::reader::Content;
 use super::sequence::{Chain, InOrder};
-use super::supervised::{Behaviour, Failure, Group, Supervised};
+use super::supervised::{Behaviour, Failure, Group, Mailbox, Supervised};
 use super::supervisor::{Resync, SupervisorActor};
 use super::tracker::{ChunkOutcome, Evaluated, TrackerActor};
 use super::wiring::Wiring;
@@ -46,8 +46,8 @@ pub type PairTableActor = Supervised<PairTable>;
 /// The pair table's wiring.
 pub struct PairTable {
     pub wiring: Arc<Wiring>,
-    pub detectors: Vec<Addr<DetectorActor>>,
-    pub tracker: Addr<TrackerActor>,
+    pub detectors: Vec<Mailbox<DetectorActor>>,
+    pub tracker: Mailbox<TrackerActor>,
     pub supervisor: Addr<SupervisorActor>,
 }
 
@@ -95,7 +95,7 @@ pub struct Parsed {
     pub previous: Option<Arc<str>>,
     pub listed_at: Instant,
     pub content: Result<Content, RejectReason>,
-    pub permit: OwnedSemaphorePermit,
+    pub permit: InFlight,
 }
 
 impl Handler<Start> for PairTableActor {
@@ -106,7 +106,11 @@ impl Handler<Start> for PairTableActor {
             return;
         }
         match super::wiring::contain(|| PairTableState::restore(&committed.engine, &committed)) {
-            Ok(state) => self.state = Some(state),
+            Ok(state) => {
+                let pairs = state.totals.len() as i64;
+                self.behaviour.wiring.metrics.pair_state_pairs.set(pairs);
+                self.set_state(state);
+            }
             Err(panic) => self.fail(ctx, Failure::Restart(panic)),
         }
     }
@@ -191,6 +195,11 @@ impl PairTableActor {
         let update = Arc::new(super::wiring::contain(|| {
             state.totals.fold(&content.chunk.delta)
         })?);
+        self.behaviour
+            .wiring
+            .metrics
+            .pair_state_pairs
+            .set(state.totals.len() as i64);
         let previous = state.applied.replace(key.clone());
         // Queued in every detector's mailbox now, in chunk order.
         let requests: Vec<_> = self

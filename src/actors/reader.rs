@@ -19,15 +19,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::watcher::InFlight;
 use actix::prelude::*;
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::info;
 
 use super::committed::Start;
 use super::pair_table::{PairTableActor, Parsed};
-use super::supervised::{Behaviour, Failure, Group, Supervised};
+use super::supervised::{Behaviour, Failure, Group, Mailbox, Supervised};
 use super::wiring::{Wiring, contain_async};
 use crate::input::transactions::{BadRow, ChunkParser, ParsedChunk, RejectReason};
 use crate::layout;
@@ -38,7 +38,7 @@ pub type ReaderActor = Supervised<Reader>;
 /// The reader's wiring.
 pub struct Reader {
     pub wiring: Arc<Wiring>,
-    pub pair_table: Addr<PairTableActor>,
+    pub pair_table: Mailbox<PairTableActor>,
 }
 
 /// The generation the reader works in.
@@ -68,7 +68,7 @@ pub struct Fetch {
     pub listed_at: Instant,
     /// The body, if the chunker handed it over.
     pub body: Option<Bytes>,
-    pub permit: OwnedSemaphorePermit,
+    pub permit: InFlight,
 }
 
 /// A chunk after reading and parsing.
@@ -83,7 +83,7 @@ impl Handler<Start> for ReaderActor {
 
     fn handle(&mut self, Start(committed): Start, _ctx: &mut Context<Self>) {
         if committed.supersedes(self.state.as_ref().map(|s| s.generation)) {
-            self.state = Some(ReaderState {
+            self.set_state(ReaderState {
                 generation: committed.generation,
             });
         }

@@ -29,11 +29,13 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
+use prometheus_client::metrics::gauge::Gauge;
 use rustc_hash::FxHashMap;
 use tracing::{error, warn};
 
 use crate::config::SupervisorConfig;
 use crate::db::RestartEvent;
+use crate::metrics::{ActorState, Metrics};
 
 /// An actor restarted too often.
 pub const EXIT_RESTART_LIMIT: i32 = 3;
@@ -119,11 +121,12 @@ impl<B: Behaviour> Supervised<B> {
         capacity: usize,
         supervision: Arc<Supervision>,
         supervisor: Recipient<Restarted>,
-    ) -> Addr<Supervised<B>>
+    ) -> Mailbox<Supervised<B>>
     where
         B: Send,
     {
-        actix::Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |ctx| {
+        let queued = supervision.metrics.mailbox(&name, capacity);
+        let addr = actix::Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |ctx| {
             ctx.set_mailbox_capacity(capacity);
             Supervised {
                 name,
@@ -134,7 +137,22 @@ impl<B: Behaviour> Supervised<B> {
                 failure: None,
                 resume_after: None,
             }
-        })
+        });
+        Mailbox { addr, queued }
+    }
+
+    /// Takes `state` as the actor's state (a member of Mechanism Y, given
+    /// its snapshot): the actor is running.
+    pub fn set_state(&mut self, state: B::State) {
+        self.state = Some(state);
+        self.report(ActorState::Running);
+    }
+
+    fn report(&self, state: ActorState) {
+        self.supervision
+            .metrics
+            .health
+            .actor_state(&self.name, state);
     }
 
     /// Records why the actor fails and stops it; actix restarts it.
@@ -158,7 +176,7 @@ impl<B: Behaviour> Supervised<B> {
         ctx.wait(
             actix::fut::wrap_future::<_, Self>(build).map(|built, act, ctx| match built {
                 Ok(Ok(Some(state))) => {
-                    act.state = Some(state);
+                    act.set_state(state);
                     B::post_start(act, ctx);
                 }
                 Ok(Ok(None)) => {}
@@ -172,7 +190,16 @@ impl<B: Behaviour> Supervised<B> {
 impl<B: Behaviour> Actor for Supervised<B> {
     type Context = Context<Self>;
 
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        // Followed by `restarting` when actix restarts it; for good when
+        // the process stops.
+        self.report(ActorState::Stopped);
+    }
+
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.resume_after.is_none() {
+            self.report(ActorState::Starting);
+        }
         match self.resume_after.take() {
             None => self.build_state(ctx),
             Some(backoff) => {
@@ -189,7 +216,10 @@ impl<B: Behaviour> Actor for Supervised<B> {
                         // matters if the supervisor is gone anyway.
                         let _ = supervisor.send(restarted).await;
                     })
-                    .map(|(), act, ctx| act.build_state(ctx)),
+                    .map(|(), act, ctx| {
+                        act.report(ActorState::Starting);
+                        act.build_state(ctx)
+                    }),
                 );
             }
         }
@@ -211,9 +241,67 @@ impl<B: Behaviour> actix::Supervised for Supervised<B> {
     }
 }
 
+/// The address of a stage, counting what is sent to it: messages sent and
+/// not yet answered (waiting in the bounded mailbox, being handled, or
+/// waiting for room) are the actor's `txpipe_mailbox_messages` gauge.
+/// Every message to a stage goes through [`Mailbox::send`]: a send is
+/// queued at once, as with [`Addr::send`], and awaited for its answer.
+pub struct Mailbox<A: Actor> {
+    addr: Addr<A>,
+    queued: Gauge,
+}
+
+impl<A: Actor> Clone for Mailbox<A> {
+    fn clone(&self) -> Self {
+        Mailbox {
+            addr: self.addr.clone(),
+            queued: self.queued.clone(),
+        }
+    }
+}
+
+impl<A: Actor> Mailbox<A> {
+    /// Queues `msg` now; the future resolves with the actor's answer.
+    pub fn send<M>(
+        &self,
+        msg: M,
+    ) -> impl Future<Output = Result<M::Result, MailboxError>> + use<A, M>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        A: Handler<M>,
+        A::Context: actix::dev::ToEnvelope<A, M>,
+    {
+        self.queued.inc();
+        let queued = QueuedGuard(self.queued.clone());
+        let answer = self.addr.send(msg);
+        async move {
+            let answer = answer.await;
+            drop(queued);
+            answer
+        }
+    }
+
+    /// Whether the actor is still there (not stopped for good).
+    pub fn connected(&self) -> bool {
+        self.addr.connected()
+    }
+}
+
+/// Takes a message off the count when its send is answered or dropped.
+struct QueuedGuard(Gauge);
+
+impl Drop for QueuedGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Restart bookkeeping and the process's stop, shared by all actors.
 pub struct Supervision {
     policy: SupervisorConfig,
+    /// Where restarts and actor states are reported.
+    pub metrics: Arc<Metrics>,
     restarts: Mutex<FxHashMap<String, ActorRestarts>>,
     unrecorded: Mutex<Vec<RestartEvent>>,
     fatal: Mutex<Option<String>>,
@@ -226,9 +314,10 @@ struct ActorRestarts {
 }
 
 impl Supervision {
-    pub fn new(policy: SupervisorConfig) -> Supervision {
+    pub fn new(policy: SupervisorConfig, metrics: Arc<Metrics>) -> Supervision {
         Supervision {
             policy,
+            metrics,
             restarts: Mutex::default(),
             unrecorded: Mutex::default(),
             fatal: Mutex::default(),
@@ -259,6 +348,7 @@ impl Supervision {
             }
             (entry.total, entry.recent.len() as u32)
         };
+        self.metrics.restarted(actor, reason, total);
         self.unrecorded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -336,6 +426,7 @@ impl Supervision {
         if fatal.is_some() {
             return false;
         }
+        self.metrics.health.stopped_because(&message);
         *fatal = Some(message);
         if let Some(system) = System::try_current() {
             system.stop_with_code(code);

@@ -39,12 +39,14 @@ use super::reader::{Reader, ReaderActor};
 pub use super::supervised::{
     EXIT_FATAL, EXIT_LOST_LEASE, EXIT_RESTART_LIMIT, EXIT_SHUTDOWN_TIMEOUT, EXIT_STANDBY_REFUSED,
 };
-use super::supervised::{Group, Restarted, Supervised};
+use super::supervised::{Group, Mailbox, Restarted, Supervised};
 use super::tracker::{Quiesce, Tracker, TrackerActor};
 use super::watcher::{Drain, S3WatcherActor, Watcher, WhenIdle};
 use super::wiring::Wiring;
 use crate::db::Renewal;
 use crate::detect::{Engine, parts};
+use crate::layout::chunk_seq;
+use crate::metrics::Phase;
 use crate::signals::Signals;
 
 /// When the supervisor ends the run on its own.
@@ -72,14 +74,14 @@ pub struct Resync {
 
 /// Addresses of the running topology.
 pub struct Topology {
-    pub chunker: Addr<ChunkerActor>,
-    pub watcher: Addr<S3WatcherActor>,
-    pub reader: Addr<ReaderActor>,
-    pub pair_table: Addr<PairTableActor>,
-    pub detectors: Vec<Addr<DetectorActor>>,
-    pub tracker: Addr<TrackerActor>,
-    pub batch_writer: Addr<BatchWriterActor>,
-    pub compactor: Addr<CompactorActor>,
+    pub chunker: Mailbox<ChunkerActor>,
+    pub watcher: Mailbox<S3WatcherActor>,
+    pub reader: Mailbox<ReaderActor>,
+    pub pair_table: Mailbox<PairTableActor>,
+    pub detectors: Vec<Mailbox<DetectorActor>>,
+    pub tracker: Mailbox<TrackerActor>,
+    pub batch_writer: Mailbox<BatchWriterActor>,
+    pub compactor: Mailbox<CompactorActor>,
 }
 
 impl Topology {
@@ -156,6 +158,23 @@ impl Topology {
                 watcher: watcher.clone(),
                 supervisor: supervisor.clone(),
             }
+        );
+        let mut edges = vec![
+            ("chunker", "watcher".to_string()),
+            ("watcher", "reader".to_string()),
+            ("reader", "pair-table".to_string()),
+        ];
+        for (pattern, shard) in parts(shards(&wiring.settings)) {
+            edges.push(("pair-table", Detector::name(pattern, shard)));
+        }
+        edges.push(("pair-table", "tracker".to_string()));
+        edges.push(("tracker", "batch-writer".to_string()));
+        edges.push(("tracker", "compactor".to_string()));
+        wiring.metrics.health.set_edges(
+            edges
+                .into_iter()
+                .map(|(from, to)| (from.to_string(), to))
+                .collect(),
         );
         Topology {
             chunker,
@@ -286,7 +305,12 @@ impl SupervisorActor {
             tokio::time::sleep(delay).await;
             loop {
                 match Committed::load(&wiring, generation, engine.clone()).await {
-                    Ok(committed) => return Arc::new(committed),
+                    Ok(committed) => {
+                        if let Some(seq) = committed.last_chunk.as_deref().and_then(chunk_seq) {
+                            wiring.metrics.committed_through(seq);
+                        }
+                        return Arc::new(committed);
+                    }
                     Err(error) => {
                         warn!(%error, "could not read committed state; trying again");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -317,6 +341,7 @@ impl SupervisorActor {
             return;
         }
         self.stopping = true;
+        self.wiring.metrics.health.set_phase(Phase::Stopping);
         info!(
             reason = why,
             "shutting down: draining in-flight chunks and flushing detections"
@@ -400,6 +425,10 @@ impl SupervisorActor {
 
 impl Actor for SupervisorActor {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.wiring.metrics.health.supervisor_stopped();
+    }
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let topology = Topology::start(&self.wiring, ctx.address());
@@ -552,10 +581,10 @@ fn every_chunk_committed(status: &crate::db::StatusReport) -> bool {
 /// committed, then has the batch writer write everything and the compactor
 /// fold what it can. A stage that restarts meanwhile is asked again.
 async fn drain(
-    chunker: Addr<ChunkerActor>,
-    watcher: Addr<S3WatcherActor>,
-    batch_writer: Addr<BatchWriterActor>,
-    compactor: Addr<CompactorActor>,
+    chunker: Mailbox<ChunkerActor>,
+    watcher: Mailbox<S3WatcherActor>,
+    batch_writer: Mailbox<BatchWriterActor>,
+    compactor: Mailbox<CompactorActor>,
 ) {
     let pause = Duration::from_millis(50);
     let stop_chunker = async {

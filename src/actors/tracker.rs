@@ -28,27 +28,29 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::watcher::InFlight;
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 
 use super::batch_writer::BatchWriterActor;
 use super::committed::{Committed, Start};
 use super::compactor::CompactorActor;
 use super::sequence::InOrder;
-use super::supervised::{Behaviour, Failure, Group, Supervised};
+use super::supervised::{Behaviour, Failure, Group, Mailbox, Supervised};
 use super::supervisor::{Resync, SupervisorActor};
 use super::wiring::{Wiring, contain_async};
 use crate::db::{ChunkRecord, ChunkStatus, CommitBatch, CommitOutcome, DeltaBlob, DetectionRecord};
 use crate::detect::Detection;
+use crate::metrics::{DetectionView, RECENT_DETECTIONS};
 
 pub type TrackerActor = Supervised<Tracker>;
 
 /// The tracker's wiring.
 pub struct Tracker {
     pub wiring: Arc<Wiring>,
-    pub batch_writer: Addr<BatchWriterActor>,
-    pub compactor: Addr<CompactorActor>,
+    pub batch_writer: Mailbox<BatchWriterActor>,
+    pub compactor: Mailbox<CompactorActor>,
     pub supervisor: Addr<SupervisorActor>,
 }
 
@@ -72,7 +74,7 @@ pub struct ChunkOutcome {
     pub detection_time: String,
     pub listed_at: Instant,
     /// The watcher's permit: returned when the outcome is dropped.
-    pub permit: OwnedSemaphorePermit,
+    pub permit: InFlight,
 }
 
 /// A chunk evaluated by every detector (or rejected).
@@ -178,7 +180,7 @@ impl Handler<Start> for TrackerActor {
             return;
         }
         let max_chunks = self.behaviour.wiring.settings.watcher.max_chunks_per_commit;
-        self.state = Some(TrackerState::restore(&committed, max_chunks));
+        self.set_state(TrackerState::restore(&committed, max_chunks));
     }
 }
 
@@ -394,14 +396,29 @@ async fn commit(
             ChunkStatus::Processed => metrics.chunks_committed.inc(),
             ChunkStatus::Rejected => metrics.chunks_rejected.inc(),
         };
-        metrics.rows_committed.add(record.rows);
-        metrics.bad_rows.add(record.bad_rows);
+        metrics.rows_committed.inc_by(record.rows);
+        metrics.bad_rows.inc_by(record.bad_rows);
         metrics.chunk_latency(now.duration_since(chunk.listed_at));
         for detection in &chunk.detections {
             metrics.detected(detection.key.pattern, 1);
         }
     }
-    metrics.commit_done();
+    if let Some(seq) = group.last().and_then(|c| c.record.seq) {
+        metrics.committed_through(seq);
+    }
+    // The page's last detections: only the newest few are copied.
+    let newest = detections.len().saturating_sub(RECENT_DETECTIONS);
+    metrics
+        .health
+        .detections_committed(detections[newest..].iter().map(|d| DetectionView {
+            pattern: d.pattern.id(),
+            action: d.pattern.action(),
+            customer: d.customer.to_string(),
+            merchant: d.merchant.to_string(),
+            y_start_time: d.y_start_time.to_string(),
+            detection_time: d.detection_time.to_string(),
+        }));
+    metrics.commit_done(started.elapsed());
     tracing::debug!(
         chunks = group.len(),
         deltas = deltas.len(),

@@ -36,13 +36,14 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::chunk_gate::{ChunkGate, Ignored, Stop, Verdict};
 use super::committed::{Committed, Start};
 use super::reader::{Fetch, ReaderActor};
-use super::supervised::{Behaviour, Failure, Group, Supervised};
+use super::supervised::{Behaviour, Failure, Group, Mailbox, Supervised};
 use super::wiring::{Wiring, contain_async};
 use crate::db::{DbError, IgnoredObject};
 use crate::layout;
@@ -53,7 +54,7 @@ pub type S3WatcherActor = Supervised<Watcher>;
 /// The watcher's wiring.
 pub struct Watcher {
     pub wiring: Arc<Wiring>,
-    pub reader: Addr<ReaderActor>,
+    pub reader: Mailbox<ReaderActor>,
 }
 
 /// The running listing of one generation.
@@ -143,11 +144,37 @@ impl Handler<Start> for S3WatcherActor {
             last_chunk = ?committed.last_chunk,
             "Mechanism Y started from committed state"
         );
-        self.state = Some(WatcherState {
+        self.set_state(WatcherState {
             generation: committed.generation,
             control,
             task,
         });
+    }
+}
+
+/// A chunk's place among the `max_in_flight` announced and not yet
+/// committed: it travels with the chunk and is dropped when the chunk is
+/// committed (or abandoned), counted by the `txpipe_chunks_in_flight`
+/// gauge.
+#[derive(Debug)]
+pub struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl InFlight {
+    fn new(permit: OwnedSemaphorePermit, gauge: &Gauge) -> InFlight {
+        gauge.inc();
+        InFlight {
+            _permit: permit,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
@@ -282,7 +309,7 @@ impl Position {
 /// The watcher's state in one generation, owned by the listing task.
 pub struct Listing {
     wiring: Arc<Wiring>,
-    reader: Addr<ReaderActor>,
+    reader: Mailbox<ReaderActor>,
     at: Position,
     permits: Arc<Semaphore>,
     in_flight_limit: u32,
@@ -300,7 +327,7 @@ impl Listing {
     /// the last committed chunk.
     pub fn restore(
         wiring: Arc<Wiring>,
-        reader: Addr<ReaderActor>,
+        reader: Mailbox<ReaderActor>,
         committed: &Committed,
     ) -> Listing {
         let settings = &wiring.settings.watcher;
@@ -474,7 +501,7 @@ impl Listing {
             previous: self.at.previous.replace(key),
             listed_at,
             body,
-            permit,
+            permit: InFlight::new(permit, &self.wiring.metrics.in_flight),
         };
         self.at.next_number += 1;
         self.wiring.metrics.chunks_listed.inc();

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::FutureExt;
@@ -18,7 +18,7 @@ use super::faults::FaultPlan;
 use super::supervised::Supervision;
 use crate::config::Settings;
 use crate::db::{DbError, Fence, StateStore};
-use crate::metrics::Metrics;
+use crate::metrics::{Backend, Metrics};
 use crate::names::Names;
 use crate::store::source::Sources;
 use crate::store::{ObjectStore, StoreError};
@@ -106,27 +106,55 @@ where
 }
 
 impl Wiring {
-    /// [`retry_db`] with the configured attempts. A write the database
-    /// refused because another process took the ownership lease over stops
-    /// the whole process at once (see [`Supervision::lost_lease`]).
-    pub async fn db<T, F, Fut>(&self, what: &str, call: F) -> Result<T, DbError>
+    /// [`retry_db`] with the configured attempts, each attempt timed and
+    /// each retry counted under `what`. A write the database refused
+    /// because another process took the ownership lease over stops the
+    /// whole process at once (see [`Supervision::lost_lease`]).
+    pub async fn db<T, F, Fut>(&self, what: &'static str, mut call: F) -> Result<T, DbError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
-        let result = retry_db(self.settings.database.max_attempts, what, call).await;
+        let metrics = &self.metrics;
+        let result = retry_db(self.settings.database.max_attempts, what, || {
+            let attempt = call();
+            async move {
+                let started = Instant::now();
+                let result = attempt.await;
+                metrics.store_call(Backend::Database, what, started.elapsed());
+                if result.as_ref().is_err_and(DbError::is_transient) {
+                    metrics.retried(Backend::Database, what);
+                }
+                result
+            }
+        })
+        .await;
         if let Err(DbError::Fenced(message)) = &result {
             self.supervision.lost_lease(message);
         }
         result
     }
 
-    /// [`retry_store`] with the configured attempts.
-    pub async fn store<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreError>
+    /// [`retry_store`] with the configured attempts, each attempt timed and
+    /// each retry counted under `what`.
+    pub async fn store<T, F, Fut>(&self, what: &'static str, mut call: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        retry_store(self.settings.storage.max_attempts, what, call).await
+        let metrics = &self.metrics;
+        retry_store(self.settings.storage.max_attempts, what, || {
+            let attempt = call();
+            async move {
+                let started = Instant::now();
+                let result = attempt.await;
+                metrics.store_call(Backend::ObjectStore, what, started.elapsed());
+                if result.as_ref().is_err_and(StoreError::is_transient) {
+                    metrics.retried(Backend::ObjectStore, what);
+                }
+                result
+            }
+        })
+        .await
     }
 }

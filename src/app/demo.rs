@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::RunReport;
 use crate::actors::supervisor::RunMode;
 use crate::config::Settings;
-use crate::generate::{GenerateOptions, generate};
+use crate::generate::{GenerateOptions, generate_observed};
 
 pub const DEMO_DIR: &str = "var/demo";
 
@@ -53,7 +53,9 @@ pub fn run(base: Settings, rows: u64) -> anyhow::Result<Demo> {
             data.display()
         );
         let _ = std::fs::remove_dir_all(&data);
-        generate(&options(rows), &data)?;
+        let bar = super::progress::rows(rows, "generated");
+        generate_observed(&options(rows), &data, &|done| bar.set_position(done))?;
+        bar.finish();
         std::fs::write(&marker, b"")?;
     }
     // Each demo starts from an empty bucket and database.
@@ -64,7 +66,20 @@ pub fn run(base: Settings, rows: u64) -> anyhow::Result<Demo> {
     let settings = settings(base, dir);
     let bucket = settings.storage.root.clone();
     let database = dir.join("txpipe.sqlite");
-    let report = super::run(settings, RunMode::UntilDone, Vec::new())?;
+    // The bar follows the rows processed; a run that stops early leaves it
+    // where it stopped.
+    let bar = super::progress::rows(rows, "processed");
+    let report = super::run_observed(settings, RunMode::UntilDone, Vec::new(), |handle| {
+        super::progress::follow_processed(bar.clone(), handle.metrics)
+    });
+    match &report {
+        Ok(report) if report.exit_code == 0 => {
+            bar.set_position(report.rows_committed);
+            bar.finish();
+        }
+        _ => bar.abandon(),
+    }
+    let report = report?;
     Ok(Demo {
         report,
         bucket,

@@ -4,8 +4,10 @@
 pub mod demo;
 pub mod lookup;
 pub mod ownership;
+pub mod progress;
 pub mod report;
 pub mod skip;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,6 +121,7 @@ pub async fn prepare(
     faults: Vec<FaultRule>,
     state: Arc<dyn StateStore>,
     fence: Fence,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<(Arc<Wiring>, LookupLoad)> {
     let sources = Sources::for_settings(&settings).await;
     {
@@ -151,14 +154,17 @@ pub async fn prepare(
         [d.patid1, d.patid2, d.patid3],
     );
     let wiring = Arc::new(Wiring {
-        supervision: Arc::new(Supervision::new(settings.supervisor.clone())),
+        supervision: Arc::new(Supervision::new(
+            settings.supervisor.clone(),
+            metrics.clone(),
+        )),
         settings,
         objects,
         sources,
         state,
         fence,
         names,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         faults: FaultPlan::new(faults),
         y_start_time: crate::clock::now_ist(),
     });
@@ -185,6 +191,8 @@ pub struct Mismatch(pub String);
 pub struct RunHandle {
     pub system: System,
     pub metrics: Arc<Metrics>,
+    /// Where the HTTP endpoints listen (`http.listen`), if they do.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Runs the supervised pipeline until it is done (`UntilDone`), a signal
@@ -195,16 +203,27 @@ pub fn run(settings: Settings, mode: RunMode, faults: Vec<FaultRule>) -> anyhow:
 
 /// Like [`run`], handing `observe` a [`RunHandle`] once the actors start.
 ///
-/// The life of a run: install the signal handlers, open the state store,
-/// become the active owner (or wait as a standby), prepare, run the
-/// supervised actors, and let the lease go when they stop (unless it was
-/// lost, in which case it is not ours to release).
+/// The life of a run: start the HTTP endpoints, install the signal
+/// handlers, open the state store, become the active owner (or wait as a
+/// standby), prepare, run the supervised actors, and let the lease go when
+/// they stop (unless it was lost, in which case it is not ours to
+/// release). The run's [`Metrics`] exist from the first step, so probes
+/// and the page answer throughout.
 pub fn run_observed(
     settings: Settings,
     mode: RunMode,
     faults: Vec<FaultRule>,
     observe: impl FnOnce(RunHandle),
 ) -> anyhow::Result<RunReport> {
+    let metrics = Arc::new(Metrics::new());
+    let web = match settings.http.address() {
+        Some(listen) => Some(
+            web::WebServer::start(listen, metrics.clone())
+                .with_context(|| format!("http.listen = {listen:?}"))?,
+        ),
+        None => None,
+    };
+    let http = web.as_ref().map(web::WebServer::addr);
     let system = System::new();
     let started = Instant::now();
     let signals = system.block_on(async { Signals::install() })?;
@@ -213,18 +232,25 @@ pub fn run_observed(
         .context("start-up failed")?;
     let me = Claimant::this_process();
     let early_exit = |code: i32, error: Option<String>| {
-        RunReport::from_metrics(&Metrics::default(), code, error, started.elapsed())
+        RunReport::from_metrics(&metrics, code, error, started.elapsed())
     };
-    let fence = match system.block_on(ownership::acquire(&*state, &settings, &me, &signals))? {
+    let fence = match system.block_on(ownership::acquire(
+        &*state,
+        &settings,
+        &me,
+        &signals,
+        &metrics.health,
+    ))? {
         Ownership::Owner(fence) => fence,
         Ownership::Refused(message) => return Ok(early_exit(EXIT_STANDBY_REFUSED, Some(message))),
         Ownership::Stopped(_) => return Ok(early_exit(0, None)),
     };
     let prepared = system.block_on({
         let (state, fence, signals) = (state.clone(), fence.clone(), signals.clone());
+        let metrics = metrics.clone();
         async move {
             tokio::select! {
-                prepared = prepare(settings, faults, state, fence) => prepared.map(Some),
+                prepared = prepare(settings, faults, state, fence, metrics) => prepared.map(Some),
                 signal = signals.received() => {
                     info!(signal, "received signal during start-up; stopping");
                     Ok(None)
@@ -253,6 +279,7 @@ pub fn run_observed(
         RunHandle {
             system: System::current(),
             metrics,
+            http,
         }
     });
     observe(handle);
@@ -262,6 +289,7 @@ pub fn run_observed(
         release(&*state, &fence);
     }
     let error = pipeline.supervision.fatal_message();
+    drop(web);
     Ok(RunReport::from_metrics(
         &pipeline.metrics,
         exit_code,

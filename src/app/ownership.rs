@@ -21,6 +21,7 @@ use crate::actors::wiring::retry_db;
 use crate::config::Settings;
 use crate::db::lease::{self, PIPELINE_LEASE};
 use crate::db::{Claimant, Fence, LeaseGrant, StateStore};
+use crate::metrics::{Health, Phase};
 use crate::signals::Signals;
 
 /// How the wait for the lease ended.
@@ -40,6 +41,7 @@ pub async fn acquire(
     settings: &Settings,
     me: &Claimant,
     signals: &Signals,
+    health: &Health,
 ) -> anyhow::Result<Ownership> {
     let ownership = &settings.ownership;
     let attempts = settings.database.max_attempts;
@@ -70,6 +72,8 @@ pub async fn acquire(
                     owner = %format!("{}/{}", me.host, me.pid),
                     "ownership lease acquired; this process is the active pipeline"
                 );
+                health.set_owner(format!("{}/{} (epoch {})", me.host, me.pid, fence.epoch));
+                health.set_phase(Phase::Loading);
                 return Ok(Ownership::Owner(fence));
             }
             LeaseGrant::Held { holder, .. } if lease::holder_is_dead(&holder, me) => {
@@ -86,6 +90,7 @@ pub async fn acquire(
                 if !ownership.standby {
                     return Ok(Ownership::Refused(message));
                 }
+                health.set_phase(Phase::Standby);
                 if announced.as_deref() != Some(holder.owner_id.as_str()) {
                     warn!(epoch = holder.epoch, "{message}; waiting as a hot standby");
                     announced = Some(holder.owner_id.clone());

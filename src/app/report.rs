@@ -125,6 +125,112 @@ fn owner_line(report: &StatusReport) -> String {
     }
 }
 
+/// `txpipe status --json`: the same figures as [`status`], for scripts.
+#[derive(Debug, serde::Serialize)]
+pub struct StatusJson {
+    pub chunks_produced: u64,
+    pub rows_produced: u64,
+    pub chunker_finished: bool,
+    pub chunks_processed: u64,
+    pub chunks_rejected: u64,
+    /// Chunks produced and not yet processed.
+    pub lag_chunks: u64,
+    pub rows_processed: u64,
+    pub bad_rows: u64,
+    pub last_chunk: Option<String>,
+    pub detections: std::collections::BTreeMap<&'static str, u64>,
+    pub batches_written: u64,
+    pub batches_pending: u64,
+    pub detections_unbatched: u64,
+    pub ignored_objects: u64,
+    pub owner: Option<OwnerJson>,
+    pub standbys: Vec<StandbyJson>,
+    pub recent_restarts: Vec<RestartJson>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct OwnerJson {
+    pub host: String,
+    pub pid: u32,
+    pub epoch: u64,
+    pub expires_at_ms: i64,
+    /// Whether the lease is still live (an active owner).
+    pub live: bool,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct StandbyJson {
+    pub host: String,
+    pub pid: u32,
+    pub since_ms: i64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct RestartJson {
+    pub at: String,
+    pub actor: String,
+    pub restart: u32,
+    pub reason: String,
+}
+
+impl StatusJson {
+    pub fn new(report: &StatusReport) -> StatusJson {
+        let processed = report.chunks_processed + report.chunks_rejected;
+        StatusJson {
+            chunks_produced: report.chunks_produced,
+            rows_produced: report.rows_produced,
+            chunker_finished: report.chunker_finished,
+            chunks_processed: report.chunks_processed,
+            chunks_rejected: report.chunks_rejected,
+            lag_chunks: report.chunks_produced.saturating_sub(processed),
+            rows_processed: report.rows_processed,
+            bad_rows: report.bad_rows,
+            last_chunk: report.last_chunk.clone(),
+            detections: Pattern::ALL
+                .iter()
+                .map(|pattern| {
+                    let count = report
+                        .detections
+                        .iter()
+                        .find(|(id, _)| id == pattern.id())
+                        .map_or(0, |(_, n)| *n);
+                    (pattern.id(), count)
+                })
+                .collect(),
+            batches_written: report.batches_written,
+            batches_pending: report.batches_pending,
+            detections_unbatched: report.detections_unbatched,
+            ignored_objects: report.ignored_objects,
+            owner: report.owner.as_ref().map(|lease| OwnerJson {
+                host: lease.host.clone(),
+                pid: lease.pid,
+                epoch: lease.epoch,
+                expires_at_ms: lease.expires_at_ms,
+                live: lease.expires_at_ms > report.now_ms,
+            }),
+            standbys: report
+                .standbys
+                .iter()
+                .map(|s| StandbyJson {
+                    host: s.host.clone(),
+                    pid: s.pid,
+                    since_ms: s.since_ms,
+                })
+                .collect(),
+            recent_restarts: report
+                .recent_restarts
+                .iter()
+                .map(|e| RestartJson {
+                    at: e.at.clone(),
+                    actor: e.actor.clone(),
+                    restart: e.restart_count,
+                    reason: e.reason.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 pub fn status(report: &StatusReport) -> String {
     let mut out = String::new();
     let processed = report.chunks_processed + report.chunks_rejected;

@@ -17,6 +17,7 @@ fn txpipe(args: &[&str], server: &S3TestServer) -> std::process::Output {
         .args(args)
         .envs(server.env())
         .env("RUST_LOG", "warn")
+        .env("TXPIPE__HTTP__LISTEN", "")
         .output()
         .unwrap()
 }

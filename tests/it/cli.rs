@@ -7,7 +7,11 @@ use std::process::{Command, Output};
 
 fn txpipe(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_txpipe"));
-    command.args(args).current_dir(dir).env("RUST_LOG", "warn");
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .env("TXPIPE__HTTP__LISTEN", "");
     for (key, value) in env {
         command.env(key, value);
     }

@@ -23,6 +23,8 @@ pub fn spawn_in(dir: &Path, args: &[&str], env: &[(String, String)]) -> Running 
         .current_dir(dir)
         .args(args)
         .env("RUST_LOG", "warn")
+        // Many children run at once: no HTTP endpoints unless a test asks.
+        .env("TXPIPE__HTTP__LISTEN", "")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

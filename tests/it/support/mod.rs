@@ -144,6 +144,8 @@ pub fn embedded_settings(dir: &Path, transactions: &Path, importance: &Path) -> 
     settings.watcher.poll_interval_ms = 20;
     settings.supervisor.backoff_initial_ms = 20;
     settings.supervisor.backoff_max_ms = 200;
+    // Tests run many pipelines at once: no HTTP endpoints unless asked.
+    settings.http.listen = String::new();
     settings
 }
 
