@@ -85,6 +85,40 @@ const GRAFANA_VARIABLES: &[(&str, &str)] = &[
     ("$instance", ".*"),
 ];
 
+/// [`KNOWN`] is what the exporter really exposes: every metric family of
+/// a run's registry (`# TYPE` lines), no more, no less. A labelled family
+/// shows once it has a series, so the run here has one of each.
+#[test]
+fn known_metrics_are_the_exported_ones() {
+    use txpipe::metrics::{Backend, Metrics};
+    let metrics = Metrics::new();
+    let _mailbox = metrics.mailbox("reader", 32);
+    metrics.restarted("reader", "panic: boom", 1);
+    for backend in [Backend::Database, Backend::ObjectStore] {
+        metrics.retried(backend, "an operation");
+        metrics.store_call(backend, "an operation", std::time::Duration::from_millis(1));
+    }
+    let exposition = metrics.exposition();
+    let mut exported: Vec<(&str, &str)> = exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+        .collect();
+    exported.sort();
+    let mut names: Vec<&str> = exported.iter().map(|(name, _)| *name).collect();
+    names.dedup();
+    let mut known: Vec<&str> = KNOWN.to_vec();
+    known.sort();
+    assert_eq!(names, known, "exported families vs KNOWN");
+    for (name, kind) in exported {
+        assert_eq!(
+            kind == "histogram",
+            HISTOGRAMS.contains(&name),
+            "{name} is a {kind}"
+        );
+    }
+}
+
 fn path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
