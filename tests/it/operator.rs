@@ -723,3 +723,31 @@ fn status_json_and_watch() {
     assert!(refreshes >= 3, "{refreshes} refreshes: {shown:?}");
     assert!(shown.contains("chunks processed    3"), "{shown:?}");
 }
+
+#[test]
+fn a_port_in_use_or_a_bad_address_is_refused_naming_http_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (transactions, importance) = support::generated(30_000, 600, 20, 1);
+    let config = support::configs::embedded(dir.path(), &transactions, &importance, "");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    for (listen, says) in [
+        (port.as_str(), "could not listen"),
+        ("localhost:9464", "must be empty (no HTTP server) or an address"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_txpipe"))
+            .args(["run", "--config", config.to_str().unwrap(), "--exit-when-done"])
+            .env("TXPIPE__HTTP__LISTEN", listen)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{listen}: {stderr}");
+        assert!(
+            stderr.contains("http.listen") && stderr.contains(says),
+            "{listen}: {stderr}"
+        );
+    }
+    // Nothing ran: no chunk was written.
+    assert!(!dir.path().join("bucket/stream_chunks").exists());
+}
