@@ -733,10 +733,18 @@ fn a_port_in_use_or_a_bad_address_is_refused_naming_http_listen() {
     let port = taken.local_addr().unwrap().to_string();
     for (listen, says) in [
         (port.as_str(), "could not listen"),
-        ("localhost:9464", "must be empty (no HTTP server) or an address"),
+        (
+            "localhost:9464",
+            "must be empty (no HTTP server) or an address",
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_txpipe"))
-            .args(["run", "--config", config.to_str().unwrap(), "--exit-when-done"])
+            .args([
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--exit-when-done",
+            ])
             .env("TXPIPE__HTTP__LISTEN", listen)
             .env("RUST_LOG", "warn")
             .output()
