@@ -175,27 +175,19 @@ pub struct RestartJson {
 
 impl StatusJson {
     pub fn new(report: &StatusReport) -> StatusJson {
-        let processed = report.chunks_processed + report.chunks_rejected;
         StatusJson {
             chunks_produced: report.chunks_produced,
             rows_produced: report.rows_produced,
             chunker_finished: report.chunker_finished,
             chunks_processed: report.chunks_processed,
             chunks_rejected: report.chunks_rejected,
-            lag_chunks: report.chunks_produced.saturating_sub(processed),
+            lag_chunks: report.lag_chunks(),
             rows_processed: report.rows_processed,
             bad_rows: report.bad_rows,
             last_chunk: report.last_chunk.clone(),
             detections: Pattern::ALL
                 .iter()
-                .map(|pattern| {
-                    let count = report
-                        .detections
-                        .iter()
-                        .find(|(id, _)| id == pattern.id())
-                        .map_or(0, |(_, n)| *n);
-                    (pattern.id(), count)
-                })
+                .map(|&pattern| (pattern.id(), report.detections_of(pattern)))
                 .collect(),
             batches_written: report.batches_written,
             batches_pending: report.batches_pending,
@@ -233,7 +225,6 @@ impl StatusJson {
 
 pub fn status(report: &StatusReport) -> String {
     let mut out = String::new();
-    let processed = report.chunks_processed + report.chunks_rejected;
     let _ = writeln!(
         out,
         "chunks produced     {}{}",
@@ -247,13 +238,10 @@ pub fn status(report: &StatusReport) -> String {
     let _ = writeln!(
         out,
         "chunks processed    {} ({} rejected)",
-        processed, report.chunks_rejected
+        report.chunks_done(),
+        report.chunks_rejected
     );
-    let _ = writeln!(
-        out,
-        "lag                 {} chunks",
-        report.chunks_produced.saturating_sub(processed)
-    );
+    let _ = writeln!(out, "lag                 {} chunks", report.lag_chunks());
     let _ = writeln!(out, "rows produced       {}", report.rows_produced);
     let _ = writeln!(out, "rows processed      {}", report.rows_processed);
     let _ = writeln!(out, "bad rows            {}", report.bad_rows);
@@ -263,16 +251,12 @@ pub fn status(report: &StatusReport) -> String {
         report.last_chunk.as_deref().unwrap_or("-")
     );
     for pattern in Pattern::ALL {
-        let count = report
-            .detections
-            .iter()
-            .find(|(id, _)| id == pattern.id())
-            .map_or(0, |(_, n)| *n);
         let _ = writeln!(
             out,
-            "detections {} {:<10} {count}",
+            "detections {} {:<10} {}",
             pattern.id(),
-            pattern.action()
+            pattern.action(),
+            report.detections_of(pattern)
         );
     }
     let _ = writeln!(

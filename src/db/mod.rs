@@ -278,6 +278,26 @@ pub struct StatusReport {
     pub standbys: Vec<StandbyRow>,
 }
 
+impl StatusReport {
+    /// Chunks with a `processed_chunks` row, processed or rejected.
+    pub fn chunks_done(&self) -> u64 {
+        self.chunks_processed + self.chunks_rejected
+    }
+
+    /// Chunks produced and not yet processed.
+    pub fn lag_chunks(&self) -> u64 {
+        self.chunks_produced.saturating_sub(self.chunks_done())
+    }
+
+    /// Detections of `pattern` (0 before the first).
+    pub fn detections_of(&self, pattern: crate::detect::Pattern) -> u64 {
+        self.detections
+            .iter()
+            .find(|(id, _)| id == pattern.id())
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The database could not be reached or was busy; retrying may help.
