@@ -35,7 +35,7 @@ use tracing::{error, warn};
 
 use crate::config::SupervisorConfig;
 use crate::db::RestartEvent;
-use crate::metrics::{ActorState, Metrics};
+use crate::metrics::{ActorState, GaugeUnit, Metrics};
 
 /// An actor restarted too often.
 pub const EXIT_RESTART_LIMIT: i32 = 3;
@@ -272,8 +272,8 @@ impl<A: Actor> Mailbox<A> {
         A: Handler<M>,
         A::Context: actix::dev::ToEnvelope<A, M>,
     {
-        self.queued.inc();
-        let queued = QueuedGuard(self.queued.clone());
+        // Off the count when answered, or when the send is dropped.
+        let queued = GaugeUnit::new(&self.queued);
         let answer = self.addr.send(msg);
         async move {
             let answer = answer.await;
@@ -285,15 +285,6 @@ impl<A: Actor> Mailbox<A> {
     /// Whether the actor is still there (not stopped for good).
     pub fn connected(&self) -> bool {
         self.addr.connected()
-    }
-}
-
-/// Takes a message off the count when its send is answered or dropped.
-struct QueuedGuard(Gauge);
-
-impl Drop for QueuedGuard {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

@@ -47,6 +47,7 @@ use super::supervised::{Behaviour, Failure, Group, Mailbox, Supervised};
 use super::wiring::{Wiring, contain_async};
 use crate::db::{DbError, IgnoredObject};
 use crate::layout;
+use crate::metrics::GaugeUnit;
 use crate::store::StoreError;
 
 pub type S3WatcherActor = Supervised<Watcher>;
@@ -159,22 +160,15 @@ impl Handler<Start> for S3WatcherActor {
 #[derive(Debug)]
 pub struct InFlight {
     _permit: OwnedSemaphorePermit,
-    gauge: Gauge,
+    _counted: GaugeUnit,
 }
 
 impl InFlight {
     fn new(permit: OwnedSemaphorePermit, gauge: &Gauge) -> InFlight {
-        gauge.inc();
         InFlight {
             _permit: permit,
-            gauge: gauge.clone(),
+            _counted: GaugeUnit::new(gauge),
         }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.gauge.dec();
     }
 }
 

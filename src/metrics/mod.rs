@@ -55,6 +55,25 @@ impl Mark {
     }
 }
 
+/// One unit of a gauge, held while something is there: added when made,
+/// taken off when dropped, whichever way its holder ends (a message in a
+/// mailbox, a chunk in flight).
+#[derive(Debug)]
+pub struct GaugeUnit(Gauge);
+
+impl GaugeUnit {
+    pub fn new(gauge: &Gauge) -> GaugeUnit {
+        gauge.inc();
+        GaugeUnit(gauge.clone())
+    }
+}
+
+impl Drop for GaugeUnit {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// `{pattern="PatId1"}`
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PatternLabel {
