@@ -105,6 +105,24 @@ where
         .await
 }
 
+/// One attempt of the store call `what` on `backend`: timed, and counted
+/// when it failed transiently (the retry helpers then try again).
+async fn measured<T, E>(
+    metrics: &Metrics,
+    backend: Backend,
+    what: &'static str,
+    is_transient: fn(&E) -> bool,
+    attempt: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let started = Instant::now();
+    let result = attempt.await;
+    metrics.store_call(backend, what, started.elapsed());
+    if result.as_ref().is_err_and(is_transient) {
+        metrics.retried(backend, what);
+    }
+    result
+}
+
 impl Wiring {
     /// [`retry_db`] with the configured attempts, each attempt timed and
     /// each retry counted under `what`. A write the database refused
@@ -115,18 +133,14 @@ impl Wiring {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
-        let metrics = &self.metrics;
         let result = retry_db(self.settings.database.max_attempts, what, || {
-            let attempt = call();
-            async move {
-                let started = Instant::now();
-                let result = attempt.await;
-                metrics.store_call(Backend::Database, what, started.elapsed());
-                if result.as_ref().is_err_and(DbError::is_transient) {
-                    metrics.retried(Backend::Database, what);
-                }
-                result
-            }
+            measured(
+                &self.metrics,
+                Backend::Database,
+                what,
+                DbError::is_transient,
+                call(),
+            )
         })
         .await;
         if let Err(DbError::Fenced(message)) = &result {
@@ -142,18 +156,14 @@ impl Wiring {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let metrics = &self.metrics;
         retry_store(self.settings.storage.max_attempts, what, || {
-            let attempt = call();
-            async move {
-                let started = Instant::now();
-                let result = attempt.await;
-                metrics.store_call(Backend::ObjectStore, what, started.elapsed());
-                if result.as_ref().is_err_and(StoreError::is_transient) {
-                    metrics.retried(Backend::ObjectStore, what);
-                }
-                result
-            }
+            measured(
+                &self.metrics,
+                Backend::ObjectStore,
+                what,
+                StoreError::is_transient,
+                call(),
+            )
         })
         .await
     }
