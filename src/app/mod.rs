@@ -65,6 +65,7 @@ impl RunReport {
         error: Option<String>,
         elapsed: Duration,
     ) -> Self {
+        let [latency_p50_ms, latency_p99_ms] = metrics.latency_ms([50.0, 99.0]);
         RunReport {
             exit_code,
             error,
@@ -79,8 +80,8 @@ impl RunReport {
             detections: metrics.detections(),
             commits: metrics.commits.get(),
             batches_written: metrics.files_written.get(),
-            latency_p50_ms: metrics.latency_ms(50.0),
-            latency_p99_ms: metrics.latency_ms(99.0),
+            latency_p50_ms,
+            latency_p99_ms,
             end_to_end: metrics.end_to_end(),
             window_cpu_seconds: metrics.window_cpu_seconds(),
             to_last_file: metrics.to_last_file(),

@@ -303,9 +303,9 @@ fn view(m: &Metrics) -> StateView {
         lag_chunks: m.lag_chunks(),
         in_flight: m.in_flight.get(),
         pair_state_pairs: m.pair_state_pairs.get(),
-        latency_ms: Latency {
-            p50: m.latency_ms(50.0),
-            p99: m.latency_ms(99.0),
+        latency_ms: {
+            let [p50, p99] = m.latency_ms([50.0, 99.0]);
+            Latency { p50, p99 }
         },
         rss_bytes: crate::metrics::resident_bytes(),
         cpu_seconds: crate::metrics::cpu_seconds(),
