@@ -1,22 +1,10 @@
 //! The `txpipe` binary as users run it.
 
 use crate::support;
+use crate::support::txpipe;
 
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn txpipe(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_txpipe"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .env("TXPIPE__HTTP__LISTEN", "");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().unwrap()
-}
+use std::process::Command;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -682,19 +682,14 @@ fn status_json_and_watch() {
     let config = support::configs::embedded(dir.path(), &transactions, &importance, "");
     let config = config.to_str().unwrap();
     let bin = env!("CARGO_BIN_EXE_txpipe");
-    let run = Command::new(bin)
-        .args(["run", "--config", config, "--exit-when-done"])
-        .env("TXPIPE__HTTP__LISTEN", "")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let run = support::txpipe(
+        &["run", "--config", config, "--exit-when-done"],
+        dir.path(),
+        &[],
+    );
     assert!(run.status.success(), "{run:?}");
 
-    let output = Command::new(bin)
-        .args(["status", "--config", config, "--json"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let output = support::txpipe(&["status", "--config", config, "--json"], dir.path(), &[]);
     assert!(output.status.success(), "{output:?}");
     let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(status["chunks_produced"], 3);
@@ -738,17 +733,16 @@ fn a_port_in_use_or_a_bad_address_is_refused_naming_http_listen() {
             "must be empty (no HTTP server) or an address",
         ),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_txpipe"))
-            .args([
+        let output = support::txpipe(
+            &[
                 "run",
                 "--config",
                 config.to_str().unwrap(),
                 "--exit-when-done",
-            ])
-            .env("TXPIPE__HTTP__LISTEN", listen)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
+            ],
+            dir.path(),
+            &[("TXPIPE__HTTP__LISTEN", listen)],
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{listen}: {stderr}");
         assert!(

@@ -133,6 +133,21 @@ pub fn generated(rows: u64, customers: u32, merchants: u32, seed: u64) -> (PathB
     )
 }
 
+/// Runs the `txpipe` binary to its end in `dir` with `args`: warnings only
+/// in its log, no HTTP endpoints, then `env` on top.
+pub fn txpipe(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_txpipe"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .env("TXPIPE__HTTP__LISTEN", "");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
 /// Embedded settings for a run in `dir`, in catch-up mode.
 pub fn embedded_settings(dir: &Path, transactions: &Path, importance: &Path) -> Settings {
     let mut settings = Settings::load_with_env(None, []).unwrap();
