@@ -11,6 +11,9 @@ use serde::Deserialize;
 /// The embedded defaults, identical to `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// Most key groups a cluster may have (`cluster.key_groups`).
+pub const MAX_KEY_GROUPS: u32 = 32768;
+
 /// Prefix of environment overrides (`TXPIPE__CHUNKER__INTERVAL_MS=0`).
 pub const ENV_PREFIX: &str = "TXPIPE";
 
@@ -28,6 +31,7 @@ pub struct Settings {
     pub actors: ActorsConfig,
     pub supervisor: SupervisorConfig,
     pub ownership: OwnershipConfig,
+    pub cluster: ClusterConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
 }
@@ -60,6 +64,23 @@ pub struct OwnershipConfig {
     /// Wait as a hot standby while another process holds the lease
     /// (`false`: exit with code 6 instead; `txpipe run --no-standby`).
     pub standby: bool,
+}
+
+/// Several workers sharing one bucket and one PostgreSQL database, each
+/// owning a share of the key groups (see `cluster`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `false`: one active process with hot standbys (`ownership`).
+    pub enabled: bool,
+    /// How many key groups the state is split into; fixed when the
+    /// database is created.
+    pub key_groups: u32,
+    /// How long a worker's and a key group's lease lasts without a
+    /// heartbeat.
+    pub lease_ttl_ms: u64,
+    /// How often a worker renews its leases and rebalances.
+    pub heartbeat_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -385,6 +406,29 @@ impl Settings {
                 && self.ownership.heartbeat_ms.saturating_mul(2) <= self.ownership.lease_ttl_ms,
             "ownership.heartbeat_ms",
             "must be at least 10 and at most half of ownership.lease_ttl_ms",
+        )?;
+        check(
+            (1..=MAX_KEY_GROUPS).contains(&self.cluster.key_groups),
+            "cluster.key_groups",
+            "must be between 1 and 32768",
+        )?;
+        check(
+            !self.cluster.enabled
+                || DatabaseKind::of(&self.database.url) == Some(DatabaseKind::Postgres),
+            "cluster.enabled",
+            "needs a PostgreSQL database.url (postgres://...): the workers of a cluster \
+             coordinate through it; the embedded SQLite file serves one process",
+        )?;
+        check(
+            self.cluster.lease_ttl_ms >= 100,
+            "cluster.lease_ttl_ms",
+            "must be at least 100",
+        )?;
+        check(
+            self.cluster.heartbeat_ms >= 10
+                && self.cluster.heartbeat_ms.saturating_mul(2) <= self.cluster.lease_ttl_ms,
+            "cluster.heartbeat_ms",
+            "must be at least 10 and at most half of cluster.lease_ttl_ms",
         )?;
         check(
             (1..=256).contains(&self.database.pool_size),

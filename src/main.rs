@@ -281,15 +281,38 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 .build()?;
             runtime.block_on(async {
                 let state = txpipe::db::open_existing(&settings).await?;
+                // A cluster's workers, key groups and leases, after the rest.
+                let cluster = match settings.cluster.enabled {
+                    true => Some(
+                        txpipe::db::postgres::PostgresStore::connect(&settings.database.url, 1)
+                            .await?,
+                    ),
+                    false => None,
+                };
+                let cluster_of = async |produced: u64| -> anyhow::Result<_> {
+                    Ok(match &cluster {
+                        Some(cluster) => Some(app::report::ClusterJson::new(
+                            &cluster.cluster_view().await?,
+                            produced,
+                        )),
+                        None => None,
+                    })
+                };
                 let Some(every) = watch else {
                     let report = state.status(5).await?;
+                    let cluster = cluster_of(report.chunks_produced).await?;
                     if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&app::report::StatusJson::new(&report))?
-                        );
+                        let mut value =
+                            serde_json::to_value(app::report::StatusJson::new(&report))?;
+                        if let (Some(cluster), Some(object)) = (cluster, value.as_object_mut()) {
+                            object.insert("cluster".into(), serde_json::to_value(cluster)?);
+                        }
+                        println!("{}", serde_json::to_string_pretty(&value)?);
                     } else {
                         print!("{}", app::report::status(&report));
+                        if let Some(cluster) = cluster {
+                            print!("{}", app::report::cluster_status(&cluster));
+                        }
                     }
                     return anyhow::Ok(());
                 };
@@ -301,12 +324,13 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 print!("\x1b[2J");
                 loop {
                     let report = state.status(5).await?;
+                    let mut text = app::report::status(&report);
+                    if let Some(cluster) = cluster_of(report.chunks_produced).await? {
+                        text.push_str(&app::report::cluster_status(&cluster));
+                    }
                     // Home, the report, then clear what an older, longer
                     // report left below it: refreshed in place.
-                    print!(
-                        "\x1b[H{}\x1b[J",
-                        app::report::status(&report).replace('\n', "\x1b[K\n")
-                    );
+                    print!("\x1b[H{}\x1b[J", text.replace('\n', "\x1b[K\n"));
                     println!(
                         "every {:.1} s, {}; Ctrl-C to stop\x1b[K",
                         every.as_secs_f64(),

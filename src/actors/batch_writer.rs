@@ -32,7 +32,7 @@ use tracing::{debug, info};
 use super::supervised::{Behaviour, Failure, Supervised};
 use super::tracker::ChunksCommitted;
 use super::wiring::{Wiring, contain_async};
-use crate::db::{DbError, DetectionLine};
+use crate::db::{DbError, DetectionLine, Fence};
 use crate::layout;
 use crate::store::StoreError;
 
@@ -44,6 +44,9 @@ pub type BatchWriterActor = Supervised<BatchWriter>;
 /// The batch writer's wiring.
 pub struct BatchWriter {
     pub wiring: Arc<Wiring>,
+    /// The lease batches are assigned and marked written under: the
+    /// ownership lease of a single process, the chunker's in a cluster.
+    pub fence: Fence,
 }
 
 /// What the batch writer owns: whether a flush runs, whether another is
@@ -125,8 +128,8 @@ impl BatchWriterActor {
         let include_partial = linger_due || !finishing.is_empty();
         state.flushing = true;
         state.again = false;
-        let wiring = self.behaviour.wiring.clone();
-        let work = async move { flush(&wiring, include_partial).await };
+        let (wiring, fence) = (self.behaviour.wiring.clone(), self.behaviour.fence.clone());
+        let work = async move { flush(&wiring, &fence, include_partial).await };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(contain_async(work)).map(
             move |outcome, act, ctx| {
                 let waiting = match outcome {
@@ -159,14 +162,30 @@ impl BatchWriterActor {
 
 /// Assigns full batches (and the partial one if asked), writes every
 /// batch not yet written, and returns how many detections still wait.
-async fn flush(p: &Wiring, include_partial: bool) -> Result<u64, WriteError> {
+async fn flush(p: &Wiring, fence: &Fence, include_partial: bool) -> Result<u64, WriteError> {
     let size = p.settings.batch.size;
     let stamp = crate::clock::name_stamp(chrono::Utc::now());
-    p.db("assign batches", || {
-        p.state
-            .assign_batches(&p.fence, size, include_partial, &stamp)
-    })
-    .await?;
+    match &p.cluster {
+        // A cluster numbers only detections of processed chunks (every key
+        // group applied them), in a single process's order; the partial
+        // batch waits until every chunk is processed.
+        Some(cluster) => {
+            let include_partial = include_partial
+                && p.db("read progress", || p.state.status(0))
+                    .await
+                    .is_ok_and(|status| status.every_chunk_committed());
+            p.db("assign batches", || {
+                cluster.assign_cluster_batches(fence, size, include_partial, &stamp)
+            })
+            .await?;
+        }
+        None => {
+            p.db("assign batches", || {
+                p.state.assign_batches(fence, size, include_partial, &stamp)
+            })
+            .await?;
+        }
+    }
     let batches = p.db("list batches", || p.state.unwritten_batches()).await?;
     for batch in batches {
         p.faults.hit("batch-writer")?;
@@ -182,7 +201,7 @@ async fn flush(p: &Wiring, include_partial: bool) -> Result<u64, WriteError> {
         crate::pause_points::reached("batch-put");
         let at = crate::clock::now_ist();
         p.db("mark batch written", || {
-            p.state.mark_batch_written(&p.fence, batch.batch_no, &at)
+            p.state.mark_batch_written(fence, batch.batch_no, &at)
         })
         .await?;
         p.metrics.file_written();

@@ -46,7 +46,7 @@ use super::supervised::{Behaviour, Failure, Mailbox, Supervised};
 use super::supervisor::{MasterChunked, SupervisorActor};
 use super::watcher::{ChunkWritten, ChunksClaimed, S3WatcherActor};
 use super::wiring::{Wiring, contain_async};
-use crate::db::{ChunkerPosition, DbError};
+use crate::db::{ChunkerPosition, DbError, Fence};
 use crate::input::records::{Cause, ChunkCutter, Cut, CutShort, master_header};
 use crate::layout;
 use crate::store::StoreError;
@@ -56,6 +56,9 @@ pub type ChunkerActor = Supervised<Chunker>;
 /// The chunker's wiring.
 pub struct Chunker {
     pub wiring: Arc<Wiring>,
+    /// The lease the chunker writes under: the ownership lease of a single
+    /// process, the cluster's chunker lease in a cluster.
+    pub fence: Fence,
     pub watcher: Mailbox<S3WatcherActor>,
     pub supervisor: Addr<SupervisorActor>,
 }
@@ -92,6 +95,7 @@ impl Behaviour for Chunker {
         let (stop, stopped) = oneshot::channel();
         let links = Links {
             wiring: act.behaviour.wiring.clone(),
+            fence: act.behaviour.fence.clone(),
             watcher: act.behaviour.watcher.clone(),
             supervisor: act.behaviour.supervisor.clone(),
         };
@@ -277,6 +281,7 @@ fn resume_position(
 /// Where the loop reports to.
 struct Links {
     wiring: Arc<Wiring>,
+    fence: Fence,
     watcher: Mailbox<S3WatcherActor>,
     supervisor: Addr<SupervisorActor>,
 }
@@ -382,7 +387,7 @@ async fn run(
                 .collect();
             position.finished = false;
             p.db("save chunker position", || {
-                p.state.save_chunker_position(&p.fence, &position)
+                p.state.save_chunker_position(&links.fence, &position)
             })
             .await?;
             let _ = links
@@ -408,7 +413,7 @@ async fn run(
         }
         if in_flight.is_empty() {
             if cut_all {
-                finish(p, &mut position).await?;
+                finish(p, &links.fence, &mut position).await?;
                 let _ = links.supervisor.send(MasterChunked).await;
                 return Ok(());
             }
@@ -468,12 +473,16 @@ struct InFlight {
 }
 
 /// Records that the master file is fully chunked.
-async fn finish(p: &Wiring, position: &mut ChunkerPosition) -> Result<(), ChunkerError> {
+async fn finish(
+    p: &Wiring,
+    fence: &Fence,
+    position: &mut ChunkerPosition,
+) -> Result<(), ChunkerError> {
     if !position.finished || !position.pending_keys.is_empty() {
         position.finished = true;
         position.pending_keys.clear();
         p.db("save chunker position", || {
-            p.state.save_chunker_position(&p.fence, position)
+            p.state.save_chunker_position(fence, position)
         })
         .await?;
     }

@@ -11,6 +11,7 @@
 //! generation, so nothing a failed generation left in a mailbox is ever
 //! applied.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -29,6 +30,60 @@ pub struct Committed {
     pub snapshot: Snapshot,
     /// The detection engine over the loaded lookup table.
     pub engine: Engine,
+    /// In a cluster: the key groups this generation applies (`None`: a
+    /// single process, which applies everything).
+    pub share: Option<Arc<Share>>,
+}
+
+/// The key groups one generation of a cluster's worker applies: those it
+/// holds leases on, each with the epoch of its lease (every commit is
+/// fenced by it) and the last chunk the group had applied when its state
+/// was loaded. A generation starts after the least advanced of them and
+/// applies a chunk's rows to a group only past that group's own position,
+/// so a group taken over late catches up while the others skip what they
+/// have.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Share {
+    /// How many key groups the cluster has (`cluster.key_groups`).
+    pub key_groups: u32,
+    /// The worker's lease owner id.
+    pub owner_id: String,
+    pub groups: BTreeMap<u32, GroupStart>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupStart {
+    pub epoch: u64,
+    /// Sequence number of the last chunk the group had applied (-1: none).
+    pub last_seq: i64,
+}
+
+impl Share {
+    /// Whether chunk `seq`'s rows of `group` are applied in this generation.
+    pub fn applies(&self, group: u32, seq: i64) -> bool {
+        self.groups
+            .get(&group)
+            .is_some_and(|start| seq > start.last_seq)
+    }
+
+    /// The group of `merchant`.
+    pub fn group_of(&self, merchant: &str) -> u32 {
+        crate::detect::key_group::key_group(merchant, self.key_groups)
+    }
+
+    /// `(group, epoch)` of every group held.
+    pub fn fences(&self) -> Vec<(u32, u64)> {
+        self.groups.iter().map(|(&g, s)| (g, s.epoch)).collect()
+    }
+
+    /// What each group's progress is after chunks up to `seq` (-1: none)
+    /// were committed in this generation.
+    pub fn progress_after(&self, seq: i64) -> Vec<(u32, i64)> {
+        self.groups
+            .iter()
+            .map(|(&g, s)| (g, s.last_seq.max(seq)))
+            .collect()
+    }
 }
 
 impl Committed {
@@ -53,7 +108,7 @@ impl Committed {
             let last = wiring
                 .db("read last chunk", || wiring.state.last_chunk())
                 .await?;
-            let snapshot = Self::read_state(wiring).await?;
+            let snapshot = Self::read_state(wiring, None).await?;
             let again = wiring
                 .db("read last chunk", || wiring.state.last_chunk())
                 .await?;
@@ -63,34 +118,95 @@ impl Committed {
                     last_chunk: last.map(Arc::from),
                     snapshot,
                     engine,
+                    share: None,
                 });
             }
         }
     }
 
-    async fn read_state(w: &Wiring) -> Result<Snapshot, DbError> {
+    /// Reads a cluster worker's committed state: the positions and state
+    /// of the key groups it holds (`held`: group → lease epoch). Nobody
+    /// else commits to them, and this worker's tracker is quiesced, so one
+    /// read is consistent.
+    pub async fn load_share(
+        wiring: &Wiring,
+        generation: u64,
+        engine: Engine,
+        owner_id: &str,
+        held: &BTreeMap<u32, u64>,
+    ) -> Result<Committed, DbError> {
+        let cluster = wiring
+            .cluster
+            .as_ref()
+            .ok_or_else(|| DbError::Failed("not a cluster worker".into()))?;
+        let groups: Vec<u32> = held.keys().copied().collect();
+        let positions = wiring
+            .db("read key groups", || cluster.group_positions(&groups))
+            .await?;
+        let last_chunk = match positions.iter().min_by_key(|p| p.last_seq) {
+            Some(start) => start.last_chunk.clone(),
+            // Nothing held: follow the cluster's frontier, applying nothing.
+            None => {
+                wiring
+                    .db("read last chunk", || wiring.state.last_chunk())
+                    .await?
+            }
+        };
+        let share = Share {
+            key_groups: wiring.settings.cluster.key_groups,
+            owner_id: owner_id.to_string(),
+            groups: positions
+                .iter()
+                .map(|p| {
+                    let start = GroupStart {
+                        epoch: held[&p.group],
+                        last_seq: p.last_seq,
+                    };
+                    (p.group, start)
+                })
+                .collect(),
+        };
+        let snapshot = Self::read_state(wiring, Some(&groups)).await?;
+        Ok(Committed {
+            generation,
+            last_chunk: last_chunk.map(Arc::from),
+            snapshot,
+            engine,
+            share: Some(Arc::new(share)),
+        })
+    }
+
+    /// The pair state and emitted detections: all of them, or those of
+    /// the key groups `groups`.
+    async fn read_state(w: &Wiring, groups: Option<&[u32]>) -> Result<Snapshot, DbError> {
         let names = &*w.names;
         let mut snapshot = Snapshot::default();
-        w.state
-            .scan_pairs(&mut |row| {
-                snapshot.pairs.push(PairState {
-                    merchant: names.merchant(row.merchant),
-                    customer: names.customer(row.customer),
-                    count: row.count,
-                    amount: Cents(row.amount),
-                    gender: row.gender,
-                })
+        let mut pairs = |row: crate::db::PairRow<'_>| {
+            snapshot.pairs.push(PairState {
+                merchant: names.merchant(row.merchant),
+                customer: names.customer(row.customer),
+                count: row.count,
+                amount: Cents(row.amount),
+                gender: row.gender,
             })
-            .await?;
-        w.state
-            .scan_emitted(&mut |row| {
-                snapshot.emitted.push(DetectionKey {
-                    pattern: row.pattern,
-                    merchant: names.merchant(row.merchant),
-                    customer: (!row.customer.is_empty()).then(|| names.customer(row.customer)),
-                })
+        };
+        match (groups, &w.cluster) {
+            (Some(groups), Some(cluster)) => cluster.scan_group_pairs(groups, &mut pairs).await?,
+            _ => w.state.scan_pairs(&mut pairs).await?,
+        }
+        let mut emitted = Vec::new();
+        let mut visit = |row: crate::db::EmittedRow<'_>| {
+            emitted.push(DetectionKey {
+                pattern: row.pattern,
+                merchant: names.merchant(row.merchant),
+                customer: (!row.customer.is_empty()).then(|| names.customer(row.customer)),
             })
-            .await?;
+        };
+        match (groups, &w.cluster) {
+            (Some(groups), Some(cluster)) => cluster.scan_group_emitted(groups, &mut visit).await?,
+            _ => w.state.scan_emitted(&mut visit).await?,
+        }
+        snapshot.emitted = emitted;
         Ok(snapshot)
     }
 }

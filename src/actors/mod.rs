@@ -49,6 +49,7 @@ pub mod committed;
 pub mod compactor;
 pub mod detector;
 pub mod faults;
+pub mod membership;
 pub mod pair_table;
 pub mod reader;
 pub mod sequence;

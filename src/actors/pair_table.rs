@@ -176,6 +176,7 @@ impl PairTableActor {
                         reason: Some(reason.to_string()),
                     },
                     encoded_delta: None,
+                    group_deltas: Vec::new(),
                     detections: Vec::new(),
                     detection_time: String::new(),
                     listed_at,
@@ -224,7 +225,7 @@ impl PairTableActor {
             detections: 0,
             reason: None,
         };
-        let encoded = content.encoded;
+        let (encoded, group_deltas) = (content.encoded, content.groups);
         let work = async move {
             let mut detections = Vec::new();
             for answer in join_all(requests).await {
@@ -241,6 +242,7 @@ impl PairTableActor {
                     ..record
                 },
                 encoded_delta: Some(encoded),
+                group_deltas,
                 detections,
                 detection_time: crate::clock::now_ist(),
                 listed_at,

@@ -25,10 +25,11 @@ use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use tracing::info;
 
-use super::committed::Start;
+use super::committed::{Share, Start};
 use super::pair_table::{PairTableActor, Parsed};
 use super::supervised::{Behaviour, Failure, Group, Mailbox, Supervised};
 use super::wiring::{Wiring, contain_async};
+use crate::detect::ChunkDelta;
 use crate::input::transactions::{BadRow, ChunkParser, ParsedChunk, RejectReason};
 use crate::layout;
 use crate::store::{Sized, StoreError};
@@ -44,6 +45,8 @@ pub struct Reader {
 /// The generation the reader works in.
 pub struct ReaderState {
     generation: u64,
+    /// In a cluster: the key groups whose rows are kept.
+    share: Option<Arc<Share>>,
 }
 
 impl Behaviour for Reader {
@@ -74,8 +77,54 @@ pub struct Fetch {
 /// A chunk after reading and parsing.
 pub struct Content {
     pub chunk: ParsedChunk,
-    /// The chunk's state change, encoded for the database (`db::delta`).
+    /// The chunk's state change, encoded for the database (`db::delta`);
+    /// empty in a cluster, which stores it per key group (`groups`).
     pub encoded: Bytes,
+    /// In a cluster: the state change of each key group the generation
+    /// applies this chunk to, encoded.
+    pub groups: Vec<(u32, Bytes)>,
+}
+
+/// Keeps the rows of the key groups `share` applies chunk `seq` to, and
+/// encodes each group's part: memory and state follow ownership. Every
+/// worker parses every chunk; only its own groups' pairs go further.
+fn keep_share(chunk: &mut ParsedChunk, share: &Share, seq: i64) -> Vec<(u32, Bytes)> {
+    let merchants: Vec<&str> = chunk.names.merchants().collect();
+    let group_of: Vec<u32> = merchants.iter().map(|m| share.group_of(m)).collect();
+    // Per group: its pairs, its merchants renumbered, its names.
+    #[derive(Default)]
+    struct Part<'a> {
+        delta: ChunkDelta,
+        merchants: Vec<&'a str>,
+        local: rustc_hash::FxHashMap<u32, u32>,
+        pairs: Vec<(u32, &'a str)>,
+    }
+    let mut parts: std::collections::BTreeMap<u32, Part<'_>> = Default::default();
+    let mut kept = ChunkDelta::default();
+    for (pair, (merchant, customer)) in chunk.delta.pairs.iter().zip(chunk.names.pairs()) {
+        let group = group_of[merchant as usize];
+        if !share.applies(group, seq) {
+            continue;
+        }
+        kept.pairs.push(*pair);
+        let part = parts.entry(group).or_default();
+        let next = part.merchants.len() as u32;
+        let local = *part.local.entry(merchant).or_insert_with(|| {
+            part.merchants.push(merchants[merchant as usize]);
+            next
+        });
+        part.delta.pairs.push(*pair);
+        part.pairs.push((local, customer));
+    }
+    let encoded = parts
+        .into_iter()
+        .map(|(group, part)| {
+            let blob = crate::db::delta::encode_named(&part.delta, part.merchants, part.pairs);
+            (group, Bytes::from(blob))
+        })
+        .collect();
+    chunk.delta = kept;
+    encoded
 }
 
 impl Handler<Start> for ReaderActor {
@@ -85,6 +134,7 @@ impl Handler<Start> for ReaderActor {
         if committed.supersedes(self.state.as_ref().map(|s| s.generation)) {
             self.set_state(ReaderState {
                 generation: committed.generation,
+                share: committed.share.clone(),
             });
         }
     }
@@ -94,13 +144,18 @@ impl Handler<Fetch> for ReaderActor {
     type Result = ();
 
     fn handle(&mut self, fetch: Fetch, ctx: &mut Context<Self>) {
-        if self.state.as_ref().map(|s| s.generation) != Some(fetch.generation) {
+        let Some(share) = self
+            .state
+            .as_ref()
+            .filter(|s| s.generation == fetch.generation)
+            .map(|s| s.share.clone())
+        else {
             return; // an older generation's: its permit goes with it
-        }
+        };
         let wiring = self.behaviour.wiring.clone();
         let pair_table = self.behaviour.pair_table.clone();
         let work = async move {
-            let content = read(&wiring, &fetch.key, fetch.body).await?;
+            let content = read(&wiring, &fetch.key, fetch.body, share).await?;
             let parsed = Parsed {
                 generation: fetch.generation,
                 number: fetch.number,
@@ -131,7 +186,9 @@ async fn read(
     p: &Wiring,
     key: &str,
     handed_over: Option<Bytes>,
+    share: Option<Arc<Share>>,
 ) -> Result<Result<Content, RejectReason>, StoreError> {
+    let seq = crate::layout::chunk_seq(key).map_or(i64::MAX, |seq| seq as i64);
     crate::pause_points::reached("chunk-fetch");
     let limit = p.settings.watcher.max_chunk_bytes;
     let body = match handed_over {
@@ -159,14 +216,24 @@ async fn read(
                 ChunkParser::new(max_record_bytes)
                     .parse(&data, &names)
                     .map(|mut chunk| {
-                        let encoded = Bytes::from(crate::db::delta::encode_named(
-                            &chunk.delta,
-                            chunk.names.merchants(),
-                            chunk.names.pairs(),
-                        ));
+                        let (encoded, groups) = match share {
+                            Some(share) => (Bytes::new(), keep_share(&mut chunk, &share, seq)),
+                            None => {
+                                let encoded = crate::db::delta::encode_named(
+                                    &chunk.delta,
+                                    chunk.names.merchants(),
+                                    chunk.names.pairs(),
+                                );
+                                (Bytes::from(encoded), Vec::new())
+                            }
+                        };
                         // The names served the encoding only.
                         chunk.names = Default::default();
-                        Content { chunk, encoded }
+                        Content {
+                            chunk,
+                            encoded,
+                            groups,
+                        }
                     })
             })
             .await

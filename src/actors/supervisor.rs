@@ -34,6 +34,7 @@ use super::chunker::{Chunker, ChunkerActor, Stop};
 use super::committed::{Committed, Start};
 use super::compactor::{Compactor, CompactorActor, FinalCompact};
 use super::detector::{Detector, DetectorActor};
+use super::membership::{Rebalanced, rebalance};
 use super::pair_table::{PairTable, PairTableActor};
 use super::reader::{Reader, ReaderActor};
 pub use super::supervised::{
@@ -43,11 +44,12 @@ use super::supervised::{Group, Mailbox, Restarted, Supervised};
 use super::tracker::{Quiesce, Tracker, TrackerActor};
 use super::watcher::{Drain, S3WatcherActor, Watcher, WhenIdle};
 use super::wiring::Wiring;
-use crate::db::Renewal;
+use crate::db::{Claimant, Fence, Renewal};
 use crate::detect::{Engine, parts};
 use crate::layout::chunk_seq;
 use crate::metrics::Phase;
 use crate::signals::Signals;
+use std::collections::BTreeMap;
 
 /// When the supervisor ends the run on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,16 +74,18 @@ pub struct Resync {
     pub reason: String,
 }
 
-/// Addresses of the running topology.
+/// Addresses of the running topology. A cluster's worker runs the chunker
+/// and the batch writer only while it holds the chunker lease, and no
+/// compactor.
 pub struct Topology {
-    pub chunker: Mailbox<ChunkerActor>,
+    pub chunker: Option<Mailbox<ChunkerActor>>,
     pub watcher: Mailbox<S3WatcherActor>,
     pub reader: Mailbox<ReaderActor>,
     pub pair_table: Mailbox<PairTableActor>,
     pub detectors: Vec<Mailbox<DetectorActor>>,
     pub tracker: Mailbox<TrackerActor>,
-    pub batch_writer: Mailbox<BatchWriterActor>,
-    pub compactor: Mailbox<CompactorActor>,
+    pub batch_writer: Option<Mailbox<BatchWriterActor>>,
+    pub compactor: Option<Mailbox<CompactorActor>>,
 }
 
 impl Topology {
@@ -105,8 +109,17 @@ impl Topology {
             }};
         }
         let w = || wiring.clone();
-        let batch_writer = spawn!("batch-writer", BatchWriter { wiring: w() });
-        let compactor = spawn!("compactor", Compactor { wiring: w() });
+        let single = wiring.cluster.is_none();
+        let batch_writer = single.then(|| {
+            spawn!(
+                "batch-writer",
+                BatchWriter {
+                    wiring: w(),
+                    fence: wiring.fence.clone(),
+                }
+            )
+        });
+        let compactor = single.then(|| spawn!("compactor", Compactor { wiring: w() }));
         let tracker = spawn!(
             "tracker",
             Tracker {
@@ -151,14 +164,17 @@ impl Topology {
                 reader: reader.clone(),
             }
         );
-        let chunker = spawn!(
-            "chunker",
-            Chunker {
-                wiring: w(),
-                watcher: watcher.clone(),
-                supervisor: supervisor.clone(),
-            }
-        );
+        let chunker = single.then(|| {
+            spawn!(
+                "chunker",
+                Chunker {
+                    wiring: w(),
+                    fence: wiring.fence.clone(),
+                    watcher: watcher.clone(),
+                    supervisor: supervisor.clone(),
+                }
+            )
+        });
         let mut edges = vec![
             ("chunker", "watcher".to_string()),
             ("watcher", "reader".to_string()),
@@ -168,8 +184,10 @@ impl Topology {
             edges.push(("pair-table", Detector::name(pattern, shard)));
         }
         edges.push(("pair-table", "tracker".to_string()));
-        edges.push(("tracker", "batch-writer".to_string()));
-        edges.push(("tracker", "compactor".to_string()));
+        if single {
+            edges.push(("tracker", "batch-writer".to_string()));
+            edges.push(("tracker", "compactor".to_string()));
+        }
         wiring.metrics.health.set_edges(
             edges
                 .into_iter()
@@ -213,16 +231,60 @@ impl Topology {
         }
     }
 
+    /// A cluster worker that took the chunker lease starts the chunker and
+    /// the batch writer, both writing under that lease.
+    fn start_leader(
+        &mut self,
+        wiring: &Arc<Wiring>,
+        supervisor: Addr<SupervisorActor>,
+        fence: Fence,
+    ) {
+        let capacity = wiring.settings.actors.mailbox_capacity;
+        let restarted = supervisor.clone().recipient::<Restarted>();
+        self.batch_writer = Some(Supervised::start(
+            "batch-writer".to_string(),
+            BatchWriter {
+                wiring: wiring.clone(),
+                fence: fence.clone(),
+            },
+            capacity,
+            wiring.supervision.clone(),
+            restarted.clone(),
+        ));
+        self.chunker = Some(Supervised::start(
+            "chunker".to_string(),
+            Chunker {
+                wiring: wiring.clone(),
+                fence,
+                watcher: self.watcher.clone(),
+                supervisor,
+            },
+            capacity,
+            wiring.supervision.clone(),
+            restarted,
+        ));
+    }
+
     /// The name of a stage that stopped for good, if one did.
     fn dead_stage(&self, wiring: &Wiring) -> Option<String> {
+        let alive = |stage: Option<bool>| stage.unwrap_or(true);
         let named = [
-            ("chunker", self.chunker.connected()),
+            (
+                "chunker",
+                alive(self.chunker.as_ref().map(Mailbox::connected)),
+            ),
             ("watcher", self.watcher.connected()),
             ("reader", self.reader.connected()),
             ("pair-table", self.pair_table.connected()),
             ("tracker", self.tracker.connected()),
-            ("batch-writer", self.batch_writer.connected()),
-            ("compactor", self.compactor.connected()),
+            (
+                "batch-writer",
+                alive(self.batch_writer.as_ref().map(Mailbox::connected)),
+            ),
+            (
+                "compactor",
+                alive(self.compactor.as_ref().map(Mailbox::connected)),
+            ),
         ];
         if let Some((name, _)) = named.iter().find(|(_, alive)| !alive) {
             return Some(name.to_string());
@@ -260,6 +322,25 @@ pub struct SupervisorActor {
     /// Resyncs since the last generation that committed anything.
     resyncs: u32,
     stopping: bool,
+    /// A cluster worker's membership (`None`: a single process).
+    cluster: Option<Membership>,
+}
+
+/// What a cluster worker's supervisor holds of the cluster (see
+/// [`super::membership`]).
+struct Membership {
+    me: Claimant,
+    /// Key groups held, with their lease epochs: what the next generation
+    /// applies.
+    held: BTreeMap<u32, u64>,
+    /// The chunker lease, while this worker runs the chunker.
+    chunker: Option<Fence>,
+    /// A heartbeat is under way.
+    beating: bool,
+    /// Start a generation after the heartbeat under way, changed or not.
+    regenerate: bool,
+    /// Catch-up mode: waiting for the end has begun.
+    finishing: bool,
 }
 
 impl SupervisorActor {
@@ -279,6 +360,104 @@ impl SupervisorActor {
             generation: 0,
             resyncs: 0,
             stopping: false,
+            cluster: None,
+        }
+    }
+
+    /// Makes this process a worker of a cluster (`cluster.enabled`), known
+    /// to the others as `me`.
+    pub fn in_cluster(mut self, me: Claimant) -> SupervisorActor {
+        self.cluster = Some(Membership {
+            me,
+            held: BTreeMap::new(),
+            chunker: None,
+            beating: false,
+            regenerate: false,
+            finishing: false,
+        });
+        self
+    }
+
+    /// One membership heartbeat (renew, rebalance, chunker lease); with
+    /// `regenerate`, a new generation follows even if nothing changed.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>, regenerate: bool) {
+        let Some(m) = self.cluster.as_mut() else {
+            return;
+        };
+        m.regenerate |= regenerate;
+        if m.beating || self.stopping {
+            return;
+        }
+        m.beating = true;
+        let (wiring, me, held, chunker) = (
+            self.wiring.clone(),
+            m.me.clone(),
+            m.held.clone(),
+            m.chunker.clone(),
+        );
+        let beat = async move { rebalance(&wiring, &me, &held, chunker.as_ref(), false).await };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(beat)
+                .map(|outcome, act, ctx| act.rebalanced(outcome, ctx)),
+        );
+    }
+
+    fn rebalanced(&mut self, outcome: crate::db::DbResult<Rebalanced>, ctx: &mut Context<Self>) {
+        let Some(m) = self.cluster.as_mut() else {
+            return;
+        };
+        m.beating = false;
+        if self.stopping {
+            return;
+        }
+        let r = match outcome {
+            Ok(r) => r,
+            Err(error) => {
+                warn!(%error, "cluster heartbeat failed; trying again");
+                return;
+            }
+        };
+        if !r.lost.is_empty() {
+            warn!(
+                key_groups = ?r.lost,
+                "lost key groups to another worker (this one was paused or cut off past its \
+                 leases): it commits nothing more for them"
+            );
+        }
+        if !r.released.is_empty() || !r.taken.is_empty() {
+            info!(
+                released = ?r.released,
+                taken = ?r.taken,
+                held = r.held.len(),
+                "key groups rebalanced"
+            );
+        }
+        let changed = r.held != m.held;
+        m.held = r.held;
+        let regenerate = std::mem::take(&mut m.regenerate) || changed;
+        let new_leader = m.chunker.is_none() && r.chunker.is_some();
+        m.chunker = r.chunker;
+        let finish = r.chunker_finished && self.mode == RunMode::UntilDone && !m.finishing;
+        m.finishing |= finish;
+        let owner = format!("{}/{} ({} key groups)", m.me.host, m.me.pid, m.held.len());
+        self.wiring.metrics.health.set_owner(owner);
+        if let Some(why) = r.chunker_lost {
+            self.wiring.supervision.lost_lease(&why);
+            return;
+        }
+        if new_leader
+            && let (Some(fence), Some(topology)) = (
+                self.cluster.as_ref().and_then(|m| m.chunker.clone()),
+                self.topology.as_mut(),
+            )
+        {
+            topology.start_leader(&self.wiring, ctx.address(), fence);
+        }
+        if regenerate {
+            self.new_generation(ctx, Duration::ZERO);
+        }
+        if finish {
+            self.finish_when_done(ctx);
         }
     }
 
@@ -296,6 +475,10 @@ impl SupervisorActor {
         let generation = self.generation;
         let wiring = self.wiring.clone();
         let tracker = self.topology.as_ref().map(|t| t.tracker.clone());
+        let share = self
+            .cluster
+            .as_ref()
+            .map(|m| (m.me.owner_id.clone(), m.held.clone()));
         let load = async move {
             // No commit of the old generation may land while the snapshot
             // is read (the snapshot check would only retry).
@@ -304,7 +487,14 @@ impl SupervisorActor {
             }
             tokio::time::sleep(delay).await;
             loop {
-                match Committed::load(&wiring, generation, engine.clone()).await {
+                let loaded = match &share {
+                    Some((owner, held)) => {
+                        Committed::load_share(&wiring, generation, engine.clone(), owner, held)
+                            .await
+                    }
+                    None => Committed::load(&wiring, generation, engine.clone()).await,
+                };
+                match loaded {
                     Ok(committed) => {
                         if let Some(seq) = committed.last_chunk.as_deref().and_then(chunk_seq) {
                             wiring.metrics.committed_through(seq);
@@ -358,6 +548,29 @@ impl SupervisorActor {
         );
         let wiring = self.wiring.clone();
         let timeout = Duration::from_millis(wiring.settings.supervisor.shutdown_timeout_ms);
+        // A cluster worker lets its key groups and the chunker lease go
+        // once its last commit is in: the others take them at once.
+        let leave = self
+            .cluster
+            .as_ref()
+            .map(|m| (m.me.clone(), m.held.clone(), m.chunker.clone()));
+        let release = {
+            let wiring = wiring.clone();
+            async move {
+                if let Some((me, held, chunker)) = leave {
+                    match rebalance(&wiring, &me, &held, chunker.as_ref(), true).await {
+                        Ok(left) => info!(key_groups = left.released.len(), "key groups released"),
+                        Err(error) => {
+                            warn!(%error, "could not release the key groups; they expire by themselves")
+                        }
+                    }
+                }
+            }
+        };
+        let drain = async move {
+            drain.await;
+            release.await;
+        };
         ctx.spawn(actix::fut::wrap_future(async move {
             let code = match tokio::time::timeout(timeout, drain).await {
                 Ok(()) => 0,
@@ -407,7 +620,7 @@ impl SupervisorActor {
                         }
                     }
                     match wiring.state.status(0).await {
-                        Ok(status) if every_chunk_committed(&status) => return,
+                        Ok(status) if status.every_chunk_committed() => return,
                         Ok(status) => debug!(
                             produced = status.chunks_produced,
                             last_seq = ?status.last_seq,
@@ -444,7 +657,12 @@ impl Actor for SupervisorActor {
                     Ok(engine) => {
                         act.wiring.metrics.detection_ready();
                         act.engine = Some(engine);
-                        act.new_generation(ctx, Duration::ZERO);
+                        if act.cluster.is_some() {
+                            // Take a share of the key groups first.
+                            act.heartbeat(ctx, true);
+                        } else {
+                            act.new_generation(ctx, Duration::ZERO);
+                        }
                     }
                     Err(error) => act
                         .wiring
@@ -485,6 +703,14 @@ impl Actor for SupervisorActor {
             ),
         );
         ctx.spawn(actix::fut::wrap_future(keep_lease(self.wiring.clone())));
+        if self.cluster.is_some() {
+            let beat = Duration::from_millis(self.wiring.settings.cluster.heartbeat_ms);
+            ctx.run_interval(beat, |act, ctx| {
+                if act.engine.is_some() {
+                    act.heartbeat(ctx, false);
+                }
+            });
+        }
     }
 }
 
@@ -521,7 +747,12 @@ impl Handler<Resync> for SupervisorActor {
         let delay = self.wiring.supervision.backoff(self.resyncs);
         warn!(reason = %msg.reason, retry_in_ms = delay.as_millis() as u64,
               "Mechanism Y starts over from committed state");
-        self.new_generation(ctx, delay);
+        if self.cluster.is_some() {
+            // Perhaps key groups were lost: learn which before loading.
+            self.heartbeat(ctx, true);
+        } else {
+            self.new_generation(ctx, delay);
+        }
     }
 }
 
@@ -530,6 +761,11 @@ impl Handler<MasterChunked> for SupervisorActor {
 
     fn handle(&mut self, _msg: MasterChunked, ctx: &mut Context<Self>) {
         if self.mode == RunMode::UntilDone {
+            if let Some(m) = self.cluster.as_mut()
+                && std::mem::replace(&mut m.finishing, true)
+            {
+                return;
+            }
             self.finish_when_done(ctx);
         }
     }
@@ -540,15 +776,21 @@ impl Handler<MasterChunked> for SupervisorActor {
 /// cannot be reached, it keeps trying (the fence, not the clock, keeps a
 /// late writer out).
 async fn keep_lease(wiring: Arc<Wiring>) {
-    let ownership = &wiring.settings.ownership;
-    let beat = Duration::from_millis(ownership.heartbeat_ms);
+    // A cluster worker's registration lives by the cluster's timing.
+    let (ttl_ms, beat_ms) = match wiring.cluster {
+        Some(_) => (
+            wiring.settings.cluster.lease_ttl_ms,
+            wiring.settings.cluster.heartbeat_ms,
+        ),
+        None => (
+            wiring.settings.ownership.lease_ttl_ms,
+            wiring.settings.ownership.heartbeat_ms,
+        ),
+    };
+    let beat = Duration::from_millis(beat_ms);
     loop {
         tokio::time::sleep(beat).await;
-        match wiring
-            .state
-            .renew_lease(&wiring.fence, ownership.lease_ttl_ms)
-            .await
-        {
+        match wiring.state.renew_lease(&wiring.fence, ttl_ms).await {
             Ok(Renewal::Renewed { .. }) => {}
             Ok(Renewal::Lost { holder }) => {
                 let message = match holder {
@@ -568,26 +810,18 @@ async fn keep_lease(wiring: Arc<Wiring>) {
     }
 }
 
-/// Whether every chunk the chunker wrote has a `processed_chunks` row.
-fn every_chunk_committed(status: &crate::db::StatusReport) -> bool {
-    status.chunker_finished
-        && match status.chunks_produced {
-            0 => true,
-            produced => status.last_seq.is_some_and(|seq| seq + 1 >= produced),
-        }
-}
-
 /// Stops the chunker and the watcher, waits until every announced chunk is
 /// committed, then has the batch writer write everything and the compactor
 /// fold what it can. A stage that restarts meanwhile is asked again.
 async fn drain(
-    chunker: Mailbox<ChunkerActor>,
+    chunker: Option<Mailbox<ChunkerActor>>,
     watcher: Mailbox<S3WatcherActor>,
-    batch_writer: Mailbox<BatchWriterActor>,
-    compactor: Mailbox<CompactorActor>,
+    batch_writer: Option<Mailbox<BatchWriterActor>>,
+    compactor: Option<Mailbox<CompactorActor>>,
 ) {
     let pause = Duration::from_millis(50);
     let stop_chunker = async {
+        let Some(chunker) = chunker else { return };
         while chunker.send(Stop).await.is_err() {
             tokio::time::sleep(pause).await;
         }
@@ -599,11 +833,15 @@ async fn drain(
     };
     futures::join!(stop_chunker, drain_watcher);
     let flush = async {
+        let Some(batch_writer) = batch_writer else {
+            return;
+        };
         while !matches!(batch_writer.send(Flush).await, Ok(Ok(()))) {
             tokio::time::sleep(pause).await;
         }
     };
     let compact = async {
+        let Some(compactor) = compactor else { return };
         while !matches!(compactor.send(FinalCompact).await, Ok(Ok(()))) {
             tokio::time::sleep(pause).await;
         }

@@ -34,14 +34,18 @@ use futures::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 
 use super::batch_writer::BatchWriterActor;
-use super::committed::{Committed, Start};
+use super::committed::{Committed, Share, Start};
 use super::compactor::CompactorActor;
 use super::sequence::InOrder;
 use super::supervised::{Behaviour, Failure, Group, Mailbox, Supervised};
 use super::supervisor::{Resync, SupervisorActor};
 use super::wiring::{Wiring, contain_async};
-use crate::db::{ChunkRecord, ChunkStatus, CommitBatch, CommitOutcome, DeltaBlob, DetectionRecord};
+use crate::db::postgres::cluster::{GroupCommit, GroupDelta};
+use crate::db::{
+    ChunkRecord, ChunkStatus, CommitBatch, CommitOutcome, DbError, DeltaBlob, DetectionRecord,
+};
 use crate::detect::Detection;
+use crate::layout::chunk_seq;
 use crate::metrics::{DetectionView, RECENT_DETECTIONS};
 
 pub type TrackerActor = Supervised<Tracker>;
@@ -49,8 +53,10 @@ pub type TrackerActor = Supervised<Tracker>;
 /// The tracker's wiring.
 pub struct Tracker {
     pub wiring: Arc<Wiring>,
-    pub batch_writer: Mailbox<BatchWriterActor>,
-    pub compactor: Mailbox<CompactorActor>,
+    /// A cluster's worker has a batch writer only while it holds the
+    /// chunker lease, and no compactor.
+    pub batch_writer: Option<Mailbox<BatchWriterActor>>,
+    pub compactor: Option<Mailbox<CompactorActor>>,
     pub supervisor: Addr<SupervisorActor>,
 }
 
@@ -70,6 +76,8 @@ pub struct ChunkOutcome {
     /// The chunk's state change, encoded (see `db::delta`); `None` for a
     /// rejected chunk.
     pub encoded_delta: Option<bytes::Bytes>,
+    /// In a cluster: the state change of each key group, encoded.
+    pub group_deltas: Vec<(u32, bytes::Bytes)>,
     pub detections: Vec<Detection>,
     pub detection_time: String,
     pub listed_at: Instant,
@@ -158,6 +166,8 @@ pub struct TrackerState {
     /// commit, and tell `waiters` when the commit under way is done.
     quiesced: bool,
     waiters: Vec<oneshot::Sender<()>>,
+    /// In a cluster: the key groups committed, with their fences.
+    share: Option<Arc<Share>>,
 }
 
 impl TrackerState {
@@ -168,6 +178,7 @@ impl TrackerState {
             schedule: CommitSchedule::new(committed.last_chunk.clone(), max_chunks),
             quiesced: false,
             waiters: Vec::new(),
+            share: committed.share.clone(),
         }
     }
 }
@@ -243,10 +254,11 @@ impl TrackerActor {
         };
         let generation = state.generation;
         let expected_last = state.schedule.last.clone();
+        let share = state.share.clone();
         let wiring = self.behaviour.wiring.clone();
         let name = self.name.clone();
         let work = async move {
-            let outcome = commit(&wiring, &name, expected_last, &group).await;
+            let outcome = commit(&wiring, &name, expected_last, share, &group).await;
             (outcome, group)
         };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(contain_async(work)).map(
@@ -290,10 +302,12 @@ impl TrackerActor {
         let batch_writer = self.behaviour.batch_writer.clone();
         let compactor = self.behaviour.compactor.clone();
         ctx.spawn(actix::fut::wrap_future(async move {
-            if notice.detections > 0 {
+            if let Some(batch_writer) = batch_writer.filter(|_| notice.detections > 0) {
                 let _ = batch_writer.send(notice).await;
             }
-            let _ = compactor.send(notice).await;
+            if let Some(compactor) = compactor {
+                let _ = compactor.send(notice).await;
+            }
         }));
         if let Some(state) = self.state.as_mut().filter(|s| s.generation == generation) {
             state.schedule.committed(last);
@@ -314,6 +328,7 @@ async fn commit(
     pipeline: &Wiring,
     name: &str,
     expected_last: Option<Arc<str>>,
+    share: Option<Arc<Share>>,
     group: &[ChunkOutcome],
 ) -> Result<Arc<str>, CommitFailure> {
     pipeline
@@ -365,17 +380,75 @@ async fn commit(
         processed_at: &processed_at,
     };
     let started = Instant::now();
-    let outcome = pipeline
-        .db("commit chunks", || {
-            pipeline.state.commit(&pipeline.fence, &batch)
-        })
-        .await
-        .map_err(|e| {
+    let result = match (&share, &pipeline.cluster) {
+        (Some(share), Some(cluster)) => {
+            let expected = expected_last
+                .as_deref()
+                .and_then(chunk_seq)
+                .map_or(-1, |seq| seq as i64);
+            let Some(through_seq) = group.last().and_then(|c| c.record.seq) else {
+                return Err(CommitFailure::Crash(format!(
+                    "chunk {last:?} has no sequence number; a cluster applies numbered chunks only"
+                )));
+            };
+            let deltas: Vec<GroupDelta<'_>> = group
+                .iter()
+                .flat_map(|c| {
+                    let seq = c.record.seq.map_or(-1, |s| s as i64);
+                    c.group_deltas.iter().map(move |(g, blob)| GroupDelta {
+                        group: *g,
+                        seq,
+                        chunk: &c.record.name,
+                        blob,
+                    })
+                })
+                .collect();
+            let detection_groups: Vec<u32> = detections
+                .iter()
+                .map(|d| share.group_of(d.merchant))
+                .collect();
+            let (fences, expected) = (share.fences(), share.progress_after(expected));
+            let commit = GroupCommit {
+                owner_id: &share.owner_id,
+                fences: &fences,
+                expected: &expected,
+                through_seq: through_seq as i64,
+                through_chunk: &last,
+                chunks: &chunks,
+                deltas: &deltas,
+                detections: &detections,
+                detection_groups: &detection_groups,
+                processed_at: &processed_at,
+            };
+            pipeline
+                .db("commit chunks", || cluster.commit_groups(&commit))
+                .await
+        }
+        _ => {
+            pipeline
+                .db("commit chunks", || {
+                    pipeline.state.commit(&pipeline.fence, &batch)
+                })
+                .await
+        }
+    };
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        // A worker that lost key groups drops them: the supervisor starts
+        // a generation without them.
+        Err(DbError::Fenced(reason)) if share.is_some() => {
+            tracing::warn!(%reason, "lost key groups: nothing of this commit was written");
+            return Err(CommitFailure::Stale(reason));
+        }
+        Err(e) => {
             // Name the chunks: an error no retry fixes must say which
             // chunk the operator may have to skip (`txpipe skip-chunk`).
             let first = chunks.first().map_or("", |c| c.name.as_str());
-            CommitFailure::Crash(format!("commit of chunk {first:?} to {last:?}: {e}"))
-        })?;
+            return Err(CommitFailure::Crash(format!(
+                "commit of chunk {first:?} to {last:?}: {e}"
+            )));
+        }
+    };
     match outcome {
         CommitOutcome::Committed => {}
         CommitOutcome::AlreadyCommitted => {

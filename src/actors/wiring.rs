@@ -34,6 +34,9 @@ pub struct Wiring {
     /// the lease over.
     pub fence: Fence,
     pub names: Arc<Names>,
+    /// The cluster's coordination tables, when this process is a worker
+    /// of a cluster (`cluster.enabled`); `state` is the same database.
+    pub cluster: Option<Arc<crate::db::postgres::PostgresStore>>,
     pub metrics: Arc<Metrics>,
     pub supervision: Arc<Supervision>,
     pub faults: FaultPlan,

@@ -86,11 +86,22 @@ pub async fn check(
         info!(pairs = existing.pairs, "lookup table already loaded");
         return Ok(Plan::FromDatabase);
     }
+    // A cluster's workers share one lookup table: one with another file
+    // would detect with other weights.
+    if settings.cluster.enabled {
+        return Err(super::Mismatch(format!(
+            "CustomerImportance file {location} (source.customer_importance) differs from \
+             the one this cluster loaded ({}); every worker of a cluster must use the same \
+             lookup file",
+            existing.source
+        ))
+        .into());
+    }
     if state.last_chunk().await?.is_some() {
         return Err(super::Mismatch(format!(
-            "CustomerImportance file {location} differs from the one loaded before ({}); \
-             chunks were already processed with the old weights. Use a fresh database \
-             and bucket to change the lookup table",
+            "CustomerImportance file {location} (source.customer_importance) differs from \
+             the one loaded before ({}); chunks were already processed with the old \
+             weights. Use a fresh database and bucket to change the lookup table",
             existing.source
         ))
         .into());

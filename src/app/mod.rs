@@ -21,6 +21,7 @@ use crate::actors::supervised::{EXIT_FATAL, EXIT_LOST_LEASE, EXIT_STANDBY_REFUSE
 use crate::actors::supervisor::{LookupLoad, RunMode, SupervisorActor};
 use crate::actors::wiring::Wiring;
 use crate::config::{LogFormat, Settings};
+use crate::db::postgres::cluster::ClusterIdentity;
 use crate::db::{Claimant, Fence, StateStore};
 use crate::detect::{Engine, Thresholds};
 use crate::metrics::Metrics;
@@ -123,6 +124,7 @@ pub async fn prepare(
     state: Arc<dyn StateStore>,
     fence: Fence,
     metrics: Arc<Metrics>,
+    cluster: Option<Arc<crate::db::postgres::PostgresStore>>,
 ) -> anyhow::Result<(Arc<Wiring>, LookupLoad)> {
     let sources = Sources::for_settings(&settings).await;
     {
@@ -136,6 +138,18 @@ pub async fn prepare(
         .map_err(anyhow::Error::msg)?;
     }
     let objects = crate::store::open(&settings).await?;
+    if let Some(cluster) = &cluster {
+        let me = ClusterIdentity {
+            key_groups: settings.cluster.key_groups,
+            master: settings.source.transactions.clone(),
+            rows_per_chunk: settings.chunker.rows_per_chunk,
+            lookup: settings.source.customer_importance.clone(),
+        };
+        match cluster.join_cluster(&me).await {
+            Err(crate::db::DbError::Mismatch(message)) => return Err(Mismatch(message).into()),
+            joined => joined?,
+        }
+    }
     if let Some(position) = state.chunker_position().await? {
         position
             .check(
@@ -165,6 +179,7 @@ pub async fn prepare(
         state,
         fence,
         names,
+        cluster,
         metrics,
         faults: FaultPlan::new(faults),
         y_start_time: crate::clock::now_ist(),
@@ -228,30 +243,53 @@ pub fn run_observed(
     let system = System::new();
     let started = Instant::now();
     let signals = system.block_on(async { Signals::install() })?;
-    let state = system
-        .block_on(crate::db::open(&settings))
-        .context("start-up failed")?;
+    let (state, cluster): (Arc<dyn StateStore>, _) = if settings.cluster.enabled {
+        let cluster = system
+            .block_on(crate::db::open_cluster(&settings))
+            .context("start-up failed")?;
+        (cluster.clone(), Some(cluster))
+    } else {
+        let state = system
+            .block_on(crate::db::open(&settings))
+            .context("start-up failed")?;
+        (state, None)
+    };
     let me = Claimant::this_process();
     let early_exit = |code: i32, error: Option<String>| {
         RunReport::from_metrics(&metrics, code, error, started.elapsed())
     };
-    let fence = match system.block_on(ownership::acquire(
-        &*state,
-        &settings,
-        &me,
-        &signals,
-        &metrics.health,
-    ))? {
-        Ownership::Owner(fence) => fence,
-        Ownership::Refused(message) => return Ok(early_exit(EXIT_STANDBY_REFUSED, Some(message))),
-        Ownership::Stopped(_) => return Ok(early_exit(0, None)),
+    let fence = if cluster.is_some() {
+        // A worker registers itself: its own lease, which only it holds.
+        system
+            .block_on(ownership::register_worker(
+                &*state,
+                &settings,
+                &me,
+                &metrics.health,
+            ))
+            .context("start-up failed")?
+    } else {
+        match system.block_on(ownership::acquire(
+            &*state,
+            &settings,
+            &me,
+            &signals,
+            &metrics.health,
+        ))? {
+            Ownership::Owner(fence) => fence,
+            Ownership::Refused(message) => {
+                return Ok(early_exit(EXIT_STANDBY_REFUSED, Some(message)));
+            }
+            Ownership::Stopped(_) => return Ok(early_exit(0, None)),
+        }
     };
     let prepared = system.block_on({
         let (state, fence, signals) = (state.clone(), fence.clone(), signals.clone());
         let metrics = metrics.clone();
+        let cluster = cluster.clone();
         async move {
             tokio::select! {
-                prepared = prepare(settings, faults, state, fence, metrics) => prepared.map(Some),
+                prepared = prepare(settings, faults, state, fence, metrics, cluster) => prepared.map(Some),
                 signal = signals.received() => {
                     info!(signal, "received signal during start-up; stopping");
                     Ok(None)
@@ -276,7 +314,11 @@ pub fn run_observed(
     let supervised = pipeline.clone();
     let handle = system.block_on(async move {
         let metrics = supervised.metrics.clone();
-        SupervisorActor::new(supervised, signals, mode, lookup).start();
+        let supervisor = SupervisorActor::new(supervised.clone(), signals, mode, lookup);
+        match supervised.cluster {
+            Some(_) => supervisor.in_cluster(me).start(),
+            None => supervisor.start(),
+        };
         RunHandle {
             system: System::current(),
             metrics,

@@ -24,6 +24,39 @@ use crate::db::{Claimant, Fence, LeaseGrant, StateStore};
 use crate::metrics::{Health, Phase};
 use crate::signals::Signals;
 
+/// Registers a worker of a cluster: its own lease, `worker/OWNER_ID`,
+/// which nobody else asks for (the owner id is new with every run), so it
+/// is granted at once. It carries the worker's host, pid and start; its
+/// heartbeats keep it alive; `txpipe status` lists it while it is.
+pub async fn register_worker(
+    state: &dyn StateStore,
+    settings: &Settings,
+    me: &Claimant,
+    health: &Health,
+) -> anyhow::Result<Fence> {
+    let name = crate::db::postgres::cluster::worker_lease(&me.owner_id);
+    let ttl = settings.cluster.lease_ttl_ms;
+    let grant = retry_db(settings.database.max_attempts, "register worker", || {
+        state.acquire_lease(&name, me, ttl, None)
+    })
+    .await?;
+    match grant {
+        LeaseGrant::Granted(fence) => {
+            info!(
+                worker = %format!("{}/{}", me.host, me.pid),
+                key_groups = settings.cluster.key_groups,
+                "joined the cluster as a worker"
+            );
+            health.set_owner(format!("{}/{} (worker)", me.host, me.pid));
+            health.set_phase(Phase::Loading);
+            Ok(fence)
+        }
+        LeaseGrant::Held { holder, .. } => {
+            anyhow::bail!("worker id {} is taken by {}", me.owner_id, holder.holder())
+        }
+    }
+}
+
 /// How the wait for the lease ended.
 pub enum Ownership {
     /// This process is the active owner.

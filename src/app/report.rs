@@ -3,8 +3,9 @@
 use std::fmt::Write as _;
 
 use super::RunReport;
-use crate::db::StatusReport;
 use crate::db::lease::format_ms;
+use crate::db::postgres::cluster::ClusterView;
+use crate::db::{LeaseRow, StatusReport};
 use crate::detect::Pattern;
 
 use crate::metrics::{cpu_seconds, peak_rss_bytes};
@@ -293,6 +294,149 @@ pub fn status(report: &StatusReport) -> String {
                 event.at, event.actor, event.restart_count, event.reason
             );
         }
+    }
+    out
+}
+
+/// A cluster's workers, key groups and leases, for `txpipe status`.
+#[derive(Debug, serde::Serialize)]
+pub struct ClusterJson {
+    pub key_groups: u32,
+    pub workers: Vec<WorkerJson>,
+    /// `host/pid` of the worker running the chunker, if its lease is live.
+    pub chunker: Option<String>,
+    /// Per key group: owner (`host/pid`, if its lease is live), lease
+    /// epoch, last applied chunk and lag behind the chunks produced.
+    pub groups: Vec<GroupJson>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct WorkerJson {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_ms: i64,
+    pub expires_at_ms: i64,
+    pub key_groups: Vec<u32>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct GroupJson {
+    pub key_group: u32,
+    pub owner: Option<String>,
+    pub epoch: u64,
+    pub last_seq: Option<u64>,
+    pub lag_chunks: u64,
+}
+
+impl ClusterJson {
+    pub fn new(view: &ClusterView, chunks_produced: u64) -> ClusterJson {
+        let live = |row: &LeaseRow| row.expires_at_ms > view.now_ms && !row.owner_id.is_empty();
+        let groups: Vec<GroupJson> = (0..view.key_groups)
+            .map(|g| {
+                let lease = view.leases.get(&g);
+                let last = view.progress.get(&g).copied().unwrap_or(-1);
+                let done = u64::try_from(last + 1).unwrap_or(0);
+                GroupJson {
+                    key_group: g,
+                    owner: lease.filter(|l| live(l)).map(LeaseRow::holder),
+                    epoch: lease.map_or(0, |l| l.epoch),
+                    last_seq: u64::try_from(last).ok(),
+                    lag_chunks: chunks_produced.saturating_sub(done),
+                }
+            })
+            .collect();
+        let workers = view
+            .workers
+            .iter()
+            .map(|w| WorkerJson {
+                id: w.name.clone(),
+                host: w.host.clone(),
+                pid: w.pid,
+                started_ms: w.acquired_at_ms,
+                expires_at_ms: w.expires_at_ms,
+                key_groups: view
+                    .leases
+                    .iter()
+                    .filter(|(_, l)| live(l) && l.owner_id == w.owner_id)
+                    .map(|(g, _)| *g)
+                    .collect(),
+            })
+            .collect();
+        ClusterJson {
+            key_groups: view.key_groups,
+            workers,
+            chunker: view
+                .chunker
+                .as_ref()
+                .filter(|l| live(l))
+                .map(LeaseRow::holder),
+            groups,
+        }
+    }
+}
+
+/// Key groups as ranges: `0-41, 84, 90-95`.
+fn ranges(groups: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < groups.len() {
+        let start = groups[i];
+        let mut end = start;
+        while i + 1 < groups.len() && groups[i + 1] == end + 1 {
+            i += 1;
+            end = groups[i];
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    if out.is_empty() {
+        "none".to_string()
+    } else {
+        out.join(", ")
+    }
+}
+
+/// The cluster part of `txpipe status`.
+pub fn cluster_status(cluster: &ClusterJson) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster             {} workers, {} key groups; chunker on {}",
+        cluster.workers.len(),
+        cluster.key_groups,
+        cluster.chunker.as_deref().unwrap_or("nobody")
+    );
+    for worker in &cluster.workers {
+        let _ = writeln!(
+            out,
+            "worker              {}/{}: {} key groups ({}), up since {}, lease until {}",
+            worker.host,
+            worker.pid,
+            worker.key_groups.len(),
+            ranges(&worker.key_groups),
+            format_ms(worker.started_ms),
+            format_ms(worker.expires_at_ms)
+        );
+    }
+    let unowned: Vec<u32> = cluster
+        .groups
+        .iter()
+        .filter(|g| g.owner.is_none())
+        .map(|g| g.key_group)
+        .collect();
+    let _ = writeln!(out, "unowned key groups  {}", ranges(&unowned));
+    let _ = writeln!(out, "key group lag (chunks behind the chunker):");
+    for row in cluster.groups.chunks(16) {
+        let line: Vec<String> = row
+            .iter()
+            .map(|g| format!("{:>4}:{:<4}", g.key_group, g.lag_chunks))
+            .collect();
+        let _ = writeln!(out, " {}", line.join(" "));
     }
     out
 }

@@ -289,6 +289,16 @@ impl StatusReport {
         self.chunks_produced.saturating_sub(self.chunks_done())
     }
 
+    /// Whether the chunker finished the master file and every chunk it
+    /// wrote has a `processed_chunks` row.
+    pub fn every_chunk_committed(&self) -> bool {
+        self.chunker_finished
+            && match self.chunks_produced {
+                0 => true,
+                produced => self.last_seq.is_some_and(|seq| seq + 1 >= produced),
+            }
+    }
+
     /// Detections of `pattern` (0 before the first).
     pub fn detections_of(&self, pattern: crate::detect::Pattern) -> u64 {
         self.detections
@@ -473,6 +483,32 @@ pub async fn open(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {
                 .is_some_and(DbError::is_transient)
         })
         .await
+}
+
+/// Opens the PostgreSQL database of a cluster (`cluster.enabled`) and
+/// applies migrations: the same store as [`open`], typed for the cluster's
+/// own calls.
+pub async fn open_cluster(settings: &Settings) -> anyhow::Result<Arc<postgres::PostgresStore>> {
+    use backon::Retryable;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(50))
+        .with_max_delay(std::time::Duration::from_secs(1))
+        .with_max_times(14);
+    let open = || async {
+        let store = postgres::PostgresStore::connect_with(
+            &settings.database.url,
+            settings.database.pool_size,
+            Some(stalled_transaction_timeout(settings)),
+        )
+        .await?;
+        store.migrate().await?;
+        Ok::<_, DbError>(Arc::new(store))
+    };
+    Ok(open
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(DbError::is_transient)
+        .await?)
 }
 
 async fn open_once(settings: &Settings) -> anyhow::Result<Arc<dyn StateStore>> {

@@ -1324,3 +1324,6 @@ impl StateStore for PostgresStore {
         self.call(move |c| status(c, recent_restarts)).await
     }
 }
+
+// After `name_of!`, which it uses.
+pub mod cluster;

@@ -28,6 +28,7 @@ mod child;
 mod dei;
 mod engine;
 mod fenwick;
+pub mod key_group;
 mod totals;
 mod upgrade;
 mod weight;

@@ -1,0 +1,779 @@
+//! The cluster's coordination and per-key-group state, in PostgreSQL (the
+//! only dialect a cluster runs on: its workers meet in one server).
+//!
+//! Leases are rows of `leases`, with the rules of [`crate::db::lease`]:
+//! `worker/OWNER_ID` (a worker's registration: host, pid, start, and the
+//! expiry its heartbeats push forward), `key-group/N` and `chunker`. A key
+//! group's lease is taken under the same exclusive advisory lock as the
+//! ownership lease, so a takeover waits for every fenced commit in flight
+//! and every later commit sees the new epoch.
+//!
+//! A commit ([`PostgresStore::commit_groups`]) runs alone among the
+//! cluster's commits (an advisory transaction lock) and, inside its
+//! transaction: checks that its worker still holds every key group it
+//! writes at the epoch it loaded it with; checks each group's progress
+//! against what the worker loaded (or finds this very commit already
+//! there); writes the groups' state changes, detections and progress; then
+//! records in `processed_chunks` every chunk of the commit that every key
+//! group has now applied (the cluster's frontier).
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::Transaction;
+
+use super::{
+    Connection, LEASE_LOCK_EXCLUSIVE, LongNames, NOW_MS, Param, PostgresStore, forward, get, pair,
+    query_all, query_opt,
+};
+use crate::db::lease::{self, LeaseRow};
+use crate::db::rules::{self, CommitRows, to_i64};
+use crate::db::scan::{self, PairPart};
+use crate::db::{
+    ChunkRecord, Claimant, CommitBatch, CommitOutcome, DbError, DbResult, DetectionRecord,
+    EmittedRow, PairRow,
+};
+
+/// The lease of key group `group`.
+pub fn group_lease(group: u32) -> String {
+    format!("key-group/{group}")
+}
+
+/// The lease that registers a worker.
+pub fn worker_lease(owner_id: &str) -> String {
+    format!("worker/{owner_id}")
+}
+
+/// The lease of the cluster's one chunker.
+pub const CHUNKER_LEASE: &str = "chunker";
+
+/// One commit of the cluster at a time (the frontier is computed under it).
+const CLUSTER_COMMIT_LOCK: i64 = 0x7478_7069_7065_0005;
+/// Joining: the cluster row and the key groups' rows are created once.
+const JOIN_LOCK: i64 = 0x7478_7069_7065_0006;
+
+/// What every worker of a cluster must agree on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub key_groups: u32,
+    pub master: String,
+    pub rows_per_chunk: u64,
+    pub lookup: String,
+}
+
+/// The cluster as one read sees it.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    pub now_ms: i64,
+    pub key_groups: u32,
+    /// Workers whose registration has not expired, by owner id.
+    pub workers: Vec<LeaseRow>,
+    /// Each key group's lease, if it ever had one.
+    pub leases: BTreeMap<u32, LeaseRow>,
+    /// Each key group's last applied chunk (-1: none).
+    pub progress: BTreeMap<u32, i64>,
+    pub chunker: Option<LeaseRow>,
+}
+
+impl ClusterView {
+    /// Whether `group`'s lease can be taken now.
+    pub fn is_free(&self, group: u32) -> bool {
+        self.leases
+            .get(&group)
+            .is_none_or(|row| row.expires_at_ms <= self.now_ms || row.owner_id.is_empty())
+    }
+}
+
+/// A key group's committed position, as a worker loads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupPosition {
+    pub group: u32,
+    pub last_seq: i64,
+    pub last_chunk: Option<String>,
+}
+
+/// A state change of one key group from one chunk.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupDelta<'a> {
+    pub group: u32,
+    pub seq: i64,
+    pub chunk: &'a str,
+    pub blob: &'a [u8],
+}
+
+/// Everything one worker commits for consecutive chunks.
+#[derive(Clone, Debug)]
+pub struct GroupCommit<'a> {
+    pub owner_id: &'a str,
+    /// Every key group the worker writes under, with its epoch.
+    pub fences: &'a [(u32, u64)],
+    /// Per key group of `fences`: the progress the database must hold.
+    pub expected: &'a [(u32, i64)],
+    /// The commit's last chunk: each group of `fences` moves to it.
+    pub through_seq: i64,
+    pub through_chunk: &'a str,
+    pub chunks: &'a [ChunkRecord],
+    pub deltas: &'a [GroupDelta<'a>],
+    pub detections: &'a [DetectionRecord<'a>],
+    /// The key group of each detection.
+    pub detection_groups: &'a [u32],
+    pub processed_at: &'a str,
+}
+
+const SELECT_LEASES: &str = "SELECT name, owner_id, host, pid, epoch, acquired_at_ms, \
+                             expires_at_ms FROM leases";
+
+impl PostgresStore {
+    /// Creates the cluster's rows, or checks that this worker's settings
+    /// are the ones it was created with.
+    pub async fn join_cluster(&self, me: &ClusterIdentity) -> DbResult<()> {
+        let me = me.clone();
+        self.call(move |mut c| async move {
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&JOIN_LOCK])
+                .await?;
+            let stored = tx
+                .query_opt(
+                    "SELECT key_groups, master, rows_per_chunk, lookup FROM cluster WHERE id = 1",
+                    &[],
+                )
+                .await?;
+            match stored {
+                Some(row) => {
+                    let stored = ClusterIdentity {
+                        key_groups: row.get::<_, i32>(0) as u32,
+                        master: row.get(1),
+                        rows_per_chunk: rules::to_u64(row.get(2)),
+                        lookup: row.get(3),
+                    };
+                    check_identity(&stored, &me).map_err(DbError::Mismatch)?;
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO cluster (id, key_groups, master, rows_per_chunk, lookup, created_at)
+                         VALUES (1, $1, $2, $3, $4, $5)",
+                        &[
+                            &(me.key_groups as i32),
+                            &me.master,
+                            &to_i64(me.rows_per_chunk),
+                            &me.lookup,
+                            &crate::clock::now_ist(),
+                        ],
+                    )
+                    .await?;
+                    tx.execute(
+                        "INSERT INTO group_progress (key_group)
+                         SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING",
+                        &[&(me.key_groups as i32)],
+                    )
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Workers, key group leases, progress and the chunker, as of now.
+    pub async fn cluster_view(&self) -> DbResult<ClusterView> {
+        self.call(|c| async move {
+            let c = &*c;
+            let now_ms: i64 = c.query_one(&format!("SELECT {NOW_MS}"), &[]).await?.get(0);
+            let workers = format!(
+                "{SELECT_LEASES} WHERE name LIKE 'worker/%' AND expires_at_ms > $1 ORDER BY owner_id"
+            );
+            let groups = format!("{SELECT_LEASES} WHERE name LIKE 'key-group/%'");
+            let chunker = format!("{SELECT_LEASES} WHERE name = $1");
+            let now: [Param; 1] = [&now_ms];
+            let chunker_name: [Param; 1] = [&CHUNKER_LEASE];
+            let (workers, groups, progress, chunker, count) = futures::try_join!(
+                query_all(c, &workers, &now, rules::lease_row),
+                query_all(c, &groups, &[], rules::lease_row),
+                async { Ok(c.query("SELECT key_group, last_seq FROM group_progress", &[]).await?) },
+                query_opt(c, &chunker, &chunker_name, rules::lease_row),
+                async {
+                    Ok(c.query_opt("SELECT key_groups FROM cluster WHERE id = 1", &[]).await?)
+                },
+            )?;
+            Ok(ClusterView {
+                now_ms,
+                key_groups: count.map_or(0, |row| row.get::<_, i32>(0) as u32),
+                workers: workers
+                    .into_iter()
+                    .map(|mut w| {
+                        w.name = w.name.trim_start_matches("worker/").to_string();
+                        w
+                    })
+                    .collect(),
+                leases: groups
+                    .into_iter()
+                    .filter_map(|row| {
+                        let group = row.name.strip_prefix("key-group/")?.parse().ok()?;
+                        Some((group, row))
+                    })
+                    .collect(),
+                progress: progress
+                    .iter()
+                    .map(|row| (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1)))
+                    .collect(),
+                chunker,
+            })
+        })
+        .await
+    }
+
+    /// Takes those of `groups` that are free (never held, expired or
+    /// released), each at its next epoch. Returns what it took.
+    pub async fn acquire_groups(
+        &self,
+        me: &Claimant,
+        groups: Vec<u32>,
+        ttl_ms: u64,
+    ) -> DbResult<Vec<(u32, u64)>> {
+        let me = me.clone();
+        self.call(move |mut c| async move {
+            let tx = c.transaction().await?;
+            let names: Vec<String> = groups.iter().map(|&g| group_lease(g)).collect();
+            tx.execute(
+                "INSERT INTO leases (name, owner_id, host, pid, epoch, acquired_at_ms, expires_at_ms)
+                 SELECT n, '', '', 0, 0, 0, 0 FROM UNNEST($1::text[]) n
+                 ON CONFLICT (name) DO NOTHING",
+                &[&names],
+            )
+            .await?;
+            let now: i64 = tx.query_one(&format!("SELECT {NOW_MS}"), &[]).await?.get(0);
+            // Rows another worker is taking are skipped, not waited for.
+            let free = tx
+                .query(
+                    &format!(
+                        "{SELECT_LEASES} WHERE name = ANY($1) AND (expires_at_ms <= $2 OR owner_id = '')
+                         ORDER BY name FOR UPDATE SKIP LOCKED"
+                    ),
+                    &[&names, &now],
+                )
+                .await?;
+            let mut taken = Vec::new();
+            for row in &free {
+                let current = rules::lease_row(row)?;
+                let lease::Decision::TakeOver { epoch } =
+                    lease::decide(Some(&current), now, None)
+                else {
+                    continue;
+                };
+                // Waits for the commits in flight under the old epoch.
+                tx.execute(LEASE_LOCK_EXCLUSIVE, &[&current.name]).await?;
+                tx.execute(
+                    "UPDATE leases SET owner_id = $2, host = $3, pid = $4, epoch = $5,
+                         acquired_at_ms = $6, expires_at_ms = $7 WHERE name = $1",
+                    &[
+                        &current.name,
+                        &me.owner_id,
+                        &me.host,
+                        &i64::from(me.pid),
+                        &to_i64(epoch),
+                        &now,
+                        &now.saturating_add(to_i64(ttl_ms)),
+                    ],
+                )
+                .await?;
+                if let Some(group) = current
+                    .name
+                    .strip_prefix("key-group/")
+                    .and_then(|g| g.parse().ok())
+                {
+                    taken.push((group, epoch));
+                }
+            }
+            tx.commit().await?;
+            Ok(taken)
+        })
+        .await
+    }
+
+    /// Extends the leases `me` holds among `held`; returns the groups of
+    /// `held` it no longer holds at their epochs (lost to another worker).
+    pub async fn renew_groups(
+        &self,
+        me: &Claimant,
+        held: &[(u32, u64)],
+        ttl_ms: u64,
+    ) -> DbResult<Vec<u32>> {
+        let owner = me.owner_id.clone();
+        let held = held.to_vec();
+        self.call(move |c| async move {
+            let names: Vec<String> = held.iter().map(|&(g, _)| group_lease(g)).collect();
+            let epochs: Vec<i64> = held.iter().map(|&(_, e)| to_i64(e)).collect();
+            let renewed = c
+                .query(
+                    &format!(
+                        "UPDATE leases l SET expires_at_ms = {NOW_MS} + $3
+                         FROM UNNEST($1::text[], $2::bigint[]) AS h(name, epoch)
+                         WHERE l.name = h.name AND l.epoch = h.epoch AND l.owner_id = $4
+                         RETURNING l.name"
+                    ),
+                    &[&names, &epochs, &to_i64(ttl_ms), &owner],
+                )
+                .await?;
+            let renewed: std::collections::HashSet<String> =
+                renewed.iter().map(|row| row.get(0)).collect();
+            Ok(held
+                .iter()
+                .filter(|&&(g, _)| !renewed.contains(&group_lease(g)))
+                .map(|&(g, _)| g)
+                .collect())
+        })
+        .await
+    }
+
+    /// Lets `held` go at once (a graceful stop, or a share to hand over).
+    pub async fn release_groups(&self, me: &Claimant, held: &[(u32, u64)]) -> DbResult<()> {
+        let owner = me.owner_id.clone();
+        let held = held.to_vec();
+        self.call(move |c| async move {
+            let names: Vec<String> = held.iter().map(|&(g, _)| group_lease(g)).collect();
+            let epochs: Vec<i64> = held.iter().map(|&(_, e)| to_i64(e)).collect();
+            c.execute(
+                "UPDATE leases l SET expires_at_ms = 0
+                 FROM UNNEST($1::text[], $2::bigint[]) AS h(name, epoch)
+                 WHERE l.name = h.name AND l.epoch = h.epoch AND l.owner_id = $3",
+                &[&names, &epochs, &owner],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The committed positions of `groups`.
+    pub async fn group_positions(&self, groups: &[u32]) -> DbResult<Vec<GroupPosition>> {
+        let groups: Vec<i32> = groups.iter().map(|&g| g as i32).collect();
+        self.call(move |c| async move {
+            let rows = c
+                .query(
+                    "SELECT key_group, last_seq, last_chunk FROM group_progress
+                     WHERE key_group = ANY($1) ORDER BY key_group",
+                    &[&groups],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|row| GroupPosition {
+                    group: row.get::<_, i32>(0) as u32,
+                    last_seq: row.get(1),
+                    last_chunk: row.get(2),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// The cumulative state of `groups`: their compacted pairs with their
+    /// pending deltas added, from one snapshot.
+    pub async fn scan_group_pairs(
+        &self,
+        groups: &[u32],
+        visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
+    ) -> DbResult<()> {
+        let groups: Vec<i32> = groups.iter().map(|&g| g as i32).collect();
+        let parts = self.scan(move |mut connection, mut sink| async move {
+            let result = async {
+                let tx = connection
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let params: [Param; 1] = [&groups];
+                let deltas = tx
+                    .query_raw(
+                        "SELECT delta FROM group_deltas WHERE key_group = ANY($1)
+                         ORDER BY key_group, seq",
+                        params,
+                    )
+                    .await?;
+                if forward(deltas, &mut sink, |row| Ok(PairPart::Delta(get(row, 0)?))).await? {
+                    let pairs = tx.query_raw(SELECT_GROUP_PAIRS, params).await?;
+                    forward(pairs, &mut sink, |row| Ok(PairPart::Pair(pair(row)?))).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+            .await;
+            sink.finish_async(result).await;
+        });
+        scan::merge_pairs(parts, visit)
+            .await
+            .map_err(|e| self.explain(e))
+    }
+
+    /// The detections `groups` already emitted.
+    pub async fn scan_group_emitted(
+        &self,
+        groups: &[u32],
+        visit: &mut (dyn for<'r> FnMut(EmittedRow<'r>) + Send),
+    ) -> DbResult<()> {
+        let groups: Vec<i32> = groups.iter().map(|&g| g as i32).collect();
+        let rows = self.scan(move |connection, mut sink| async move {
+            let result = async {
+                let params: [Param; 1] = [&groups];
+                let rows = connection.query_raw(SELECT_GROUP_EMITTED, params).await?;
+                forward(rows, &mut sink, |row| {
+                    Ok((scan::pattern(get(row, 0)?)?, get(row, 1)?, get(row, 2)?))
+                })
+                .await
+                .map(drop)
+            }
+            .await;
+            sink.finish_async(result).await;
+        });
+        scan::visit_all(rows, scan::visit_emitted(visit))
+            .await
+            .map_err(|e| self.explain(e))
+    }
+
+    /// Commits one worker's chunks for its key groups (see the module
+    /// docs); [`DbError::Fenced`] names the groups it lost.
+    pub async fn commit_groups(&self, batch: &GroupCommit<'_>) -> DbResult<CommitOutcome> {
+        let plain = CommitBatch {
+            expected_last: None,
+            chunks: batch.chunks,
+            deltas: &[],
+            detections: batch.detections,
+            processed_at: batch.processed_at,
+        };
+        let Some(mut rows) = CommitRows::of(&plain) else {
+            return Ok(CommitOutcome::Committed);
+        };
+        let mut long_names = LongNames::default();
+        let d = &mut rows.detections;
+        for name in d.customer.iter_mut().chain(d.merchant.iter_mut()) {
+            long_names.replace(name);
+        }
+        let owned = OwnedCommit {
+            owner_id: batch.owner_id.to_string(),
+            fences: batch.fences.to_vec(),
+            expected: batch.expected.to_vec(),
+            through_seq: batch.through_seq,
+            through_chunk: batch.through_chunk.to_string(),
+            delta_group: batch.deltas.iter().map(|d| d.group as i32).collect(),
+            delta_seq: batch.deltas.iter().map(|d| d.seq).collect(),
+            delta_chunk: batch.deltas.iter().map(|d| d.chunk.to_string()).collect(),
+            delta_blob: batch.deltas.iter().map(|d| d.blob.to_vec()).collect(),
+            detection_groups: batch.detection_groups.iter().map(|&g| g as i32).collect(),
+        };
+        self.call(move |c| commit_groups(c, owned, rows, long_names))
+            .await
+    }
+
+    /// Gives the oldest detections of processed chunks, in the order a
+    /// single process numbers them (chunk, pattern, merchant, customer),
+    /// batches of `size` (and the rest one smaller batch if
+    /// `include_partial`), under the chunker's fence.
+    pub async fn assign_cluster_batches(
+        &self,
+        fence: &crate::db::Fence,
+        size: u64,
+        include_partial: bool,
+        stamp: &str,
+    ) -> DbResult<u64> {
+        let (fence, stamp) = (fence.clone(), stamp.to_string());
+        self.call(move |mut c| async move {
+            let tx = c.transaction().await?;
+            super::check_fence(&tx, &fence).await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&super::BATCH_LOCK])
+                .await?;
+            let row = tx
+                .query_one(
+                    "SELECT (SELECT count(*) FROM detected_patterns d
+                             JOIN processed_chunks p ON p.chunk_name = d.chunk_name
+                             WHERE d.batch_no IS NULL),
+                            (SELECT COALESCE(max(batch_no), 0) FROM detection_batches)",
+                    &[],
+                )
+                .await?;
+            let plan = rules::plan_batches(
+                rules::to_u64(row.get(0)),
+                rules::to_u64(row.get(1)),
+                size,
+                include_partial,
+                &stamp,
+            );
+            let created_at = crate::clock::now_ist();
+            for batch in &plan {
+                tx.execute(
+                    "UPDATE detected_patterns SET batch_no = $1 WHERE id IN (
+                         SELECT d.id FROM detected_patterns d
+                         JOIN processed_chunks p ON p.chunk_name = d.chunk_name
+                         WHERE d.batch_no IS NULL
+                         ORDER BY d.chunk_name COLLATE \"C\", d.patternId,
+                                  d.merchant COLLATE \"C\", d.customer COLLATE \"C\"
+                         LIMIT $2)",
+                    &[&batch.batch_no, &batch.detections],
+                )
+                .await?;
+                tx.execute(
+                    crate::db::sql::INSERT_BATCH,
+                    &[&batch.batch_no, &batch.key, &batch.detections, &created_at],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(plan.len() as u64)
+        })
+        .await
+    }
+}
+
+/// Whether a worker's settings match the cluster's; the message names the
+/// setting that differs.
+pub fn check_identity(stored: &ClusterIdentity, me: &ClusterIdentity) -> Result<(), String> {
+    let differs = |setting: &str, stored: &dyn std::fmt::Display, mine: &dyn std::fmt::Display| {
+        Err(format!(
+            "this cluster's database was created with {setting} = {stored}, \
+             but this worker has {setting} = {mine}; every worker of a cluster must use \
+             the same {setting} (start a new database and bucket to change it)"
+        ))
+    };
+    if stored.key_groups != me.key_groups {
+        return differs("cluster.key_groups", &stored.key_groups, &me.key_groups);
+    }
+    if stored.master != me.master {
+        return differs(
+            "source.transactions",
+            &format!("{:?}", stored.master),
+            &format!("{:?}", me.master),
+        );
+    }
+    if stored.rows_per_chunk != me.rows_per_chunk {
+        return differs(
+            "chunker.rows_per_chunk",
+            &stored.rows_per_chunk,
+            &me.rows_per_chunk,
+        );
+    }
+    if stored.lookup != me.lookup {
+        return differs(
+            "source.customer_importance",
+            &format!("{:?}", stored.lookup),
+            &format!("{:?}", me.lookup),
+        );
+    }
+    Ok(())
+}
+
+const SELECT_GROUP_PAIRS: &str = concat!(
+    "SELECT ",
+    name_of!("merchant"),
+    ", ",
+    name_of!("customer"),
+    ", txn_count, amount_cents, gender FROM group_pairs WHERE key_group = ANY($1)"
+);
+
+const SELECT_GROUP_EMITTED: &str = concat!(
+    "SELECT patternId, ",
+    name_of!("merchant"),
+    ", ",
+    name_of!("customer"),
+    " FROM detected_patterns WHERE key_group = ANY($1)"
+);
+
+/// A [`GroupCommit`] owned, to run on the I/O runtime.
+struct OwnedCommit {
+    owner_id: String,
+    fences: Vec<(u32, u64)>,
+    expected: Vec<(u32, i64)>,
+    through_seq: i64,
+    through_chunk: String,
+    delta_group: Vec<i32>,
+    delta_seq: Vec<i64>,
+    delta_chunk: Vec<String>,
+    delta_blob: Vec<Vec<u8>>,
+    detection_groups: Vec<i32>,
+}
+
+/// Refuses the transaction unless the worker holds every group of
+/// `fences` at its epoch (each lease's advisory lock held shared, in name
+/// order, as a takeover takes it exclusively).
+async fn check_group_fences(
+    tx: &Transaction<'_>,
+    owner: &str,
+    fences: &[(u32, u64)],
+) -> DbResult<()> {
+    let names: Vec<String> = fences.iter().map(|&(g, _)| group_lease(g)).collect();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared(hashtextextended(n, 0))
+         FROM (SELECT n FROM UNNEST($1::text[]) n ORDER BY n) s",
+        &[&names],
+    )
+    .await?;
+    let rows = tx
+        .query(&format!("{SELECT_LEASES} WHERE name = ANY($1)"), &[&names])
+        .await?;
+    let held: BTreeMap<String, LeaseRow> = rows
+        .iter()
+        .map(|row| rules::lease_row(row).map(|l| (l.name.clone(), l)))
+        .collect::<DbResult<_>>()?;
+    let lost: Vec<String> = fences
+        .iter()
+        .filter(|&&(g, epoch)| {
+            held.get(&group_lease(g))
+                .is_none_or(|row| row.owner_id != owner || row.epoch != epoch)
+        })
+        .map(|&(g, epoch)| {
+            let now = held
+                .get(&group_lease(g))
+                .map_or("nobody".to_string(), |row| {
+                    format!("{} at epoch {}", row.holder(), row.epoch)
+                });
+            format!("key group {g} (held at epoch {epoch}, now {now})")
+        })
+        .collect();
+    if lost.is_empty() {
+        Ok(())
+    } else {
+        Err(DbError::Fenced(format!(
+            "{}; commit refused",
+            lost.join(", ")
+        )))
+    }
+}
+
+async fn commit_groups(
+    mut connection: Connection,
+    batch: OwnedCommit,
+    rows: CommitRows,
+    long_names: LongNames,
+) -> DbResult<CommitOutcome> {
+    let tx = connection.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLUSTER_COMMIT_LOCK])
+        .await?;
+    check_group_fences(&tx, &batch.owner_id, &batch.fences).await?;
+    let groups: Vec<i32> = batch.fences.iter().map(|&(g, _)| g as i32).collect();
+    let stored: BTreeMap<u32, i64> = tx
+        .query(
+            "SELECT key_group, last_seq FROM group_progress WHERE key_group = ANY($1)",
+            &[&groups],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1)))
+        .collect();
+    let expected: BTreeMap<u32, i64> = batch.expected.iter().copied().collect();
+    let after = |g: u32| {
+        expected
+            .get(&g)
+            .copied()
+            .unwrap_or(-1)
+            .max(batch.through_seq)
+    };
+    if groups
+        .iter()
+        .all(|&g| stored.get(&(g as u32)) == Some(&after(g as u32)))
+        && groups
+            .iter()
+            .any(|&g| expected.get(&(g as u32)) != Some(&after(g as u32)))
+    {
+        return Ok(CommitOutcome::AlreadyCommitted);
+    }
+    if let Some(&g) = groups
+        .iter()
+        .find(|&&g| stored.get(&(g as u32)) != expected.get(&(g as u32)))
+    {
+        return Ok(CommitOutcome::Conflict {
+            last: Some(format!(
+                "key group {g} at chunk {:?}, expected {:?}",
+                stored.get(&(g as u32)),
+                expected.get(&(g as u32))
+            )),
+        });
+    }
+    if !batch.delta_group.is_empty() {
+        tx.execute(
+            "INSERT INTO group_deltas (key_group, seq, chunk_name, delta)
+             SELECT * FROM UNNEST($1::int[], $2::bigint[], $3::text[], $4::bytea[])",
+            &[
+                &batch.delta_group,
+                &batch.delta_seq,
+                &batch.delta_chunk,
+                &batch.delta_blob,
+            ],
+        )
+        .await?;
+    }
+    let d = &rows.detections;
+    if !d.customer.is_empty() {
+        let params: [Param; 16] = [
+            &d.customer,
+            &d.merchant,
+            &d.txn_count,
+            &d.avg_weight,
+            &d.avg_amount,
+            &d.txn_rank,
+            &d.weight_rank,
+            &d.female,
+            &d.male,
+            &d.pattern_id,
+            &d.action_type,
+            &d.chunk_name,
+            &d.y_start_time,
+            &d.detection_time,
+            &rows.processed_at,
+            &batch.detection_groups,
+        ];
+        tx.execute(INSERT_GROUP_DETECTIONS, &params).await?;
+        long_names.save(&tx).await?;
+    }
+    tx.execute(
+        "UPDATE group_progress SET last_seq = $2, last_chunk = $3
+         WHERE key_group = ANY($1) AND last_seq < $2",
+        &[&groups, &batch.through_seq, &batch.through_chunk],
+    )
+    .await?;
+    let frontier: Option<i64> = tx
+        .query_one("SELECT min(last_seq) FROM group_progress", &[])
+        .await?
+        .get(0);
+    let c = &rows.chunks;
+    let frontier = frontier.unwrap_or(-1);
+    let chunk_params: [Param; 9] = [
+        &c.name,
+        &c.seq,
+        &c.status,
+        &c.rows,
+        &c.bad_rows,
+        &c.detections,
+        &c.reason,
+        &rows.processed_at,
+        &frontier,
+    ];
+    tx.execute(INSERT_PROCESSED_UP_TO, &chunk_params).await?;
+    crate::pause_points::reached("commit");
+    tx.commit().await?;
+    Ok(CommitOutcome::Committed)
+}
+
+const INSERT_GROUP_DETECTIONS: &str = "\
+INSERT INTO detected_patterns (customer, merchant, txn_count, avg_weight, avg_amount, txn_rank,
+    weight_rank, F, M, patternId, actionType, chunk_name, processed_at, y_start_time, detection_time,
+    key_group)
+SELECT customer, merchant, txn_count, avg_weight, avg_amount, txn_rank, weight_rank, f, m,
+       pattern_id, action_type, chunk_name, $15, y_start_time, detection_time, key_group
+FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
+            $7::float8[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[],
+            $13::text[], $14::text[], $16::int[])
+    WITH ORDINALITY AS d(customer, merchant, txn_count, avg_weight, avg_amount, txn_rank, weight_rank,
+                         f, m, pattern_id, action_type, chunk_name, y_start_time, detection_time,
+                         key_group, ord)
+ORDER BY ord";
+
+/// The commit's chunks that every key group has applied (`seq <= $9`), with
+/// their detections counted over every group, unless recorded already.
+const INSERT_PROCESSED_UP_TO: &str = "\
+INSERT INTO processed_chunks (chunk_name, seq, status, rows, bad_rows, detections, reason, processed_at)
+SELECT c.name, c.seq, c.status, c.rows, c.bad_rows,
+       (SELECT count(*) FROM detected_patterns d WHERE d.chunk_name = c.name AND d.key_group IS NOT NULL),
+       c.reason, $8
+FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])
+    AS c(name, seq, status, rows, bad_rows, detections, reason)
+WHERE c.seq <= $9
+ON CONFLICT (chunk_name) DO NOTHING";
