@@ -24,7 +24,7 @@
 
 use std::collections::BTreeMap;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::wiring::Wiring;
 use crate::db::postgres::cluster::{CHUNKER_LEASE, ClusterView};
@@ -115,33 +115,11 @@ pub async fn rebalance(
     for group in &lost {
         now_held.remove(group);
     }
-    let view = w.db("read the cluster", || cluster.cluster_view()).await?;
-    let (release, take) = plan(&view, &me.owner_id, &now_held, stopping);
     let mut out = Rebalanced {
         lost,
         ..Rebalanced::default()
     };
-    if !release.is_empty() {
-        let letting: Vec<(u32, u64)> = release.iter().map(|g| (*g, now_held[g])).collect();
-        w.db("release key groups", || {
-            cluster.release_groups(me, &letting)
-        })
-        .await?;
-        for group in &release {
-            now_held.remove(group);
-        }
-        out.released = release;
-    }
-    if !take.is_empty() {
-        let taken = w
-            .db("take key groups", || {
-                cluster.acquire_groups(me, take.clone(), ttl)
-            })
-            .await?;
-        out.taken = taken.iter().map(|(g, _)| *g).collect();
-        now_held.extend(taken);
-    }
-    out.held = now_held;
+    // The chunker lease before anything that may wait.
     match (chunker, stopping) {
         (Some(fence), true) => {
             if let Err(error) = w.state.release_lease(fence).await {
@@ -183,6 +161,33 @@ pub async fn rebalance(
             }
         }
     }
+    let view = w.db("read the cluster", || cluster.cluster_view()).await?;
+    let (release, take) = plan(&view, &me.owner_id, &now_held, stopping);
+    if !release.is_empty() {
+        let letting: Vec<(u32, u64)> = release.iter().map(|g| (*g, now_held[g])).collect();
+        w.db("release key groups", || {
+            cluster.release_groups(me, &letting)
+        })
+        .await?;
+        for group in &release {
+            now_held.remove(group);
+        }
+        out.released = release;
+    }
+    if !take.is_empty() {
+        // Once, not retried: a group whose previous owner is still inside
+        // a commit is tried again at the next heartbeat.
+        let taken = match cluster.acquire_groups(me, take.clone(), ttl).await {
+            Ok(taken) => taken,
+            Err(error) => {
+                debug!(%error, "could not take key groups now; trying at the next heartbeat");
+                Vec::new()
+            }
+        };
+        out.taken = taken.iter().map(|(g, _)| *g).collect();
+        now_held.extend(taken);
+    }
+    out.held = now_held;
     out.chunker_finished = w
         .db("read the chunker's progress", || w.state.chunk_claims(0, 0))
         .await

@@ -44,6 +44,7 @@ use super::supervised::{Group, Mailbox, Restarted, Supervised};
 use super::tracker::{Quiesce, Tracker, TrackerActor};
 use super::watcher::{Drain, S3WatcherActor, Watcher, WhenIdle};
 use super::wiring::Wiring;
+use crate::db::postgres::cluster::ranges;
 use crate::db::{Claimant, Fence, Renewal};
 use crate::detect::{Engine, parts};
 use crate::layout::chunk_seq;
@@ -419,18 +420,24 @@ impl SupervisorActor {
         };
         if !r.lost.is_empty() {
             warn!(
-                key_groups = ?r.lost,
+                key_groups = %ranges(&r.lost),
                 "lost key groups to another worker (this one was paused or cut off past its \
                  leases): it commits nothing more for them"
             );
         }
-        if !r.released.is_empty() || !r.taken.is_empty() {
+        if !r.released.is_empty() {
+            let mut released = r.released.clone();
+            released.sort_unstable();
             info!(
-                released = ?r.released,
-                taken = ?r.taken,
+                key_groups = %ranges(&released),
                 held = r.held.len(),
-                "key groups rebalanced"
+                "key groups released to other workers"
             );
+        }
+        if !r.taken.is_empty() {
+            let mut taken = r.taken.clone();
+            taken.sort_unstable();
+            info!(key_groups = %ranges(&taken), held = r.held.len(), "key groups taken");
         }
         let changed = r.held != m.held;
         m.held = r.held;

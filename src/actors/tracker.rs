@@ -436,7 +436,7 @@ async fn commit(
         Ok(outcome) => outcome,
         // A worker that lost key groups drops them: the supervisor starts
         // a generation without them.
-        Err(DbError::Fenced(reason)) if share.is_some() => {
+        Err(DbError::GroupsLost(reason)) => {
             tracing::warn!(%reason, "lost key groups: nothing of this commit was written");
             return Err(CommitFailure::Stale(reason));
         }

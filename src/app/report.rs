@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::RunReport;
 use crate::db::lease::format_ms;
-use crate::db::postgres::cluster::ClusterView;
+use crate::db::postgres::cluster::{ClusterView, ranges};
 use crate::db::{LeaseRow, StatusReport};
 use crate::detect::Pattern;
 
@@ -373,31 +373,6 @@ impl ClusterJson {
                 .map(LeaseRow::holder),
             groups,
         }
-    }
-}
-
-/// Key groups as ranges: `0-41, 84, 90-95`.
-fn ranges(groups: &[u32]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < groups.len() {
-        let start = groups[i];
-        let mut end = start;
-        while i + 1 < groups.len() && groups[i + 1] == end + 1 {
-            i += 1;
-            end = groups[i];
-        }
-        out.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        i += 1;
-    }
-    if out.is_empty() {
-        "none".to_string()
-    } else {
-        out.join(", ")
     }
 }
 

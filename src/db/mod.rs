@@ -321,6 +321,10 @@ pub enum DbError {
     /// The caller no longer holds the ownership lease it writes under.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// A cluster worker no longer holds some key groups it writes (their
+    /// leases passed to another worker): it drops them and goes on.
+    #[error("key groups lost: {0}")]
+    GroupsLost(String),
 }
 
 impl DbError {
@@ -461,7 +465,11 @@ pub async fn open_existing(settings: &Settings) -> anyhow::Result<Arc<dyn StateS
 /// short enough that a frozen owner's locks do not hold the lease row, and
 /// a standby's takeover, for long.
 pub fn stalled_transaction_timeout(settings: &Settings) -> std::time::Duration {
-    std::time::Duration::from_millis((settings.ownership.lease_ttl_ms * 3).max(30_000))
+    let ttl = match settings.cluster.enabled {
+        true => settings.cluster.lease_ttl_ms,
+        false => settings.ownership.lease_ttl_ms,
+    };
+    std::time::Duration::from_millis((ttl * 3).max(30_000))
 }
 
 /// Opens the state store a configuration selects and applies migrations.

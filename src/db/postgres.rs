@@ -55,6 +55,7 @@ const COMMIT_LOCK: i64 = 0x7478_7069_7065_0001;
 const BATCH_LOCK: i64 = 0x7478_7069_7065_0002;
 const COMPACT_LOCK: i64 = 0x7478_7069_7065_0003;
 const MIGRATE_LOCK: i64 = 0x7478_7069_7065_0004;
+const LOOKUP_LOCK: i64 = 0x7478_7069_7065_0007;
 
 /// The database's clock, in milliseconds since the Unix epoch.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
@@ -894,6 +895,14 @@ impl StateStore for PostgresStore {
         self.call(move |mut connection| async move {
             let tx = connection.transaction().await?;
             check_fence(&tx, &fence).await?;
+            // Workers of a cluster started at once all find no lookup table
+            // and read the file: the first stores it, the others find it.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOOKUP_LOCK])
+                .await?;
+            let stored = query_opt(&tx, sql::LOOKUP_SOURCE, &[], rules::lookup_source).await?;
+            if stored.is_some_and(|stored| stored.fingerprint == source.fingerprint) {
+                return Ok(());
+            }
             tx.execute("DELETE FROM customer_importance", &[]).await?;
             long.save(&tx).await?;
             let sink = tx
@@ -1274,7 +1283,12 @@ impl StateStore for PostgresStore {
                     name_of!("customer"),
                     ", ",
                     name_of!("merchant"),
-                    " FROM detected_patterns WHERE batch_no = $1 ORDER BY id"
+                    // A single process inserts a chunk's detections in
+                    // this order, so its ids follow it; a cluster's
+                    // workers insert them in any order (key_group set).
+                    " FROM detected_patterns WHERE batch_no = $1 ORDER BY ",
+                    "CASE WHEN key_group IS NULL THEN id END, chunk_name COLLATE \"C\", ",
+                    "patternId, merchant COLLATE \"C\", customer COLLATE \"C\""
                 ),
                 &[&to_i64(batch_no)],
                 rules::detection_line,

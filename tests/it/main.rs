@@ -19,6 +19,7 @@
 mod backends;
 mod bad_input;
 mod cli;
+mod cluster;
 mod crash;
 mod deploy;
 mod docs;

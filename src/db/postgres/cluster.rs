@@ -22,8 +22,7 @@ use std::collections::BTreeMap;
 use tokio_postgres::Transaction;
 
 use super::{
-    Connection, LEASE_LOCK_EXCLUSIVE, LongNames, NOW_MS, Param, PostgresStore, forward, get, pair,
-    query_all, query_opt,
+    Connection, LongNames, NOW_MS, Param, PostgresStore, forward, get, pair, query_all, query_opt,
 };
 use crate::db::lease::{self, LeaseRow};
 use crate::db::rules::{self, CommitRows, to_i64};
@@ -231,6 +230,7 @@ impl PostgresStore {
         ttl_ms: u64,
     ) -> DbResult<Vec<(u32, u64)>> {
         let me = me.clone();
+        let lock_wait_ms = (ttl_ms / 4).max(50);
         self.call(move |mut c| async move {
             let tx = c.transaction().await?;
             let names: Vec<String> = groups.iter().map(|&g| group_lease(g)).collect();
@@ -252,38 +252,60 @@ impl PostgresStore {
                     &[&names, &now],
                 )
                 .await?;
+            let mut names = Vec::new();
+            let mut epochs = Vec::new();
             let mut taken = Vec::new();
             for row in &free {
                 let current = rules::lease_row(row)?;
-                let lease::Decision::TakeOver { epoch } =
-                    lease::decide(Some(&current), now, None)
+                let lease::Decision::TakeOver { epoch } = lease::decide(Some(&current), now, None)
                 else {
                     continue;
                 };
-                // Waits for the commits in flight under the old epoch.
-                tx.execute(LEASE_LOCK_EXCLUSIVE, &[&current.name]).await?;
-                tx.execute(
-                    "UPDATE leases SET owner_id = $2, host = $3, pid = $4, epoch = $5,
-                         acquired_at_ms = $6, expires_at_ms = $7 WHERE name = $1",
-                    &[
-                        &current.name,
-                        &me.owner_id,
-                        &me.host,
-                        &i64::from(me.pid),
-                        &to_i64(epoch),
-                        &now,
-                        &now.saturating_add(to_i64(ttl_ms)),
-                    ],
-                )
-                .await?;
                 if let Some(group) = current
                     .name
                     .strip_prefix("key-group/")
                     .and_then(|g| g.parse().ok())
                 {
                     taken.push((group, epoch));
+                    names.push(current.name);
+                    epochs.push(to_i64(epoch));
                 }
             }
+            if taken.is_empty() {
+                return Ok(taken);
+            }
+            // Waits for the commits in flight under the old epochs (in name
+            // order, as commits take them shared), but not for long: a
+            // previous owner frozen inside a commit holds them until the
+            // server ends its transaction, and this worker's heartbeat must
+            // go on meanwhile. It tries again at the next one.
+            tx.execute(
+                &format!("SET LOCAL lock_timeout = {}", lock_wait_ms),
+                &[],
+            )
+            .await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(n, 0))
+                 FROM (SELECT n FROM UNNEST($1::text[]) n ORDER BY n) s",
+                &[&names],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE leases l SET owner_id = $3, host = $4, pid = $5, epoch = t.epoch,
+                     acquired_at_ms = $6, expires_at_ms = $7
+                 FROM UNNEST($1::text[], $2::bigint[]) AS t(name, epoch)
+                 WHERE l.name = t.name",
+                &[
+                    &names,
+                    &epochs,
+                    &me.owner_id,
+                    &me.host,
+                    &i64::from(me.pid),
+                    &now,
+                    &now.saturating_add(to_i64(ttl_ms)),
+                ],
+            )
+            .await?;
             tx.commit().await?;
             Ok(taken)
         })
@@ -613,28 +635,59 @@ async fn check_group_fences(
         .iter()
         .map(|row| rules::lease_row(row).map(|l| (l.name.clone(), l)))
         .collect::<DbResult<_>>()?;
-    let lost: Vec<String> = fences
-        .iter()
-        .filter(|&&(g, epoch)| {
-            held.get(&group_lease(g))
-                .is_none_or(|row| row.owner_id != owner || row.epoch != epoch)
-        })
-        .map(|&(g, epoch)| {
-            let now = held
-                .get(&group_lease(g))
-                .map_or("nobody".to_string(), |row| {
-                    format!("{} at epoch {}", row.holder(), row.epoch)
-                });
-            format!("key group {g} (held at epoch {epoch}, now {now})")
-        })
-        .collect();
+    // Lost groups by who holds them now, for one short message.
+    let mut lost: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for &(g, epoch) in fences {
+        match held.get(&group_lease(g)) {
+            Some(row) if row.owner_id == owner && row.epoch == epoch => {}
+            Some(row) if !row.owner_id.is_empty() => lost.entry(row.holder()).or_default().push(g),
+            _ => lost.entry("nobody".to_string()).or_default().push(g),
+        }
+    }
     if lost.is_empty() {
-        Ok(())
+        return Ok(());
+    }
+    let said: Vec<String> = lost
+        .iter()
+        .map(|(holder, groups)| format!("{} now held by {holder}", describe_groups(groups)))
+        .collect();
+    Err(DbError::GroupsLost(format!(
+        "{}; commit refused",
+        said.join("; ")
+    )))
+}
+
+/// `key groups 3, 7-9` (of sorted groups).
+pub fn describe_groups(groups: &[u32]) -> String {
+    let noun = if groups.len() == 1 {
+        "key group"
     } else {
-        Err(DbError::Fenced(format!(
-            "{}; commit refused",
-            lost.join(", ")
-        )))
+        "key groups"
+    };
+    format!("{noun} {}", ranges(groups))
+}
+
+/// Sorted key groups as ranges: `0-41, 84, 90-95` (`none` if empty).
+pub fn ranges(groups: &[u32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < groups.len() {
+        let (start, mut end) = (groups[i], groups[i]);
+        while i + 1 < groups.len() && groups[i + 1] == end + 1 {
+            i += 1;
+            end = groups[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join(", ")
     }
 }
 

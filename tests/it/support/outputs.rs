@@ -383,6 +383,33 @@ impl Tables {
                     .iter()
                     .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
                     .collect();
+                // A cluster keeps its state per key group, partly as
+                // deltas: read it as the workers do.
+                let key_groups: Option<i32> = client
+                    .query_opt("SELECT key_groups FROM cluster", &[])
+                    .await
+                    .unwrap()
+                    .map(|r| r.get(0));
+                if let Some(key_groups) = key_groups {
+                    let store = txpipe::db::postgres::PostgresStore::connect(&url, 1)
+                        .await
+                        .unwrap();
+                    let groups: Vec<u32> = (0..key_groups as u32).collect();
+                    let found = std::sync::Mutex::new(Vec::new());
+                    store
+                        .scan_group_pairs(&groups, &mut |row| {
+                            found.lock().unwrap().push((
+                                row.merchant.to_string(),
+                                row.customer.to_string(),
+                                row.count as i64,
+                                row.amount,
+                                row.gender.code().to_string(),
+                            ))
+                        })
+                        .await
+                        .unwrap();
+                    pairs.extend(found.into_inner().unwrap());
+                }
                 pairs.sort();
                 let chunks = client
                     .query(CHUNKS_SQL, &[])

@@ -1,0 +1,410 @@
+//! Key-group sharded workers on S3 and PostgreSQL, as real processes:
+//! three workers paced through a run while one is SIGKILLed, a fourth
+//! joins and one stops gracefully, then the cluster restarted with one and
+//! then two workers; a worker frozen (SIGSTOP) past its leases while its key
+//! groups move; a worker cut off from PostgreSQL; a worker started with
+//! settings the cluster was not created with. Every run ends with the
+//! outputs of one uninterrupted single process: the same detections (and
+//! the chunk each was found in), the same `processed_chunks`, chunk objects
+//! and detection files.
+
+use crate::support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use support::child::{self, Running, Waited};
+use support::outputs::Outputs;
+use support::pg::TestDb;
+use support::s3_server::S3TestServer;
+
+const ROWS_PER_CHUNK: u64 = 2_000;
+const BATCH: u64 = 5;
+const TTL_MS: u64 = 2_000;
+const HEARTBEAT_MS: u64 = 400;
+
+/// 80,000 rows: 40 chunks.
+fn dataset() -> (PathBuf, PathBuf) {
+    support::generated(80_000, 3_000, 30, 41)
+}
+
+fn reference() -> Outputs {
+    let (tx, net) = dataset();
+    support::uninterrupted_run(&tx, &net, ROWS_PER_CHUNK, BATCH).1
+}
+
+/// A cluster's bucket (the S3 test server) and database.
+struct Cluster {
+    db: TestDb,
+    server: S3TestServer,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(interval_ms: u64) -> Option<Cluster> {
+        let db = TestDb::create()?;
+        let (tx, net) = dataset();
+        let server = S3TestServer::start("txpipe-data");
+        support::configs::upload_inputs(&server, &tx, &net);
+        let dir = tempfile::tempdir().unwrap();
+        let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "cluster", "");
+        let mut env = server.env();
+        for (key, value) in [
+            ("RUST_LOG", "info".to_string()),
+            (
+                "TXPIPE__CHUNKER__ROWS_PER_CHUNK",
+                ROWS_PER_CHUNK.to_string(),
+            ),
+            ("TXPIPE__BATCH__SIZE", BATCH.to_string()),
+            ("TXPIPE__CHUNKER__INTERVAL_MS", interval_ms.to_string()),
+            ("TXPIPE__CLUSTER__ENABLED", "true".to_string()),
+            ("TXPIPE__CLUSTER__LEASE_TTL_MS", TTL_MS.to_string()),
+            ("TXPIPE__CLUSTER__HEARTBEAT_MS", HEARTBEAT_MS.to_string()),
+            ("TXPIPE__WATCHER__SWEEP_INTERVAL_MS", "300".to_string()),
+        ] {
+            env.push((key.to_string(), value));
+        }
+        Some(Cluster {
+            db,
+            server,
+            config,
+            env,
+            _dir: dir,
+        })
+    }
+
+    fn worker(&self, until_done: bool, extra_env: &[(&str, &str)]) -> Running {
+        let mut args = vec!["run", "--config", self.config.to_str().unwrap()];
+        if until_done {
+            args.push("--exit-when-done");
+        }
+        let mut env = self.env.clone();
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        child::spawn(&args, &env)
+    }
+
+    fn bucket(&self) -> PathBuf {
+        self.server.root().join("txpipe-data/cluster")
+    }
+
+    fn processed(&self) -> i64 {
+        self.db.query("SELECT count(*) FROM processed_chunks")[0].get(0)
+    }
+
+    fn status(&self, json: bool) -> String {
+        let mut args = vec!["status", "--config", self.config.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_txpipe"))
+            .args(&args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// The outputs must be those of one uninterrupted single process,
+    /// detection files line for line.
+    fn assert_exact(&self) {
+        let outputs = Outputs::read_postgres(&self.db.url, self.bucket());
+        let reference = reference();
+        support::assert_same_outputs(&outputs, &reference, &dataset().0, ROWS_PER_CHUNK, BATCH);
+        let lines = |o: &Outputs| -> Vec<Vec<(String, String, String)>> {
+            o.files
+                .iter()
+                .map(|(_, lines)| {
+                    lines
+                        .iter()
+                        .map(|l| (l.pattern.clone(), l.customer.clone(), l.merchant.clone()))
+                        .collect()
+                })
+                .collect()
+        };
+        assert_eq!(lines(&outputs), lines(&reference), "detection files differ");
+    }
+}
+
+fn expect(running: &mut Running, needle: &str, timeout: Duration) {
+    match running.wait_for(needle, 1, timeout) {
+        Waited::Seen => {}
+        Waited::Exited(status) => panic!(
+            "exited ({status}) before {needle:?}:\n{}",
+            running.log.join("\n")
+        ),
+        Waited::TimedOut => panic!("no {needle:?}:\n{}", running.log.join("\n")),
+    }
+}
+
+fn finish(running: Running) -> Vec<String> {
+    let (status, log) = running.wait(Duration::from_secs(120));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        log.join("\n")
+    );
+    log
+}
+
+fn stop(running: Running) -> Vec<String> {
+    running.signal("TERM");
+    finish(running)
+}
+
+fn said(log: &[String], needle: &str) -> bool {
+    log.iter().any(|line| line.contains(needle))
+}
+
+/// Waits until `processed_chunks` grows past `from`, reading the
+/// workers' logs meanwhile (shown if it does not).
+fn wait_for_progress(
+    cluster: &Cluster,
+    from: i64,
+    timeout: Duration,
+    workers: &mut [&mut Running],
+) {
+    let deadline = Instant::now() + timeout;
+    while cluster.processed() <= from {
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = workers.iter().map(|w| w.log.join("\n")).collect();
+            panic!(
+                "no progress past {from} chunks:\n{}",
+                logs.join("\n-----\n")
+            );
+        }
+        for worker in workers.iter_mut() {
+            worker.run_for(Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn workers_killed_joining_stopping_and_restarted_give_the_outputs_of_one_process() {
+    let Some(cluster) = Cluster::start(200) else {
+        return;
+    };
+    let mut workers: Vec<Running> = (0..3).map(|_| cluster.worker(true, &[])).collect();
+    for worker in &mut workers {
+        expect(worker, "key groups taken", Duration::from_secs(30));
+    }
+    wait_for_progress(
+        &cluster,
+        3,
+        Duration::from_secs(30),
+        &mut workers.iter_mut().collect::<Vec<_>>(),
+    );
+    // Three workers share 128 key groups; status shows them.
+    let text = cluster.status(false);
+    assert!(
+        text.contains("cluster             3 workers, 128 key groups"),
+        "{text}"
+    );
+    // SIGKILL one: its key groups move once its leases expire.
+    let killed = workers.remove(0);
+    let killed_pid = killed.pid();
+    let log = killed.kill();
+    assert!(said(&log, "joined the cluster"), "{}", log.join("\n"));
+    // A fourth joins.
+    let mut fourth = cluster.worker(true, &[]);
+    expect(&mut fourth, "key groups taken", Duration::from_secs(30));
+    let at = cluster.processed();
+    let mut all: Vec<&mut Running> = workers.iter_mut().collect();
+    all.push(&mut fourth);
+    wait_for_progress(&cluster, at, Duration::from_secs(30), &mut all);
+    // One stops gracefully: it releases its key groups at once.
+    let stopped = workers.remove(0);
+    let log = stop(stopped);
+    assert!(said(&log, "key groups released"), "{}", log.join("\n"));
+    // Within about two lease periods every live worker owns a fair share
+    // and nobody owns the dead worker's groups.
+    let deadline = Instant::now() + Duration::from_millis(4 * TTL_MS + 2_000);
+    loop {
+        let status: serde_json::Value = serde_json::from_str(&cluster.status(true)).unwrap();
+        let workers = status["cluster"]["workers"].as_array().unwrap().clone();
+        let shares: Vec<usize> = workers
+            .iter()
+            .map(|w| w["key_groups"].as_array().unwrap().len())
+            .collect();
+        let pids: Vec<u64> = workers.iter().map(|w| w["pid"].as_u64().unwrap()).collect();
+        if shares == [64, 64] && !pids.contains(&u64::from(killed_pid)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fair share: {shares:?} {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The cluster stops (mid-run), then goes on with one worker, stops
+    // again, and finishes with two.
+    stop(workers.remove(0));
+    stop(fourth);
+    let before = cluster.processed();
+    assert!(before < 40, "the run ended too early to test restarts");
+    let mut one = cluster.worker(true, &[]);
+    expect(&mut one, "key groups taken", Duration::from_secs(30));
+    wait_for_progress(&cluster, before, Duration::from_secs(30), &mut [&mut one]);
+    stop(one);
+    let pair = [cluster.worker(true, &[]), cluster.worker(true, &[])];
+    let logs: Vec<Vec<String>> = pair.into_iter().map(finish).collect();
+    assert!(
+        logs.iter().any(|l| said(l, "chunker lease taken")),
+        "one of them ran the chunker"
+    );
+    cluster.assert_exact();
+}
+
+/// A worker frozen past its leases while its key groups move to another
+/// commits nothing for them when it thaws: it says it lost them and takes
+/// its share again. A frozen worker that holds an open transaction holds
+/// the others back until the server ends it; such a try is undone and
+/// repeated.
+#[test]
+fn a_frozen_worker_commits_nothing_for_the_key_groups_it_lost_and_rejoins() {
+    let Some(cluster) = Cluster::start(150) else {
+        return;
+    };
+    let mut leader = cluster.worker(true, &[]);
+    expect(&mut leader, "chunker lease taken", Duration::from_secs(30));
+    let mut frozen = cluster.worker(true, &[]);
+    expect(&mut frozen, "key groups taken", Duration::from_secs(30));
+    expect(
+        &mut leader,
+        "released to other workers",
+        Duration::from_secs(30),
+    );
+    wait_for_progress(&cluster, 2, Duration::from_secs(30), &mut [&mut leader]);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        frozen.signal("STOP");
+        let bound = Duration::from_millis(TTL_MS + 4 * HEARTBEAT_MS + 2_000);
+        match leader.wait_for("held=128", 1, bound) {
+            Waited::Seen => break,
+            Waited::Exited(status) => panic!("{status}: {}", leader.log.join("\n")),
+            Waited::TimedOut if tries < 5 => {
+                frozen.signal("CONT");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Waited::TimedOut => panic!("no takeover in {tries} tries"),
+        }
+    }
+    // The leader goes on with every key group while the other is frozen.
+    let at = cluster.processed();
+    wait_for_progress(&cluster, at, Duration::from_secs(60), &mut [&mut leader]);
+    frozen.signal("CONT");
+    expect(&mut frozen, "lost key groups", Duration::from_secs(30));
+    let log = finish(frozen);
+    assert!(
+        log.iter()
+            .filter(|l| l.contains("key groups taken"))
+            .count()
+            >= 2,
+        "it rejoined:\n{}",
+        log.join("\n")
+    );
+    finish(leader);
+    cluster.assert_exact();
+}
+
+/// A worker whose PostgreSQL connection stops forwarding (a TCP proxy
+/// that closes every connection and refuses new ones) loses its key
+/// groups to the other worker; when the network comes back it commits
+/// nothing for them and takes its share again.
+#[test]
+fn a_worker_cut_off_from_postgres_loses_its_key_groups_and_outputs_stay_exact() {
+    let Some(cluster) = Cluster::start(150) else {
+        return;
+    };
+    let mut leader = cluster.worker(true, &[]);
+    expect(&mut leader, "chunker lease taken", Duration::from_secs(30));
+    let proxy = support::tcp_proxy::TcpProxy::start("127.0.0.1:5432");
+    let url = cluster
+        .db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port()));
+    assert_ne!(
+        url, cluster.db.url,
+        "the test database is on 127.0.0.1:5432"
+    );
+    let mut cut = cluster.worker(true, &[("TXPIPE__DATABASE__URL", &url)]);
+    expect(&mut cut, "key groups taken", Duration::from_secs(30));
+    expect(
+        &mut leader,
+        "released to other workers",
+        Duration::from_secs(30),
+    );
+    wait_for_progress(
+        &cluster,
+        2,
+        Duration::from_secs(30),
+        &mut [&mut leader, &mut cut],
+    );
+    proxy.refuse();
+    expect(&mut leader, "held=128", Duration::from_secs(30));
+    let at = cluster.processed();
+    wait_for_progress(
+        &cluster,
+        at,
+        Duration::from_secs(30),
+        &mut [&mut leader, &mut cut],
+    );
+    proxy.accept();
+    expect(&mut cut, "lost key groups", Duration::from_secs(60));
+    finish(cut);
+    finish(leader);
+    cluster.assert_exact();
+}
+
+#[test]
+fn a_worker_with_other_key_groups_master_or_lookup_is_refused_naming_the_setting() {
+    let Some(cluster) = Cluster::start(0) else {
+        return;
+    };
+    let first = cluster.worker(true, &[]);
+    finish(first);
+    // The same bytes under other names: the cluster was created with the
+    // others, which is what counts.
+    let (tx, net) = dataset();
+    let dir = tempfile::tempdir().unwrap();
+    let (other_tx, other_net) = (
+        dir.path().join("elsewhere.csv"),
+        dir.path().join("other_importance.csv"),
+    );
+    std::fs::copy(&tx, &other_tx).unwrap();
+    std::fs::copy(&net, &other_net).unwrap();
+    for (key, value, named) in [
+        (
+            "TXPIPE__CLUSTER__KEY_GROUPS",
+            "64".to_string(),
+            "cluster.key_groups",
+        ),
+        (
+            "TXPIPE__SOURCE__TRANSACTIONS",
+            other_tx.display().to_string(),
+            "source.transactions",
+        ),
+        (
+            "TXPIPE__SOURCE__CUSTOMER_IMPORTANCE",
+            other_net.display().to_string(),
+            "source.customer_importance",
+        ),
+    ] {
+        let refused = cluster.worker(true, &[(key, &value)]);
+        let (status, log) = refused.wait(Duration::from_secs(60));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(4),
+            "{key}:\n{}",
+            log.join("\n")
+        );
+        assert!(said(&log, named), "{key} not named:\n{}", log.join("\n"));
+    }
+}
