@@ -24,6 +24,7 @@ use actix::prelude::*;
 use futures::future::LocalBoxFuture;
 use tracing::{debug, info};
 
+use super::committed::{Share, Start};
 use super::supervised::{Behaviour, Failure, Supervised};
 use super::tracker::ChunksCommitted;
 use super::wiring::{Wiring, contain_async};
@@ -68,6 +69,9 @@ pub struct Compactor {
 pub struct CompactorState {
     schedule: Schedule,
     compacting: bool,
+    /// In a cluster: the key groups this worker owns (from the latest
+    /// generation), the only ones it compacts.
+    share: Option<(u64, Arc<Share>)>,
 }
 
 impl Behaviour for Compactor {
@@ -88,6 +92,7 @@ impl Behaviour for Compactor {
                     waiting,
                 ),
                 compacting: false,
+                share: None,
             }))
         })
     }
@@ -122,11 +127,31 @@ impl Handler<ChunksCommitted> for CompactorActor {
     }
 }
 
+impl Handler<Start> for CompactorActor {
+    type Result = ();
+
+    /// A cluster worker's new generation: compact its key groups now.
+    fn handle(&mut self, Start(committed): Start, _ctx: &mut Context<Self>) {
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
+        if let Some(share) = &committed.share
+            && state
+                .share
+                .as_ref()
+                .is_none_or(|(generation, _)| *generation <= committed.generation)
+        {
+            state.share = Some((committed.generation, share.clone()));
+        }
+    }
+}
+
 impl Handler<FinalCompact> for CompactorActor {
     type Result = AtomicResponse<Self, Result<(), ()>>;
 
     fn handle(&mut self, _msg: FinalCompact, _ctx: &mut Context<Self>) -> Self::Result {
         let wiring = self.behaviour.wiring.clone();
+        let share = self.share();
         let work = async move {
             // Leaving deltas behind is always safe (the next start reads
             // them and compacts them), so the final fold only takes what
@@ -141,7 +166,7 @@ impl Handler<FinalCompact> for CompactorActor {
                 final_slice(stop_at.saturating_duration_since(Instant::now()), last)
             {
                 let started = Instant::now();
-                let folded = compact(&wiring, slice).await?;
+                let folded = compact(&wiring, share.as_deref(), slice).await?;
                 if folded == 0 {
                     return Ok(());
                 }
@@ -173,8 +198,17 @@ impl Handler<FinalCompact> for CompactorActor {
 
 impl CompactorActor {
     /// Compacts a slice if one is due and none is running.
+    /// The key groups to compact, in a cluster.
+    fn share(&self) -> Option<Arc<Share>> {
+        self.state
+            .as_ref()
+            .and_then(|s| s.share.as_ref())
+            .map(|(_, share)| share.clone())
+    }
+
     fn maybe_compact(&mut self, ctx: &mut Context<Self>) {
         let wiring = self.behaviour.wiring.clone();
+        let share = self.share();
         let Some(state) = self.state.as_mut() else {
             return;
         };
@@ -190,7 +224,7 @@ impl CompactorActor {
         state.compacting = true;
         ctx.wait(
             actix::fut::wrap_future::<_, Self>(contain_async(async move {
-                compact(&wiring, slice).await
+                compact(&wiring, share.as_deref(), slice).await
             }))
             .map(|outcome, act, ctx| match outcome {
                 Ok(Ok(folded)) => {
@@ -206,17 +240,46 @@ impl CompactorActor {
     }
 }
 
-async fn compact(p: &Wiring, max_chunks: u64) -> Result<u64, CompactError> {
+/// Folds up to `max_chunks` chunks' deltas; in a cluster, those of the
+/// worker's key groups (a chunk has a delta per group it touched).
+async fn compact(p: &Wiring, share: Option<&Share>, max_chunks: u64) -> Result<u64, CompactError> {
     p.faults.hit("compactor")?;
     let started = Instant::now();
-    // Runs on the I/O runtime, so this actor's thread stays free.
-    let state = p.state.clone();
-    let folded = p
-        .db("compact state", || {
-            let (state, fence) = (state.clone(), p.fence.clone());
-            crate::io_runtime::run(async move { state.compact(&fence, max_chunks as usize).await })
-        })
-        .await?;
+    let folded = match (share, &p.cluster) {
+        (Some(share), Some(cluster)) => {
+            let fences = share.fences();
+            let deltas = (max_chunks as usize).saturating_mul(fences.len().max(1));
+            let folded = p
+                .db("compact key groups", || {
+                    cluster.compact_groups(&share.owner_id, &fences, deltas)
+                })
+                .await;
+            match folded {
+                // Chunks, as the schedule counts them.
+                Ok(folded) => folded.div_ceil(fences.len().max(1) as u64),
+                // Groups that moved are their new owner's to compact; the
+                // next generation brings this worker's new share.
+                Err(DbError::GroupsLost(reason)) => {
+                    debug!(%reason, "compaction skipped: key groups moved");
+                    0
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        // A cluster worker before its first generation: nothing is its own.
+        (None, Some(_)) => 0,
+        _ => {
+            // Runs on the I/O runtime, so this actor's thread stays free.
+            let state = p.state.clone();
+            p.db("compact state", || {
+                let (state, fence) = (state.clone(), p.fence.clone());
+                crate::io_runtime::run(
+                    async move { state.compact(&fence, max_chunks as usize).await },
+                )
+            })
+            .await?
+        }
+    };
     debug!(
         chunks = folded,
         took_ms = started.elapsed().as_secs_f64() * 1e3,

@@ -120,7 +120,7 @@ impl Topology {
                 }
             )
         });
-        let compactor = single.then(|| spawn!("compactor", Compactor { wiring: w() }));
+        let compactor = Some(spawn!("compactor", Compactor { wiring: w() }));
         let tracker = spawn!(
             "tracker",
             Tracker {
@@ -187,8 +187,8 @@ impl Topology {
         edges.push(("pair-table", "tracker".to_string()));
         if single {
             edges.push(("tracker", "batch-writer".to_string()));
-            edges.push(("tracker", "compactor".to_string()));
         }
+        edges.push(("tracker", "compactor".to_string()));
         wiring.metrics.health.set_edges(
             edges
                 .into_iter()
@@ -211,6 +211,12 @@ impl Topology {
     /// downstream first, so each is ready before work reaches it.
     fn start_mechanism_y(&self, committed: Arc<Committed>) -> impl Future<Output = ()> + use<> {
         let tracker = self.tracker.send(Start(committed.clone()));
+        // A cluster worker's compactor compacts the generation's key groups.
+        let compactor = committed
+            .share
+            .as_ref()
+            .and(self.compactor.as_ref())
+            .map(|c| c.send(Start(committed.clone())));
         let detectors: Vec<_> = self
             .detectors
             .iter()
@@ -225,6 +231,9 @@ impl Topology {
             // A member that is restarting misses its Start; its own restart
             // starts the next generation.
             let _ = tracker.await;
+            if let Some(compactor) = compactor {
+                let _ = compactor.await;
+            }
             join_all(detectors).await;
             let _ = pair_table.send(Start(committed.clone())).await;
             let _ = reader.send(Start(committed.clone())).await;
@@ -725,7 +734,10 @@ impl Handler<Restarted> for SupervisorActor {
     type Result = ();
 
     fn handle(&mut self, msg: Restarted, ctx: &mut Context<Self>) {
-        if msg.group == Group::MechanismY {
+        // A cluster worker's compactor learns its key groups from a
+        // generation: it restarted without them.
+        let compactor = self.cluster.is_some() && msg.actor == "compactor";
+        if msg.group == Group::MechanismY || compactor {
             info!(
                 actor = %msg.actor,
                 "Mechanism Y starts over from committed state"

@@ -830,3 +830,133 @@ FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6
     AS c(name, seq, status, rows, bad_rows, detections, reason)
 WHERE c.seq <= $9
 ON CONFLICT (chunk_name) DO NOTHING";
+
+impl PostgresStore {
+    /// Deltas waiting to be compacted in `groups`.
+    pub async fn pending_group_deltas(&self, groups: &[u32]) -> DbResult<u64> {
+        let groups: Vec<i32> = groups.iter().map(|&g| g as i32).collect();
+        self.call(move |c| async move {
+            let row = c
+                .query_one(
+                    "SELECT count(*) FROM group_deltas WHERE key_group = ANY($1)",
+                    &[&groups],
+                )
+                .await?;
+            Ok(rules::to_u64(row.get(0)))
+        })
+        .await
+    }
+
+    /// Folds up to `max_deltas` of the oldest deltas of the key groups
+    /// `fences` into `group_pairs` and deletes them, in one transaction
+    /// fenced like a commit: only a group's owner compacts it. Returns how
+    /// many deltas it folded.
+    pub async fn compact_groups(
+        &self,
+        owner_id: &str,
+        fences: &[(u32, u64)],
+        max_deltas: usize,
+    ) -> DbResult<u64> {
+        let (owner, fences) = (owner_id.to_string(), fences.to_vec());
+        self.call(move |c| compact_groups(c, owner, fences, max_deltas))
+            .await
+    }
+}
+
+async fn compact_groups(
+    mut connection: Connection,
+    owner: String,
+    fences: Vec<(u32, u64)>,
+    max_deltas: usize,
+) -> DbResult<u64> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    let tx = connection.transaction().await?;
+    check_group_fences(&tx, &owner, &fences).await?;
+    let groups: Vec<i32> = fences.iter().map(|&(g, _)| g as i32).collect();
+    let rows = tx
+        .query(
+            "SELECT key_group, seq, delta FROM group_deltas WHERE key_group = ANY($1)
+             ORDER BY key_group, seq LIMIT $2",
+            &[&groups, &(max_deltas as i64)],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut merged: BTreeMap<i32, crate::db::delta::Merged> = BTreeMap::new();
+    let (mut folded_groups, mut folded_seqs) = (Vec::new(), Vec::new());
+    for row in &rows {
+        let group: i32 = row.get(0);
+        merged
+            .entry(group)
+            .or_default()
+            .add(row.get::<_, &[u8]>(2))?;
+        folded_groups.push(group);
+        folded_seqs.push(row.get::<_, i64>(1));
+    }
+    tx.batch_execute(
+        "CREATE TEMP TABLE IF NOT EXISTS group_pair_delta (
+             key_group INTEGER, merchant TEXT, customer TEXT, txn_count BIGINT,
+             amount_cents BIGINT, gender TEXT
+         ) ON COMMIT DELETE ROWS",
+    )
+    .await?;
+    let sink = tx
+        .copy_in(
+            "COPY group_pair_delta (key_group, merchant, customer, txn_count, amount_cents, gender) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT4,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+        ],
+    );
+    futures::pin_mut!(writer);
+    let mut long = LongNames::default();
+    for (group, pairs) in &merged {
+        for pair in pairs.iter() {
+            writer
+                .as_mut()
+                .write(&[
+                    group,
+                    &&*long.key(pair.merchant),
+                    &&*long.key(pair.customer),
+                    &to_i64(pair.count),
+                    &pair.amount,
+                    &pair.gender.code(),
+                ])
+                .await?;
+        }
+    }
+    writer.finish().await?;
+    long.save(&tx).await?;
+    tx.execute(
+        "INSERT INTO group_pairs (key_group, merchant, customer, txn_count, amount_cents, gender)
+         SELECT key_group, merchant, customer, txn_count, amount_cents, gender FROM group_pair_delta
+         ON CONFLICT (key_group, merchant, customer) DO UPDATE SET
+             txn_count = group_pairs.txn_count + EXCLUDED.txn_count,
+             amount_cents = CASE
+                 WHEN group_pairs.amount_cents > 9223372036854775807 - EXCLUDED.amount_cents
+                 THEN 9223372036854775807
+                 ELSE group_pairs.amount_cents + EXCLUDED.amount_cents
+             END",
+        &[],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM group_deltas d USING UNNEST($1::int[], $2::bigint[]) AS f(key_group, seq)
+         WHERE d.key_group = f.key_group AND d.seq = f.seq",
+        &[&folded_groups, &folded_seqs],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
