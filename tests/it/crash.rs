@@ -219,3 +219,134 @@ fn s3_and_postgres_survive_sigkill_at_any_moment() {
         &reference,
     );
 }
+
+/// [`crash_loop`] for a cluster of two workers: each kill hits whichever
+/// worker reaches the moment first (the chunker and the detection files
+/// run in one of them, commits in both), and the killed one is started
+/// again while the other goes on. Returns how many kills landed where.
+fn cluster_crash_loop(
+    config: &Path,
+    env: &[(String, String)],
+    points: &[&'static str],
+    seed: u64,
+) -> BTreeMap<&'static str, usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let config = config.to_str().unwrap();
+    let pause = PAUSE_MS.to_string();
+    let args = [
+        "run",
+        "--config",
+        config,
+        "--exit-when-done",
+        "--pause-at",
+        "all",
+        "--pause-ms",
+        &pause,
+    ];
+    let mut workers = [child::spawn(&args, env), child::spawn(&args, env)];
+    let mut landed: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for kill in 0..KILLS {
+        let victim = if rng.random_bool(0.3) {
+            let delay = Duration::from_millis(rng.random_range(150..1_200));
+            for worker in &mut workers {
+                if let Some(status) = worker.run_for(delay / 2) {
+                    panic!(
+                        "finished early ({status}) after {kill} kills:\n{}",
+                        worker.log.join("\n")
+                    );
+                }
+            }
+            *landed.entry("random").or_default() += 1;
+            rng.random_range(0..2)
+        } else {
+            let point = points[kill % points.len()];
+            let needle = format!("pause point reached: {point}");
+            let deadline = std::time::Instant::now() + Duration::from_secs(4);
+            let mut victim = None;
+            while victim.is_none() && std::time::Instant::now() < deadline {
+                for (i, worker) in workers.iter_mut().enumerate() {
+                    match worker.wait_for(&needle, 1, Duration::from_millis(20)) {
+                        Waited::Seen => {
+                            victim = Some(i);
+                            break;
+                        }
+                        Waited::Exited(status) => panic!(
+                            "exited ({status}) waiting for {point}:\n{}",
+                            worker.log.join("\n")
+                        ),
+                        Waited::TimedOut => {}
+                    }
+                }
+            }
+            match victim {
+                Some(i) => {
+                    std::thread::sleep(Duration::from_millis(rng.random_range(0..PAUSE_MS / 2)));
+                    *landed.entry(point).or_default() += 1;
+                    i
+                }
+                None => {
+                    *landed.entry("late").or_default() += 1;
+                    rng.random_range(0..2)
+                }
+            }
+        };
+        let fresh = child::spawn(&args, env);
+        let log = std::mem::replace(&mut workers[victim], fresh).kill();
+        assert!(
+            !log.iter().any(|l| l.contains("panic")),
+            "a worker panicked:\n{}",
+            log.join("\n")
+        );
+    }
+    for worker in workers {
+        let (status, log) = worker.wait(Duration::from_secs(180));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "a worker failed at the end:\n{}",
+            log.join("\n")
+        );
+    }
+    landed
+}
+
+#[test]
+fn a_cluster_of_two_workers_survives_sigkill_at_any_moment() {
+    let Some(db) = support::pg::TestDb::create() else {
+        return;
+    };
+    let reference = reference();
+    let (tx, net) = dataset();
+    let server = support::s3_server::S3TestServer::start("txpipe-data");
+    support::configs::upload_inputs(&server, &tx, &net);
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "cluster", "");
+    let points = [
+        "chunk-put",
+        "chunk-saved",
+        "chunk-fetch",
+        "commit",
+        "batch-assigned",
+        "batch-put",
+    ];
+    let mut env = server.env();
+    env.extend(overrides());
+    for (key, value) in [
+        ("TXPIPE__CLUSTER__ENABLED", "true"),
+        ("TXPIPE__CLUSTER__LEASE_TTL_MS", "1000"),
+        ("TXPIPE__CLUSTER__HEARTBEAT_MS", "200"),
+    ] {
+        env.push((key.to_string(), value.to_string()));
+    }
+    let landed = cluster_crash_loop(&config, &env, &points, 13);
+    eprintln!("kills: {landed:?}");
+    for point in ["chunk-put", "commit", "batch-assigned"] {
+        assert!(
+            landed.contains_key(point),
+            "no kill during {point}: {landed:?}"
+        );
+    }
+    assert_same(
+        &Outputs::read_postgres(&db.url, server.root().join("txpipe-data/cluster")),
+        &reference,
+    );
+}
