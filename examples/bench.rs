@@ -18,6 +18,13 @@
 //! durable), peak RSS and CPU time. Data lives in `target/bench-data/`;
 //! a run's files are emptied when it ends and removed when the benchmark
 //! ends (see `Leftovers`).
+//! Cluster workloads `cluster1-gen10m`, `cluster2-gen10m` and
+//! `cluster4-gen10m` run the 10M workload on S3 + PostgreSQL with
+//! `cluster.enabled` and 1, 2 or 4 worker processes started at once (all on
+//! this machine's cores): reported are the cluster's throughput (rows over
+//! the wall time from the workers' start to the last one's exit, start-up
+//! included), each worker's peak RSS and the CPU seconds per million rows
+//! of all workers together.
 //! With `--repeat N` the workloads run in N rounds, one run of each per
 //! round, and each line reports the median run.
 //! `BENCH_PERF=FILE` records a `perf` profile of the pipeline process.
@@ -39,14 +46,34 @@ use bytes::Bytes;
 use txpipe::app::report::JsonReport;
 use txpipe::store::ObjectStore;
 
-const WORKLOADS: [&str; 6] = [
+const WORKLOADS: [&str; 9] = [
     "banksim-embedded",
     "banksim-s3pg",
     "gen10m-embedded",
     "gen10m-s3pg",
     "paced-embedded",
     "paced-s3pg",
+    "cluster1-gen10m",
+    "cluster2-gen10m",
+    "cluster4-gen10m",
 ];
+
+/// Workers of a cluster workload (`clusterN-...`), if it is one.
+fn cluster_workers(workload: &str) -> Option<usize> {
+    workload
+        .strip_prefix("cluster")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// One run of a workload: each process's report (one, or a cluster's
+/// workers'), and the wall time from their start to the last exit.
+struct Outcome {
+    reports: Vec<JsonReport>,
+    wall_seconds: f64,
+}
 
 fn data_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
@@ -75,6 +102,8 @@ fn banksim() -> (PathBuf, PathBuf) {
     )
 }
 
+const GENERATED_ROWS: u64 = 10_000_000;
+
 /// 10,000,000 generated rows, 100,000 customers, 1,000 merchants.
 fn generated() -> (PathBuf, PathBuf) {
     let dir = data_dir().join("gen-10m");
@@ -84,7 +113,7 @@ fn generated() -> (PathBuf, PathBuf) {
             dir.display()
         );
         let options = txpipe::generate::GenerateOptions {
-            rows: 10_000_000,
+            rows: GENERATED_ROWS,
             customers: 100_000,
             merchants: 1_000,
             seed: 10,
@@ -183,10 +212,12 @@ struct Leftovers {
     _server: Option<s3_server::S3TestServer>,
 }
 
-/// Runs one workload in a child process and returns its report.
-fn run(workload: &str, leftovers: &mut Vec<Leftovers>) -> JsonReport {
+/// Runs one workload in child processes (one, or a cluster's workers)
+/// and returns their reports.
+fn run(workload: &str, leftovers: &mut Vec<Leftovers>) -> Outcome {
     let scratch = tempfile::tempdir_in(data_dir()).unwrap();
-    let (tx, net) = if workload.starts_with("gen10m") {
+    let workers = cluster_workers(workload);
+    let (tx, net) = if workload.contains("gen10m") {
         generated()
     } else {
         banksim()
@@ -196,7 +227,7 @@ fn run(workload: &str, leftovers: &mut Vec<Leftovers>) -> JsonReport {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut _server = None;
     let mut _database = None;
-    let config = if workload.ends_with("s3pg") {
+    let config = if workload.ends_with("s3pg") || workers.is_some() {
         let server = s3_server::S3TestServer::start("txpipe-bench");
         upload(
             &server,
@@ -225,11 +256,14 @@ path_style = true
 sign_payload = "never"
 [database]
 url = "{url}"
+[cluster]
+enabled = {cluster}
 [log]
 level = "warn"
 "#,
             endpoint = server.endpoint(),
             url = database.url(),
+            cluster = workers.is_some(),
         );
         _server = Some(server);
         _database = Some(database);
@@ -257,28 +291,27 @@ level = "warn"
     };
     let config_path = scratch.path().join("bench.toml");
     std::fs::write(&config_path, config).unwrap();
-    let report_path = scratch.path().join("report.json");
-    // BENCH_PERF=FILE records a perf profile of the pipeline process only.
-    let mut command = match std::env::var_os("BENCH_PERF") {
-        Some(output) => {
-            let mut perf = Command::new("perf");
-            perf.args(["record", "-g", "-o"])
-                .arg(output)
-                .arg("--")
-                .arg(std::env::current_exe().unwrap());
-            perf
-        }
-        None => Command::new(std::env::current_exe().unwrap()),
-    };
-    let status = command
-        .arg("__run")
-        .arg(&config_path)
-        .arg(&report_path)
-        .envs(env)
-        .status()
-        .unwrap();
-    assert!(status.success(), "{workload} failed");
-    let report = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    let children: Vec<(std::process::Child, PathBuf)> = (0..workers.unwrap_or(1))
+        .map(|i| {
+            let report_path = scratch.path().join(format!("report-{i}.json"));
+            let child = pipeline_command()
+                .arg("__run")
+                .arg(&config_path)
+                .arg(&report_path)
+                .envs(env.iter().cloned())
+                .spawn()
+                .unwrap();
+            (child, report_path)
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for (mut child, report_path) in children {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{workload} failed");
+        reports.push(serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap());
+    }
+    let wall_seconds = started.elapsed().as_secs_f64();
     drop(_database);
     empty_files(scratch.path());
     if let Some(server) = &_server {
@@ -288,7 +321,26 @@ level = "warn"
         _scratch: scratch,
         _server,
     });
-    report
+    Outcome {
+        reports,
+        wall_seconds,
+    }
+}
+
+/// The pipeline process: this binary, under `perf record` with
+/// `BENCH_PERF=FILE` (a profile of the pipeline process only).
+fn pipeline_command() -> Command {
+    match std::env::var_os("BENCH_PERF") {
+        Some(output) => {
+            let mut perf = Command::new("perf");
+            perf.args(["record", "-g", "-o"])
+                .arg(output)
+                .arg("--")
+                .arg(std::env::current_exe().unwrap());
+            perf
+        }
+        None => Command::new(std::env::current_exe().unwrap()),
+    }
 }
 
 /// Truncates every file under `dir` to nothing, keeping the files.
@@ -400,13 +452,22 @@ fn main() {
     // in a row: this machine's speed drifts over minutes, and a drift
     // should weigh on every workload alike, or ratios between workloads
     // (the 10M target) measure the drift.
-    let mut runs: Vec<Vec<JsonReport>> = chosen.iter().map(|_| Vec::new()).collect();
+    let mut runs: Vec<Vec<Outcome>> = chosen.iter().map(|_| Vec::new()).collect();
     for _ in 0..repeat {
         for (workload, reports) in chosen.iter().zip(&mut runs) {
             reports.push(run(workload, &mut leftovers));
         }
     }
-    for (workload, mut reports) in chosen.iter().zip(runs) {
+    let mut clusters = Vec::new();
+    for (workload, outcomes) in chosen.iter().zip(runs) {
+        if cluster_workers(workload).is_some() {
+            clusters.push((workload, outcomes));
+            continue;
+        }
+        let mut reports: Vec<JsonReport> = outcomes
+            .into_iter()
+            .map(|mut o| o.reports.remove(0))
+            .collect();
         if repeat > 1 {
             let rates: Vec<String> = reports
                 .iter()
@@ -431,6 +492,42 @@ fn main() {
             r.peak_rss_mb,
             r.window_cpu_seconds,
             r.cpu_seconds
+        );
+    }
+    if !clusters.is_empty() {
+        println!();
+        println!(
+            "| workload | workers | rows | transactions/s (wall) | wall | peak RSS per worker | CPU s per M rows (all workers) |"
+        );
+        println!("|---|---:|---:|---:|---:|---|---:|");
+    }
+    for (workload, mut outcomes) in clusters {
+        // The median run by wall time.
+        outcomes.sort_by(|a, b| a.wall_seconds.total_cmp(&b.wall_seconds));
+        if repeat > 1 {
+            let walls: Vec<String> = outcomes
+                .iter()
+                .map(|o| format!("{:.1}", o.wall_seconds))
+                .collect();
+            eprintln!("{workload}: wall seconds per run: {}", walls.join(", "));
+        }
+        let o = &outcomes[outcomes.len() / 2];
+        // Every worker commits every chunk's record (and again after a
+        // rebalance): the rows are the master file's.
+        let rows = GENERATED_ROWS;
+        let cpu: f64 = o.reports.iter().map(|r| r.cpu_seconds).sum();
+        let rss: Vec<String> = o
+            .reports
+            .iter()
+            .map(|r| format!("{:.0} MB", r.peak_rss_mb))
+            .collect();
+        println!(
+            "| {workload} | {} | {rows} | {:.0} | {:.1} s | {} | {:.2} |",
+            o.reports.len(),
+            rows as f64 / o.wall_seconds,
+            o.wall_seconds,
+            rss.join(", "),
+            cpu / (rows as f64 / 1e6)
         );
     }
 }
