@@ -215,3 +215,40 @@ impl Committed {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Start(pub Arc<Committed>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_applies_a_chunk_to_a_group_only_past_its_position() {
+        let share = Share {
+            key_groups: 4,
+            owner_id: "w".into(),
+            groups: [
+                (
+                    0,
+                    GroupStart {
+                        epoch: 3,
+                        last_seq: 9,
+                    },
+                ),
+                (
+                    2,
+                    GroupStart {
+                        epoch: 1,
+                        last_seq: -1,
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        assert!(!share.applies(0, 9) && share.applies(0, 10));
+        assert!(share.applies(2, 0));
+        assert!(!share.applies(1, 100), "not held");
+        assert_eq!(share.fences(), vec![(0, 3), (2, 1)]);
+        assert_eq!(share.progress_after(-1), vec![(0, 9), (2, -1)]);
+        assert_eq!(share.progress_after(12), vec![(0, 12), (2, 12)]);
+    }
+}

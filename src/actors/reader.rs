@@ -315,6 +315,83 @@ mod tests {
         );
     }
 
+    /// A cluster worker keeps the pairs of the groups it applies the chunk
+    /// to, and encodes each group's part so that the parts together are
+    /// exactly what it kept.
+    #[test]
+    fn a_share_keeps_its_groups_rows_and_encodes_each_groups_part() {
+        use crate::actors::committed::GroupStart;
+        let mut chunk = String::from(
+            "step,customer,age,gender,zipcodeOri,merchant,zipMerchant,category,amount,fraud\n",
+        );
+        for m in 0..40 {
+            for c in 0..3 {
+                chunk.push_str(&format!(
+                    "0,'C{c}','4','F','1','M{m}','1','es_food',1.25,0\n"
+                ));
+            }
+        }
+        let names = Names::new();
+        let parsed = ChunkParser::new(1 << 20)
+            .parse(chunk.as_bytes(), &names)
+            .unwrap();
+        let key_groups = 8;
+        // Group 0 applies chunk 5; group 1 has applied it already; the
+        // others belong to other workers.
+        let share = Share {
+            key_groups,
+            owner_id: "me".into(),
+            groups: [
+                (
+                    0,
+                    GroupStart {
+                        epoch: 1,
+                        last_seq: 4,
+                    },
+                ),
+                (
+                    1,
+                    GroupStart {
+                        epoch: 1,
+                        last_seq: 5,
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let mut kept = parsed.clone();
+        let parts = keep_share(&mut kept, &share, 5);
+        let group_of = |m: &str| crate::detect::key_group::key_group(m, key_groups);
+        // As the parser spells them (quotes and all, or not).
+        let expected: Vec<String> = parsed
+            .names
+            .merchants()
+            .filter(|m| group_of(m) == 0)
+            .map(str::to_string)
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(kept.delta.pairs.len(), expected.len() * 3);
+        assert!(parts.iter().all(|(g, _)| *g == 0), "only group 0 applies");
+        let mut decoded = Vec::new();
+        for (_, blob) in &parts {
+            crate::db::delta::for_each_pair(blob, &mut |row| {
+                decoded.push((
+                    row.merchant.to_string(),
+                    row.customer.to_string(),
+                    row.count,
+                ))
+            })
+            .unwrap();
+        }
+        let mut merchants: Vec<String> = decoded.iter().map(|d| d.0.clone()).collect();
+        merchants.dedup();
+        assert_eq!(merchants, expected);
+        assert!(decoded.iter().all(|d| d.2 == 1));
+        // The rows counted stay the chunk's.
+        assert_eq!(kept.rows, 120);
+    }
+
     #[test]
     fn quarantine_report_keeps_raw_bytes() {
         let report = bad_rows_report(&[BadRow {

@@ -31,6 +31,15 @@ pub async fn skip_chunk(settings: &Settings, key: &str, reason: &str) -> anyhow:
     let Some(seq) = layout::chunk_seq(key) else {
         bail!("{key:?} is not a chunk key (stream_chunks/chunk-SEQUENCE-…)");
     };
+    // A cluster's chunk is processed once every key group applied it; a
+    // skip would have to move every group's position under its lease.
+    if settings.cluster.enabled {
+        bail!(
+            "skip-chunk does not work on a cluster (cluster.enabled = true) yet: stop every \
+             worker, then move the key groups' positions in group_progress past the chunk \
+             and record it in processed_chunks by hand"
+        );
+    }
     let state = crate::db::open(settings).await?;
     let me = Claimant::this_process();
     let fence = match state

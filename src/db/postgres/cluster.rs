@@ -960,3 +960,45 @@ async fn compact_groups(
     tx.commit().await?;
     Ok(rows.len() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> ClusterIdentity {
+        ClusterIdentity {
+            key_groups: 128,
+            master: "s3://b/t.csv".into(),
+            rows_per_chunk: 10_000,
+            lookup: "s3://b/n.csv".into(),
+        }
+    }
+
+    #[test]
+    fn a_worker_with_other_settings_is_refused_naming_the_setting() {
+        assert!(check_identity(&identity(), &identity()).is_ok());
+        let cases: [(fn(&mut ClusterIdentity), &str); 4] = [
+            (|i| i.key_groups = 64, "cluster.key_groups"),
+            (|i| i.master = "other.csv".into(), "source.transactions"),
+            (|i| i.rows_per_chunk = 5, "chunker.rows_per_chunk"),
+            (
+                |i| i.lookup = "other.csv".into(),
+                "source.customer_importance",
+            ),
+        ];
+        for (change, setting) in cases {
+            let mut me = identity();
+            change(&mut me);
+            let message = check_identity(&identity(), &me).unwrap_err();
+            assert!(message.contains(setting), "{message}");
+        }
+    }
+
+    #[test]
+    fn groups_print_as_ranges() {
+        assert_eq!(ranges(&[]), "none");
+        assert_eq!(ranges(&[0, 1, 2, 5, 7, 8]), "0-2, 5, 7-8");
+        assert_eq!(describe_groups(&[3]), "key group 3");
+        assert_eq!(describe_groups(&[3, 4]), "key groups 3-4");
+    }
+}
