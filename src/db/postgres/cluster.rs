@@ -977,7 +977,8 @@ mod tests {
     #[test]
     fn a_worker_with_other_settings_is_refused_naming_the_setting() {
         assert!(check_identity(&identity(), &identity()).is_ok());
-        let cases: [(fn(&mut ClusterIdentity), &str); 4] = [
+        type Change = fn(&mut ClusterIdentity);
+        let cases: [(Change, &str); 4] = [
             (|i| i.key_groups = 64, "cluster.key_groups"),
             (|i| i.master = "other.csv".into(), "source.transactions"),
             (|i| i.rows_per_chunk = 5, "chunker.rows_per_chunk"),
