@@ -18,7 +18,8 @@ use actix::prelude::*;
 
 use super::wiring::Wiring;
 use crate::db::DbError;
-use crate::detect::{Cents, DetectionKey, Engine, PairState, Snapshot};
+use crate::detect::{Cents, DetectionKey, Engine, MerchantId, PairState, Snapshot};
+use rustc_hash::FxHashSet;
 
 /// Committed state as of the last committed chunk.
 #[derive(Default)]
@@ -33,6 +34,9 @@ pub struct Committed {
     /// In a cluster: the key groups this generation applies (`None`: a
     /// single process, which applies everything).
     pub share: Option<Arc<Share>>,
+    /// In a cluster: the merchants of the lookup table in the share's key
+    /// groups (the pair table holds their weighted pairs, no others).
+    pub merchants: Option<Arc<FxHashSet<MerchantId>>>,
 }
 
 /// The key groups one generation of a cluster's worker applies: those it
@@ -119,6 +123,7 @@ impl Committed {
                     snapshot,
                     engine,
                     share: None,
+                    merchants: None,
                 });
             }
         }
@@ -167,12 +172,23 @@ impl Committed {
                 .collect(),
         };
         let snapshot = Self::read_state(wiring, Some(&groups)).await?;
+        let merchants: FxHashSet<MerchantId> = engine
+            .weights()
+            .merchants()
+            .map(|(merchant, _)| merchant)
+            .filter(|m| {
+                share
+                    .groups
+                    .contains_key(&share.group_of(wiring.names.name(m.0)))
+            })
+            .collect();
         Ok(Committed {
             generation,
             last_chunk: last_chunk.map(Arc::from),
             snapshot,
             engine,
             share: Some(Arc::new(share)),
+            merchants: Some(Arc::new(merchants)),
         })
     }
 

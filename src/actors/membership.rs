@@ -147,12 +147,14 @@ pub async fn rebalance(
         },
         (None, true) => {}
         (None, false) => {
-            if let LeaseGrant::Granted(fence) = w
-                .db("take the chunker lease", || {
-                    w.state.acquire_lease(CHUNKER_LEASE, me, ttl, None)
-                })
-                .await?
-            {
+            // Not for long: a frozen chunker inside a transaction holds the
+            // lease's lock until the server ends it; this heartbeat must
+            // go on renewing meanwhile (the try is rolled back).
+            let bound = std::time::Duration::from_millis((ttl / 4).max(50));
+            let grant =
+                tokio::time::timeout(bound, w.state.acquire_lease(CHUNKER_LEASE, me, ttl, None))
+                    .await;
+            if let Ok(Ok(LeaseGrant::Granted(fence))) = grant {
                 info!(
                     epoch = fence.epoch,
                     "chunker lease taken: this worker runs the chunker"
@@ -188,6 +190,11 @@ pub async fn rebalance(
         now_held.extend(taken);
     }
     out.held = now_held;
+    // One registration per start stays behind; a day's worth is plenty to
+    // read in `txpipe status` history, not more.
+    if let Err(error) = cluster.forget_departed_workers(24 * 3600 * 1000).await {
+        debug!(%error, "could not forget departed workers");
+    }
     out.chunker_finished = w
         .db("read the chunker's progress", || w.state.chunk_claims(0, 0))
         .await

@@ -68,7 +68,10 @@ impl PairTableState {
     pub fn restore(engine: &Engine, committed: &Committed) -> PairTableState {
         PairTableState {
             generation: committed.generation,
-            totals: engine.pair_table(&committed.snapshot),
+            totals: match &committed.merchants {
+                Some(kept) => engine.pair_table_where(&committed.snapshot, |m| kept.contains(&m)),
+                None => engine.pair_table(&committed.snapshot),
+            },
             order: InOrder::new(0),
             chain: Chain::after(committed.last_chunk.clone()),
             applied: committed.last_chunk.clone(),

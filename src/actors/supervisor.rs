@@ -76,8 +76,8 @@ pub struct Resync {
 }
 
 /// Addresses of the running topology. A cluster's worker runs the chunker
-/// and the batch writer only while it holds the chunker lease, and no
-/// compactor.
+/// and the batch writer only while it holds the chunker lease; its
+/// compactor compacts its own key groups.
 pub struct Topology {
     pub chunker: Option<Mailbox<ChunkerActor>>,
     pub watcher: Mailbox<S3WatcherActor>,

@@ -149,6 +149,13 @@ pub async fn prepare(
             Err(crate::db::DbError::Mismatch(message)) => return Err(Mismatch(message).into()),
             joined => joined?,
         }
+    } else if state.belongs_to_cluster().await? {
+        return Err(Mismatch(
+            "this database belongs to a cluster of workers: run with cluster.enabled = true \
+             (TXPIPE__CLUSTER__ENABLED=true), as its other workers do"
+                .to_string(),
+        )
+        .into());
     }
     if let Some(position) = state.chunker_position().await? {
         position
@@ -158,9 +165,21 @@ pub async fn prepare(
             )
             .map_err(Mismatch)?;
     }
+    // Workers of a cluster take turns: the first parses the file and
+    // stores it, the others read it from the database.
+    let turn = match &cluster {
+        Some(cluster) => Some(cluster.lookup_turn().await?),
+        None => None,
+    };
     let plan = lookup::check(&settings, &sources, &*state).await?;
     let names = Arc::new(Names::new());
-    let lookup = plan.read(&settings, &sources, &*state, &names).await?;
+    let mut lookup = plan.read(&settings, &sources, &*state, &names).await?;
+    if let Some(turn) = turn {
+        if let Some(pending) = lookup.store.take() {
+            pending.store(&*state, &fence).await?;
+        }
+        turn.end().await;
+    }
     info!(pairs = lookup.weights.len(), "lookup table ready");
     let d = &settings.detectors;
     let engine = Engine::new(

@@ -433,6 +433,13 @@ pub trait StateStore: Send + Sync {
     async fn outbox(&self) -> DbResult<(u64, Option<String>)>;
 
     async fn record_restart(&self, event: &RestartEvent) -> DbResult<()>;
+
+    /// Whether a cluster of workers (`cluster.enabled`) owns this database:
+    /// then a single process must not run on it. Only PostgreSQL hosts
+    /// clusters.
+    async fn belongs_to_cluster(&self) -> DbResult<bool> {
+        Ok(false)
+    }
     async fn status(&self, recent_restarts: usize) -> DbResult<StatusReport>;
 }
 

@@ -1316,6 +1316,10 @@ impl StateStore for PostgresStore {
             .await
     }
 
+    async fn belongs_to_cluster(&self) -> DbResult<bool> {
+        self.is_cluster().await
+    }
+
     async fn record_restart(&self, event: &RestartEvent) -> DbResult<()> {
         let event = event.clone();
         self.call(move |c| async move {

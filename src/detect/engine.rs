@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::{
-    ChildDetector, ChunkDelta, ChunkUpdate, DeiDetector, Detection, PairTotals, Pattern, Shard,
-    Snapshot, Thresholds, UpgradeDetector, WeightTable,
+    ChildDetector, ChunkDelta, ChunkUpdate, DeiDetector, Detection, MerchantId, PairTotals,
+    Pattern, Shard, Snapshot, Thresholds, UpgradeDetector, WeightTable,
 };
 
 /// One pattern's incremental evaluation over the merchants of one shard.
@@ -74,7 +74,17 @@ impl Engine {
 
     /// The pair table as of `committed`.
     pub fn pair_table(&self, committed: &Snapshot) -> PairTotals {
-        let mut totals = PairTotals::new(&self.weights);
+        self.pair_table_where(committed, |_| true)
+    }
+
+    /// The pair table of the merchants `keep` accepts (a cluster worker's
+    /// key groups), as of `committed`.
+    pub fn pair_table_where(
+        &self,
+        committed: &Snapshot,
+        keep: impl Fn(MerchantId) -> bool,
+    ) -> PairTotals {
+        let mut totals = PairTotals::new_where(&self.weights, keep);
         totals.restore(committed);
         totals
     }

@@ -407,4 +407,26 @@ fn a_worker_with_other_key_groups_master_or_lookup_is_refused_naming_the_setting
         );
         assert!(said(&log, named), "{key} not named:\n{}", log.join("\n"));
     }
+    // A single process on the cluster's database is refused too.
+    let alone = cluster.worker(true, &[("TXPIPE__CLUSTER__ENABLED", "false")]);
+    let (status, log) = alone.wait(Duration::from_secs(60));
+    assert_eq!(status.and_then(|s| s.code()), Some(4), "{}", log.join("\n"));
+    assert!(said(&log, "belongs to a cluster"), "{}", log.join("\n"));
+}
+
+#[test]
+fn a_cluster_does_not_take_over_a_single_process_database() {
+    let Some(cluster) = Cluster::start(0) else {
+        return;
+    };
+    let alone = cluster.worker(true, &[("TXPIPE__CLUSTER__ENABLED", "false")]);
+    finish(alone);
+    let worker = cluster.worker(true, &[]);
+    let (status, log) = worker.wait(Duration::from_secs(60));
+    assert_eq!(status.and_then(|s| s.code()), Some(4), "{}", log.join("\n"));
+    assert!(
+        said(&log, "state of a single process"),
+        "{}",
+        log.join("\n")
+    );
 }

@@ -50,6 +50,48 @@ const CLUSTER_COMMIT_LOCK: i64 = 0x7478_7069_7065_0005;
 /// Joining: the cluster row and the key groups' rows are created once.
 const JOIN_LOCK: i64 = 0x7478_7069_7065_0006;
 
+/// Workers that start at once take turns at the lookup table: the first
+/// reads the file and stores it, the others then read it from the
+/// database (a session lock, released by [`LookupTurn::end`], or by the
+/// server when the worker dies).
+const LOOKUP_TURN_LOCK: i64 = 0x7478_7069_7065_0008;
+
+/// This worker's turn at loading the lookup table (see
+/// [`PostgresStore::lookup_turn`]).
+pub struct LookupTurn {
+    connection: Option<Connection>,
+}
+
+impl LookupTurn {
+    /// Lets the next worker have its turn.
+    pub async fn end(mut self) {
+        if let Some(connection) = self.connection.take() {
+            let _ = crate::io_runtime::run(async move {
+                connection
+                    .execute("SELECT pg_advisory_unlock($1)", &[&LOOKUP_TURN_LOCK])
+                    .await
+                    .map(drop)
+                    .map_err(DbError::from)
+            })
+            .await;
+        }
+    }
+}
+
+impl Drop for LookupTurn {
+    fn drop(&mut self) {
+        // An error ended the turn early: unlock before the connection goes
+        // back to the pool.
+        if let Some(connection) = self.connection.take() {
+            crate::io_runtime::handle().spawn(async move {
+                let _ = connection
+                    .execute("SELECT pg_advisory_unlock($1)", &[&LOOKUP_TURN_LOCK])
+                    .await;
+            });
+        }
+    }
+}
+
 /// What every worker of a cluster must agree on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterIdentity {
@@ -137,6 +179,14 @@ impl PostgresStore {
                 )
                 .await?;
             match stored {
+                None if used_alone(&tx).await? => {
+                    return Err(DbError::Mismatch(
+                        "this database holds the state of a single process \
+                         (cluster.enabled = false): a cluster cannot take it over; use a new \
+                         database and bucket for a cluster"
+                            .to_string(),
+                    ));
+                }
                 Some(row) => {
                     let stored = ClusterIdentity {
                         key_groups: row.get::<_, i32>(0) as u32,
@@ -169,6 +219,50 @@ impl PostgresStore {
             }
             tx.commit().await?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Waits for this worker's turn at the lookup table (see
+    /// [`LookupTurn`]).
+    pub async fn lookup_turn(&self) -> DbResult<LookupTurn> {
+        let pool = self.pool.clone();
+        let connection = self
+            .run(async move {
+                let connection = pool.get_owned().await?;
+                connection
+                    .execute("SELECT pg_advisory_lock($1)", &[&LOOKUP_TURN_LOCK])
+                    .await?;
+                Ok(connection)
+            })
+            .await?;
+        Ok(LookupTurn {
+            connection: Some(connection),
+        })
+    }
+
+    /// Whether this database belongs to a cluster (a single process must
+    /// not run on it).
+    pub async fn is_cluster(&self) -> DbResult<bool> {
+        self.call(|c| async move {
+            Ok(c.query_opt("SELECT 1 FROM cluster WHERE id = 1", &[])
+                .await?
+                .is_some())
+        })
+        .await
+    }
+
+    /// Forgets the registrations of workers gone for more than `after_ms`
+    /// (their rows would otherwise pile up, one per start).
+    pub async fn forget_departed_workers(&self, after_ms: u64) -> DbResult<u64> {
+        self.call(move |c| async move {
+            Ok(c.execute(
+                &format!(
+                    "DELETE FROM leases WHERE name LIKE 'worker/%' AND expires_at_ms < {NOW_MS} - $1"
+                ),
+                &[&to_i64(after_ms)],
+            )
+            .await?)
         })
         .await
     }
@@ -544,6 +638,18 @@ impl PostgresStore {
         })
         .await
     }
+}
+
+/// Whether a single process has used this database (it has chunks or a
+/// chunker position of its own).
+async fn used_alone(tx: &Transaction<'_>) -> DbResult<bool> {
+    let row = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM processed_chunks) OR EXISTS (SELECT 1 FROM chunker_position)",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// Whether a worker's settings match the cluster's; the message names the
