@@ -172,6 +172,14 @@ pub async fn prepare(
         None => None,
     };
     let plan = lookup::check(&settings, &sources, &*state).await?;
+    // Stored already: the others read it side by side.
+    let turn = match (turn, &plan) {
+        (Some(turn), lookup::Plan::FromDatabase) => {
+            turn.end().await;
+            None
+        }
+        (turn, _) => turn,
+    };
     let names = Arc::new(Names::new());
     let mut lookup = plan.read(&settings, &sources, &*state, &names).await?;
     if let Some(turn) = turn {

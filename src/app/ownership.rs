@@ -35,9 +35,12 @@ pub async fn register_worker(
     health: &Health,
 ) -> anyhow::Result<Fence> {
     let name = crate::db::postgres::cluster::worker_lease(&me.owner_id);
-    let ttl = settings.cluster.lease_ttl_ms;
+    // Expired from the start: the others count a worker in their shares
+    // once it runs and its heartbeat renews this, not while it is still
+    // loading the lookup table (they would hand it key groups it cannot
+    // take yet).
     let grant = retry_db(settings.database.max_attempts, "register worker", || {
-        state.acquire_lease(&name, me, ttl, None)
+        state.acquire_lease(&name, me, 0, None)
     })
     .await?;
     match grant {

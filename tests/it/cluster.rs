@@ -265,10 +265,11 @@ fn workers_killed_joining_stopping_and_restarted_give_the_outputs_of_one_process
 /// commits nothing for them when it thaws: it says it lost them and takes
 /// its share again. A frozen worker that holds an open transaction holds
 /// the others back until the server ends it; such a try is undone and
-/// repeated.
+/// repeated. Paced slowly enough (12 s of chunks) that the thawed worker
+/// rejoins before the end.
 #[test]
 fn a_frozen_worker_commits_nothing_for_the_key_groups_it_lost_and_rejoins() {
-    let Some(cluster) = Cluster::start(150) else {
+    let Some(cluster) = Cluster::start(300) else {
         return;
     };
     let mut leader = cluster.worker(true, &[]);
