@@ -24,8 +24,9 @@
 //! this machine's cores): reported are the cluster's throughput over its
 //! window (the longest worker's end to end) and its wall time (start to
 //! the last exit, start-up and final compaction included), each worker's
-//! peak RSS and the CPU seconds of all workers together (whole processes),
-//! also per million rows.
+//! peak RSS and the CPU seconds of all processes together (whole
+//! processes, the set-up step `txpipe load-lookup` included), also per
+//! million rows.
 //! With `--repeat N` the workloads run in N rounds, one run of each per
 //! round, and each line reports the median run.
 //! `BENCH_PERF=FILE` records a `perf` profile of the pipeline process.
@@ -74,6 +75,8 @@ fn cluster_workers(workload: &str) -> Option<usize> {
 struct Outcome {
     reports: Vec<JsonReport>,
     wall_seconds: f64,
+    /// A cluster's `load-lookup` step: its CPU seconds and peak RSS (MB).
+    loader: Option<(f64, f64)>,
 }
 
 fn data_dir() -> PathBuf {
@@ -293,6 +296,20 @@ level = "warn"
     let config_path = scratch.path().join("bench.toml");
     std::fs::write(&config_path, config).unwrap();
     let started = std::time::Instant::now();
+    // A cluster is set up with `txpipe load-lookup` (docs/scaling.md): the
+    // workers then read the lookup table from the database.
+    let loader = workers.map(|_| {
+        let report_path = scratch.path().join("load.json");
+        let status = pipeline_command()
+            .arg("__load")
+            .arg(&config_path)
+            .arg(&report_path)
+            .envs(env.iter().cloned())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{workload}: load-lookup failed");
+        serde_json::from_slice::<(f64, f64)>(&std::fs::read(&report_path).unwrap()).unwrap()
+    });
     let children: Vec<(std::process::Child, PathBuf)> = (0..workers.unwrap_or(1))
         .map(|i| {
             let report_path = scratch.path().join(format!("report-{i}.json"));
@@ -325,6 +342,7 @@ level = "warn"
     Outcome {
         reports,
         wall_seconds,
+        loader,
     }
 }
 
@@ -412,10 +430,30 @@ fn scrape_every_second(addr: std::net::SocketAddr) {
     }
 }
 
+/// The child that loads a cluster's lookup table (`txpipe load-lookup`);
+/// writes its CPU seconds and peak RSS in MB.
+fn load_child(config: &Path, report: &Path) {
+    let settings = txpipe::config::Settings::load(Some(config)).unwrap();
+    txpipe::app::init_logging(&settings);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(txpipe::app::lookup::load_once(&settings))
+        .unwrap();
+    let figures = (
+        txpipe::metrics::cpu_seconds().unwrap_or(0.0),
+        txpipe::metrics::peak_rss_bytes().unwrap_or(0) as f64 / 1e6,
+    );
+    std::fs::write(report, serde_json::to_vec(&figures).unwrap()).unwrap();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("__run") {
         child(Path::new(&args[1]), Path::new(&args[2]));
+        return;
+    }
+    if args.first().map(String::as_str) == Some("__load") {
+        load_child(Path::new(&args[1]), Path::new(&args[2]));
         return;
     }
     let mut repeat = 1;
@@ -498,9 +536,9 @@ fn main() {
     if !clusters.is_empty() {
         println!();
         println!(
-            "| workload | workers | rows | transactions/s (window) | window | wall | peak RSS per worker | CPU s (all workers) | CPU s per M rows |"
+            "| workload | workers | rows | transactions/s (window) | window | wall | peak RSS per worker | load-lookup CPU / peak RSS | CPU s (all processes) | CPU s per M rows |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     }
     for (workload, mut outcomes) in clusters {
         // The median run by wall time.
@@ -516,7 +554,8 @@ fn main() {
         // Every worker commits every chunk's record (and again after a
         // rebalance): the rows are the master file's.
         let rows = GENERATED_ROWS;
-        let cpu: f64 = o.reports.iter().map(|r| r.cpu_seconds).sum();
+        let (load_cpu, load_rss) = o.loader.unwrap_or((0.0, 0.0));
+        let cpu: f64 = o.reports.iter().map(|r| r.cpu_seconds).sum::<f64>() + load_cpu;
         let rss: Vec<String> = o
             .reports
             .iter()
@@ -531,12 +570,14 @@ fn main() {
             .map(|r| r.end_to_end_seconds)
             .fold(0.0, f64::max);
         println!(
-            "| {workload} | {} | {rows} | {:.0} | {:.2} s | {:.1} s | {} | {:.1} | {:.2} |",
+            "| {workload} | {} | {rows} | {:.0} | {:.2} s | {:.1} s | {} | {:.1} s / {:.0} MB | {:.1} | {:.2} |",
             o.reports.len(),
             rows as f64 / window,
             window,
             o.wall_seconds,
             rss.join(", "),
+            load_cpu,
+            load_rss,
             cpu,
             cpu / (rows as f64 / 1e6)
         );

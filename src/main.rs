@@ -97,6 +97,15 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Load the CustomerImportance file into the database (once; nothing
+    /// to do if it is there) and exit: a cluster's set-up step, so that no
+    /// worker parses the file (each then reads the table from the
+    /// database). Refused while a single pipeline runs.
+    LoadLookup {
+        /// Configuration file layered over the embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print progress from the database: lag, bad rows, detections, restarts,
     /// the active owner and any standby. Changes nothing.
     Status {
@@ -256,6 +265,21 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     ))
                 }
             }
+        }
+        Command::LoadLookup { config } => {
+            let settings = load(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match runtime.block_on(app::lookup::load_once(&settings))? {
+                app::lookup::LoadOnce::Loaded { pairs } => {
+                    println!("lookup table loaded: {pairs} pairs")
+                }
+                app::lookup::LoadOnce::Present { pairs } => {
+                    println!("lookup table already loaded: {pairs} pairs")
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { config } => {
             let settings = load(config.as_deref())?;

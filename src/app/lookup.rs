@@ -228,6 +228,68 @@ impl Pending {
     }
 }
 
+/// What `txpipe load-lookup` did.
+pub enum LoadOnce {
+    Loaded { pairs: u64 },
+    Present { pairs: u64 },
+}
+
+/// Stores the lookup file in the database unless it is there (`txpipe
+/// load-lookup`). A cluster's workers then read the table from the
+/// database: none pays for parsing the file (its peak memory and CPU).
+/// It writes under a lease of its own: in a cluster, a worker's kind of
+/// registration, in the workers' turn at the lookup table; for a single
+/// process, the ownership lease (refused while a pipeline runs).
+pub async fn load_once(settings: &Settings) -> anyhow::Result<LoadOnce> {
+    use crate::db::lease::PIPELINE_LEASE;
+    use crate::db::{Claimant, LeaseGrant};
+    let me = Claimant::this_process();
+    let (state, turn, lease): (Arc<dyn StateStore>, _, String) = if settings.cluster.enabled {
+        let cluster = crate::db::open_cluster(settings).await?;
+        let turn = cluster.lookup_turn().await?;
+        // Not a `worker/` lease: the workers must not count it in shares.
+        let lease = format!("lookup-loader/{}", me.owner_id);
+        (cluster, Some(turn), lease)
+    } else {
+        (
+            crate::db::open(settings).await?,
+            None,
+            PIPELINE_LEASE.to_string(),
+        )
+    };
+    let ttl = settings
+        .ownership
+        .lease_ttl_ms
+        .max(settings.cluster.lease_ttl_ms);
+    let fence = match state.acquire_lease(&lease, &me, ttl, None).await? {
+        LeaseGrant::Granted(fence) => fence,
+        LeaseGrant::Held { holder, .. } => {
+            anyhow::bail!("{}; stop it first", holder.standby_message())
+        }
+    };
+    let sources = Sources::for_settings(settings).await;
+    let outcome = async {
+        let plan = check(settings, &sources, &*state).await?;
+        if let Plan::FromDatabase = plan {
+            let pairs = state.lookup_source().await?.map_or(0, |s| s.pairs);
+            return anyhow::Ok(LoadOnce::Present { pairs });
+        }
+        let names = Arc::new(Names::new());
+        let loaded = plan.read(settings, &sources, &*state, &names).await?;
+        let pairs = loaded.weights.len() as u64;
+        if let Some(pending) = loaded.store {
+            pending.store(&*state, &fence).await?;
+        }
+        anyhow::Ok(LoadOnce::Loaded { pairs })
+    }
+    .await;
+    let _ = state.release_lease(&fence).await;
+    if let Some(turn) = turn {
+        turn.end().await;
+    }
+    outcome
+}
+
 pub async fn weight_table(state: &dyn StateStore, names: &Names) -> anyhow::Result<WeightTable> {
     let mut entries = Vec::new();
     state

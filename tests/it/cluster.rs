@@ -431,3 +431,35 @@ fn a_cluster_does_not_take_over_a_single_process_database() {
         log.join("\n")
     );
 }
+
+/// `txpipe load-lookup` stores the lookup table once, before any worker
+/// starts: the workers then read it from the database and none parses the
+/// file; a second load finds it there.
+#[test]
+fn the_lookup_table_is_loaded_once_before_the_workers() {
+    let Some(cluster) = Cluster::start(0) else {
+        return;
+    };
+    let config = cluster.config.to_str().unwrap().to_string();
+    let load = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_txpipe"))
+            .args(["load-lookup", "--config", &config])
+            .envs(cluster.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(load().starts_with("lookup table loaded:"));
+    assert!(load().starts_with("lookup table already loaded:"));
+    let workers = [cluster.worker(true, &[]), cluster.worker(true, &[])];
+    for log in workers.into_iter().map(finish) {
+        assert!(said(&log, "lookup table ready"), "{}", log.join("\n"));
+        assert!(
+            !said(&log, "lookup table loaded"),
+            "a worker parsed the file:\n{}",
+            log.join("\n")
+        );
+    }
+    cluster.assert_exact();
+}
