@@ -14,6 +14,11 @@
 //!    expired or released) up to it;
 //! 4. renew the chunker lease, or take it if it is free.
 //!
+//! A worker's first heartbeat only registers it (its registration goes
+//! live) and takes nothing: workers started together then see each other
+//! at their second, and none takes every key group for a moment (holding,
+//! and loading, the whole state) only to hand most of them over.
+//!
 //! Nothing here decides correctness: a worker that thinks it holds a group
 //! it lost is refused at its next commit (the epoch moved), and the
 //! supervisor then starts a generation without the group. Timing only
@@ -100,6 +105,7 @@ pub async fn rebalance(
     held: &BTreeMap<u32, u64>,
     chunker: Option<&Fence>,
     stopping: bool,
+    may_take: bool,
 ) -> DbResult<Rebalanced> {
     let Some(cluster) = w.cluster.as_ref() else {
         return Err(DbError::Failed("not a cluster worker".into()));
@@ -164,7 +170,10 @@ pub async fn rebalance(
         }
     }
     let view = w.db("read the cluster", || cluster.cluster_view()).await?;
-    let (release, take) = plan(&view, &me.owner_id, &now_held, stopping);
+    let (release, mut take) = plan(&view, &me.owner_id, &now_held, stopping);
+    if !may_take {
+        take.clear();
+    }
     if !release.is_empty() {
         let letting: Vec<(u32, u64)> = release.iter().map(|g| (*g, now_held[g])).collect();
         w.db("release key groups", || {

@@ -351,6 +351,8 @@ struct Membership {
     regenerate: bool,
     /// Catch-up mode: waiting for the end has begun.
     finishing: bool,
+    /// Heartbeats started (the first takes no key group).
+    beats: u64,
 }
 
 impl SupervisorActor {
@@ -384,6 +386,7 @@ impl SupervisorActor {
             beating: false,
             regenerate: false,
             finishing: false,
+            beats: 0,
         });
         self
     }
@@ -405,7 +408,10 @@ impl SupervisorActor {
             m.held.clone(),
             m.chunker.clone(),
         );
-        let beat = async move { rebalance(&wiring, &me, &held, chunker.as_ref(), false).await };
+        let may_take = m.beats > 0;
+        m.beats += 1;
+        let beat =
+            async move { rebalance(&wiring, &me, &held, chunker.as_ref(), false, may_take).await };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(beat)
                 .map(|outcome, act, ctx| act.rebalanced(outcome, ctx)),
@@ -574,7 +580,7 @@ impl SupervisorActor {
             let wiring = wiring.clone();
             async move {
                 if let Some((me, held, chunker)) = leave {
-                    match rebalance(&wiring, &me, &held, chunker.as_ref(), true).await {
+                    match rebalance(&wiring, &me, &held, chunker.as_ref(), true, false).await {
                         Ok(left) => info!(key_groups = left.released.len(), "key groups released"),
                         Err(error) => {
                             warn!(%error, "could not release the key groups; they expire by themselves")
