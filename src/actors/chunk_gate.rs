@@ -205,6 +205,19 @@ impl ChunkGate {
                     verdicts.push(Verdict::Apply(key.clone()));
                     self.applied(seq);
                 }
+                // The chunker claimed `seq` ahead of writing it: its object
+                // would have been listed before this one, so it is not
+                // written yet, and it may never be (a finished chunker's
+                // claims past its end are void). Wait until it is written
+                // (then this is a duplicate) or the chunker finishes short
+                // of it (then this is a third-party chunk).
+                Some(claimed) if claimed.as_str() < key.as_str() && self.may_still_write(seq) => {
+                    break if claims_fresh {
+                        Stop::Held
+                    } else {
+                        Stop::NeedClaims
+                    };
+                }
                 Some(claimed) => {
                     let taken_by = Some(claimed.clone());
                     verdicts.push(self.ignore(key, Ignored::Duplicate { seq, taken_by }));
@@ -252,6 +265,12 @@ impl ChunkGate {
             key: key.to_string(),
             why,
         }
+    }
+
+    /// Whether the chunker may still write the object it claimed for `seq`
+    /// (it has not saved a position past it, and has not finished).
+    fn may_still_write(&self, seq: u64) -> bool {
+        !self.chunker_finished && seq >= self.chunker_next_seq
     }
 
     /// Whether the chunker can never claim `seq`: it finished before it, or
@@ -414,11 +433,31 @@ mod tests {
         assert_eq!((admission.stop, admission.consumed), (Stop::NeedClaims, 0));
         gate.update_claims(claims(&[], 0, false));
         assert_eq!(gate.admit(&listing, now, true).stop, Stop::Held);
-        // The chunker claims 0 with another key: the impostor is a duplicate.
+        // The chunker claims 0 with another key (sorting first) and has not
+        // written it: the impostor waits.
         gate.update_claims(claims(&[(0, "2026")], 0, false));
+        assert_eq!(gate.admit(&listing, now, true).stop, Stop::Held);
+        // Written: the chunker's object is applied, the impostor is a
+        // duplicate.
+        let listing = vec![key(0, "2026"), key(0, "2099")];
         let decided = gate.admit(&listing, now, true);
+        assert_eq!(decided.verdicts[0], Verdict::Apply(key(0, "2026")));
         assert_eq!(ignored(&decided), vec![(key(0, "2099"), "duplicate")]);
         assert_eq!(decided.stop, Stop::Done);
+    }
+
+    #[test]
+    fn a_claim_the_finished_chunker_never_wrote_leaves_its_number_to_a_third_party() {
+        let mut gate = ChunkGate::new(Some(&key(2, "2026")), TIMEOUT);
+        let now = Instant::now();
+        // Claimed ahead (keys are claimed a block at a time), not written.
+        gate.update_claims(claims(&[(3, "2026")], 3, false));
+        let listing = vec![key(3, "n")];
+        assert_eq!(gate.admit(&listing, now, true).stop, Stop::Held);
+        // The master file ended at 2: the claim for 3 is void.
+        gate.update_claims(claims(&[(3, "2026")], 3, true));
+        let decided = gate.admit(&listing, now, true);
+        assert_eq!(decided.verdicts, vec![Verdict::Apply(key(3, "n"))]);
     }
 
     #[test]
@@ -464,10 +503,13 @@ mod tests {
         let now = Instant::now();
         let admission = gate.admit(&[key(2, "x"), key(3, "y")], now, true);
         assert_eq!(applied(&admission), vec![key(2, "x"), key(3, "y")]);
-        // While it runs, the same claims hold.
+        // While it runs, the same claims hold: the stranger waits for the
+        // chunker's object, and is a duplicate once that is there.
         let mut gate = ChunkGate::new(Some(&key(1, "a")), TIMEOUT);
         gate.update_claims(claims(&[(1, "a"), (2, "a"), (3, "a")], 2, false));
-        let admission = gate.admit(&[key(2, "x")], now, true);
+        assert_eq!(gate.admit(&[key(2, "x")], now, true).stop, Stop::Held);
+        let admission = gate.admit(&[key(2, "a"), key(2, "x")], now, true);
+        assert_eq!(applied(&admission), vec![key(2, "a")]);
         assert_eq!(ignored(&admission), vec![(key(2, "x"), "duplicate")]);
     }
 
