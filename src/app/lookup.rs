@@ -291,16 +291,17 @@ pub async fn load_once(settings: &Settings) -> anyhow::Result<LoadOnce> {
 }
 
 pub async fn weight_table(state: &dyn StateStore, names: &Names) -> anyhow::Result<WeightTable> {
-    let mut entries = Vec::new();
+    // Straight into the table: no list of millions of entries beside it.
+    let mut table = crate::detect::WeightTableBuilder::default();
     state
         .scan_weights(&mut |row| {
-            entries.push((
+            table.add(
                 names.merchant(row.merchant),
                 names.customer(row.customer),
                 Cents(row.weight_sum),
                 row.rows,
-            ))
+            )
         })
         .await?;
-    Ok(WeightTable::from_entries(entries))
+    Ok(table.finish())
 }

@@ -39,7 +39,7 @@ pub use dei::DeiDetector;
 pub use engine::{Engine, LocalEngine, PatternEngine, parts};
 pub use totals::PairTotals;
 pub use upgrade::UpgradeDetector;
-pub use weight::{Weight, WeightTable};
+pub use weight::{Weight, WeightTable, WeightTableBuilder};
 
 use std::fmt;
 

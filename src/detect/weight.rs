@@ -79,14 +79,32 @@ impl WeightTable {
     pub fn from_entries(
         entries: impl IntoIterator<Item = (MerchantId, CustomerId, Cents, u64)>,
     ) -> WeightTable {
-        let mut by_customer: FxHashMap<MerchantId, Vec<(CustomerId, Weight)>> =
-            FxHashMap::default();
+        let mut builder = WeightTableBuilder::default();
         for (merchant, customer, sum, rows) in entries {
-            by_customer
-                .entry(merchant)
-                .or_default()
-                .push((customer, Weight { sum, rows }));
+            builder.add(merchant, customer, sum, rows);
         }
+        builder.finish()
+    }
+}
+
+/// Builds a [`WeightTable`] one entry at a time, so that a caller reading
+/// millions of entries (from the database) keeps no list of them beside
+/// the table.
+#[derive(Default)]
+pub struct WeightTableBuilder {
+    by_customer: FxHashMap<MerchantId, Vec<(CustomerId, Weight)>>,
+}
+
+impl WeightTableBuilder {
+    pub fn add(&mut self, merchant: MerchantId, customer: CustomerId, sum: Cents, rows: u64) {
+        self.by_customer
+            .entry(merchant)
+            .or_default()
+            .push((customer, Weight { sum, rows }));
+    }
+
+    pub fn finish(self) -> WeightTable {
+        let by_customer = self.by_customer;
         let mut len = 0;
         let by_merchant = by_customer
             .into_iter()
@@ -115,7 +133,9 @@ impl WeightTable {
             .collect();
         WeightTable { by_merchant, len }
     }
+}
 
+impl WeightTable {
     /// Every customer with a weight at `merchant`, in rank order: the
     /// index of an entry is its slot.
     pub fn ranked(&self, merchant: MerchantId) -> &[(CustomerId, Weight)] {
