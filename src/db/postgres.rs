@@ -582,17 +582,56 @@ impl PostgresStore {
     }
 }
 
+/// Detections in one statement, each with its key group (NULL for a single
+/// process's).
 const INSERT_DETECTIONS: &str = "\
 INSERT INTO detected_patterns (customer, merchant, txn_count, avg_weight, avg_amount, txn_rank,
-    weight_rank, F, M, patternId, actionType, chunk_name, processed_at, y_start_time, detection_time)
+    weight_rank, F, M, patternId, actionType, chunk_name, processed_at, y_start_time, detection_time,
+    key_group)
 SELECT customer, merchant, txn_count, avg_weight, avg_amount, txn_rank, weight_rank, f, m,
-       pattern_id, action_type, chunk_name, $15, y_start_time, detection_time
+       pattern_id, action_type, chunk_name, $15, y_start_time, detection_time, key_group
 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
             $7::float8[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[],
-            $13::text[], $14::text[])
+            $13::text[], $14::text[], $16::int[])
     WITH ORDINALITY AS d(customer, merchant, txn_count, avg_weight, avg_amount, txn_rank, weight_rank,
-                         f, m, pattern_id, action_type, chunk_name, y_start_time, detection_time, ord)
+                         f, m, pattern_id, action_type, chunk_name, y_start_time, detection_time,
+                         key_group, ord)
 ORDER BY ord";
+
+/// Inserts the detections of `rows` (their names already key columns'
+/// values) and the long names they use; `key_groups` has each detection's
+/// key group in a cluster, `None` for a single process's.
+async fn insert_detections(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &CommitRows,
+    key_groups: &[Option<i32>],
+    long_names: &LongNames,
+) -> Result<(), tokio_postgres::Error> {
+    let d = &rows.detections;
+    if d.customer.is_empty() {
+        return Ok(());
+    }
+    let params: [Param; 16] = [
+        &d.customer,
+        &d.merchant,
+        &d.txn_count,
+        &d.avg_weight,
+        &d.avg_amount,
+        &d.txn_rank,
+        &d.weight_rank,
+        &d.female,
+        &d.male,
+        &d.pattern_id,
+        &d.action_type,
+        &d.chunk_name,
+        &d.y_start_time,
+        &d.detection_time,
+        &rows.processed_at,
+        &key_groups,
+    ];
+    tx.execute(INSERT_DETECTIONS, &params).await?;
+    long_names.save(tx).await
+}
 
 /// Commits `rows` (see [`StateStore::commit`]); the detections' names are
 /// already key columns' values (see [`LongNames`]).
@@ -650,32 +689,9 @@ async fn commit(
         &rows.processed_at,
     ];
     let chunks = tx.execute(INSERT_CHUNKS, &chunk_params);
-    let d = &rows.detections;
-    let detections = async {
-        if d.customer.is_empty() {
-            return Ok::<(), tokio_postgres::Error>(());
-        }
-        let params: [Param; 15] = [
-            &d.customer,
-            &d.merchant,
-            &d.txn_count,
-            &d.avg_weight,
-            &d.avg_amount,
-            &d.txn_rank,
-            &d.weight_rank,
-            &d.female,
-            &d.male,
-            &d.pattern_id,
-            &d.action_type,
-            &d.chunk_name,
-            &d.y_start_time,
-            &d.detection_time,
-            &rows.processed_at,
-        ];
-        tx.execute(INSERT_DETECTIONS, &params).await?;
-        long_names.save(&tx).await?;
-        Ok(())
-    };
+    // A single process's detections have no key group.
+    let no_groups = vec![None; rows.detections.customer.len()];
+    let detections = insert_detections(&tx, &rows, &no_groups, &long_names);
     futures::try_join!(deltas, chunks, detections)?;
     crate::pause_points::reached("commit");
     tx.commit().await?;

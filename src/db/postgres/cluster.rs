@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 use tokio_postgres::Transaction;
 
 use super::{
-    Connection, LongNames, NOW_MS, Param, PostgresStore, forward, get, pair, query_all, query_opt,
+    Connection, LongNames, NOW_MS, Param, PostgresStore, forward, get, insert_detections, pair,
+    query_all, query_opt,
 };
 use crate::db::lease::{self, LeaseRow};
 use crate::db::rules::{self, CommitRows, to_i64};
@@ -575,7 +576,11 @@ impl PostgresStore {
             delta_seq: batch.deltas.iter().map(|d| d.seq).collect(),
             delta_chunk: batch.deltas.iter().map(|d| d.chunk.to_string()).collect(),
             delta_blob: batch.deltas.iter().map(|d| d.blob.to_vec()).collect(),
-            detection_groups: batch.detection_groups.iter().map(|&g| g as i32).collect(),
+            detection_groups: batch
+                .detection_groups
+                .iter()
+                .map(|&g| Some(g as i32))
+                .collect(),
         };
         self.call(move |c| commit_groups(c, owned, rows, long_names))
             .await
@@ -716,7 +721,7 @@ struct OwnedCommit {
     delta_seq: Vec<i64>,
     delta_chunk: Vec<String>,
     delta_blob: Vec<Vec<u8>>,
-    detection_groups: Vec<i32>,
+    detection_groups: Vec<Option<i32>>,
 }
 
 /// Refuses the transaction unless the worker holds every group of
@@ -859,29 +864,7 @@ async fn commit_groups(
         )
         .await?;
     }
-    let d = &rows.detections;
-    if !d.customer.is_empty() {
-        let params: [Param; 16] = [
-            &d.customer,
-            &d.merchant,
-            &d.txn_count,
-            &d.avg_weight,
-            &d.avg_amount,
-            &d.txn_rank,
-            &d.weight_rank,
-            &d.female,
-            &d.male,
-            &d.pattern_id,
-            &d.action_type,
-            &d.chunk_name,
-            &d.y_start_time,
-            &d.detection_time,
-            &rows.processed_at,
-            &batch.detection_groups,
-        ];
-        tx.execute(INSERT_GROUP_DETECTIONS, &params).await?;
-        long_names.save(&tx).await?;
-    }
+    insert_detections(&tx, &rows, &batch.detection_groups, &long_names).await?;
     tx.execute(
         "UPDATE group_progress SET last_seq = $2, last_chunk = $3
          WHERE key_group = ANY($1) AND last_seq < $2",
@@ -910,20 +893,6 @@ async fn commit_groups(
     tx.commit().await?;
     Ok(CommitOutcome::Committed)
 }
-
-const INSERT_GROUP_DETECTIONS: &str = "\
-INSERT INTO detected_patterns (customer, merchant, txn_count, avg_weight, avg_amount, txn_rank,
-    weight_rank, F, M, patternId, actionType, chunk_name, processed_at, y_start_time, detection_time,
-    key_group)
-SELECT customer, merchant, txn_count, avg_weight, avg_amount, txn_rank, weight_rank, f, m,
-       pattern_id, action_type, chunk_name, $15, y_start_time, detection_time, key_group
-FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
-            $7::float8[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[],
-            $13::text[], $14::text[], $16::int[])
-    WITH ORDINALITY AS d(customer, merchant, txn_count, avg_weight, avg_amount, txn_rank, weight_rank,
-                         f, m, pattern_id, action_type, chunk_name, y_start_time, detection_time,
-                         key_group, ord)
-ORDER BY ord";
 
 /// The commit's chunks that every key group has applied (`seq <= $9`), with
 /// their detections counted over every group, unless recorded already.
