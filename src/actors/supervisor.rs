@@ -86,7 +86,7 @@ pub struct Topology {
     pub detectors: Vec<Mailbox<DetectorActor>>,
     pub tracker: Mailbox<TrackerActor>,
     pub batch_writer: Option<Mailbox<BatchWriterActor>>,
-    pub compactor: Option<Mailbox<CompactorActor>>,
+    pub compactor: Mailbox<CompactorActor>,
 }
 
 impl Topology {
@@ -120,7 +120,7 @@ impl Topology {
                 }
             )
         });
-        let compactor = Some(spawn!("compactor", Compactor { wiring: w() }));
+        let compactor = spawn!("compactor", Compactor { wiring: w() });
         let tracker = spawn!(
             "tracker",
             Tracker {
@@ -215,8 +215,7 @@ impl Topology {
         let compactor = committed
             .share
             .as_ref()
-            .and(self.compactor.as_ref())
-            .map(|c| c.send(Start(committed.clone())));
+            .map(|_| self.compactor.send(Start(committed.clone())));
         let detectors: Vec<_> = self
             .detectors
             .iter()
@@ -291,10 +290,7 @@ impl Topology {
                 "batch-writer",
                 alive(self.batch_writer.as_ref().map(Mailbox::connected)),
             ),
-            (
-                "compactor",
-                alive(self.compactor.as_ref().map(Mailbox::connected)),
-            ),
+            ("compactor", self.compactor.connected()),
         ];
         if let Some((name, _)) = named.iter().find(|(_, alive)| !alive) {
             return Some(name.to_string());
@@ -847,7 +843,7 @@ async fn drain(
     chunker: Option<Mailbox<ChunkerActor>>,
     watcher: Mailbox<S3WatcherActor>,
     batch_writer: Option<Mailbox<BatchWriterActor>>,
-    compactor: Option<Mailbox<CompactorActor>>,
+    compactor: Mailbox<CompactorActor>,
 ) {
     let pause = Duration::from_millis(50);
     let stop_chunker = async {
@@ -871,7 +867,6 @@ async fn drain(
         }
     };
     let compact = async {
-        let Some(compactor) = compactor else { return };
         while !matches!(compactor.send(FinalCompact).await, Ok(Ok(()))) {
             tokio::time::sleep(pause).await;
         }

@@ -54,9 +54,9 @@ pub type TrackerActor = Supervised<Tracker>;
 pub struct Tracker {
     pub wiring: Arc<Wiring>,
     /// A cluster's worker has a batch writer only while it holds the
-    /// chunker lease, and no compactor.
+    /// chunker lease (and then the tracker does not notify it: it polls).
     pub batch_writer: Option<Mailbox<BatchWriterActor>>,
-    pub compactor: Option<Mailbox<CompactorActor>>,
+    pub compactor: Mailbox<CompactorActor>,
     pub supervisor: Addr<SupervisorActor>,
 }
 
@@ -305,9 +305,7 @@ impl TrackerActor {
             if let Some(batch_writer) = batch_writer.filter(|_| notice.detections > 0) {
                 let _ = batch_writer.send(notice).await;
             }
-            if let Some(compactor) = compactor {
-                let _ = compactor.send(notice).await;
-            }
+            let _ = compactor.send(notice).await;
         }));
         if let Some(state) = self.state.as_mut().filter(|s| s.generation == generation) {
             state.schedule.committed(last);
