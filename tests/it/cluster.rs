@@ -13,7 +13,7 @@ use crate::support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::child::{self, Running, Waited};
+use support::child::{self, Running, Waited, expect_line, finish, said};
 use support::outputs::Outputs;
 use support::pg::TestDb;
 use support::s3_server::S3TestServer;
@@ -132,34 +132,9 @@ impl Cluster {
     }
 }
 
-fn expect(running: &mut Running, needle: &str, timeout: Duration) {
-    match running.wait_for(needle, 1, timeout) {
-        Waited::Seen => {}
-        Waited::Exited(status) => panic!(
-            "exited ({status}) before {needle:?}:\n{}",
-            running.log.join("\n")
-        ),
-        Waited::TimedOut => panic!("no {needle:?}:\n{}", running.log.join("\n")),
-    }
-}
-
-fn finish(running: Running) -> Vec<String> {
-    let (status, log) = running.wait(Duration::from_secs(120));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        log.join("\n")
-    );
-    log
-}
-
 fn stop(running: Running) -> Vec<String> {
     running.signal("TERM");
     finish(running)
-}
-
-fn said(log: &[String], needle: &str) -> bool {
-    log.iter().any(|line| line.contains(needle))
 }
 
 /// Waits until the live workers hold `shares` key groups (in any order),
@@ -217,7 +192,7 @@ fn workers_killed_joining_stopping_and_restarted_give_the_outputs_of_one_process
     };
     let mut workers: Vec<Running> = (0..3).map(|_| cluster.worker(true, &[])).collect();
     for worker in &mut workers {
-        expect(worker, "key groups taken", Duration::from_secs(30));
+        expect_line(worker, "key groups taken", Duration::from_secs(30));
     }
     wait_for_progress(
         &cluster,
@@ -238,7 +213,7 @@ fn workers_killed_joining_stopping_and_restarted_give_the_outputs_of_one_process
     assert!(said(&log, "joined the cluster"), "{}", log.join("\n"));
     // A fourth joins.
     let mut fourth = cluster.worker(true, &[]);
-    expect(&mut fourth, "key groups taken", Duration::from_secs(30));
+    expect_line(&mut fourth, "key groups taken", Duration::from_secs(30));
     let at = cluster.processed();
     let mut all: Vec<&mut Running> = workers.iter_mut().collect();
     all.push(&mut fourth);
@@ -274,7 +249,7 @@ fn workers_killed_joining_stopping_and_restarted_give_the_outputs_of_one_process
     let before = cluster.processed();
     assert!(before < 40, "the run ended too early to test restarts");
     let mut one = cluster.worker(true, &[]);
-    expect(&mut one, "key groups taken", Duration::from_secs(30));
+    expect_line(&mut one, "key groups taken", Duration::from_secs(30));
     wait_for_progress(&cluster, before, Duration::from_secs(30), &mut [&mut one]);
     stop(one);
     let pair = [cluster.worker(true, &[]), cluster.worker(true, &[])];
@@ -298,9 +273,9 @@ fn a_frozen_worker_commits_nothing_for_the_key_groups_it_lost_and_rejoins() {
         return;
     };
     let mut leader = cluster.worker(true, &[]);
-    expect(&mut leader, "chunker lease taken", Duration::from_secs(30));
+    expect_line(&mut leader, "chunker lease taken", Duration::from_secs(30));
     let mut frozen = cluster.worker(true, &[]);
-    expect(&mut frozen, "key groups taken", Duration::from_secs(30));
+    expect_line(&mut frozen, "key groups taken", Duration::from_secs(30));
     settle(&cluster, &[64, 64], &mut [&mut leader, &mut frozen]);
     wait_for_progress(&cluster, 2, Duration::from_secs(30), &mut [&mut leader]);
     let mut tries = 0;
@@ -322,7 +297,7 @@ fn a_frozen_worker_commits_nothing_for_the_key_groups_it_lost_and_rejoins() {
     let at = cluster.processed();
     wait_for_progress(&cluster, at, Duration::from_secs(60), &mut [&mut leader]);
     frozen.signal("CONT");
-    expect(&mut frozen, "lost key groups", Duration::from_secs(30));
+    expect_line(&mut frozen, "lost key groups", Duration::from_secs(30));
     let log = finish(frozen);
     assert!(
         log.iter()
@@ -346,7 +321,7 @@ fn a_worker_cut_off_from_postgres_loses_its_key_groups_and_outputs_stay_exact() 
         return;
     };
     let mut leader = cluster.worker(true, &[]);
-    expect(&mut leader, "chunker lease taken", Duration::from_secs(30));
+    expect_line(&mut leader, "chunker lease taken", Duration::from_secs(30));
     let proxy = support::tcp_proxy::TcpProxy::start("127.0.0.1:5432");
     let url = cluster
         .db
@@ -357,7 +332,7 @@ fn a_worker_cut_off_from_postgres_loses_its_key_groups_and_outputs_stay_exact() 
         "the test database is on 127.0.0.1:5432"
     );
     let mut cut = cluster.worker(true, &[("TXPIPE__DATABASE__URL", &url)]);
-    expect(&mut cut, "key groups taken", Duration::from_secs(30));
+    expect_line(&mut cut, "key groups taken", Duration::from_secs(30));
     settle(&cluster, &[64, 64], &mut [&mut leader, &mut cut]);
     wait_for_progress(
         &cluster,
@@ -366,7 +341,7 @@ fn a_worker_cut_off_from_postgres_loses_its_key_groups_and_outputs_stay_exact() 
         &mut [&mut leader, &mut cut],
     );
     proxy.refuse();
-    expect(&mut leader, "held=128", Duration::from_secs(30));
+    expect_line(&mut leader, "held=128", Duration::from_secs(30));
     let at = cluster.processed();
     wait_for_progress(
         &cluster,
@@ -375,7 +350,7 @@ fn a_worker_cut_off_from_postgres_loses_its_key_groups_and_outputs_stay_exact() 
         &mut [&mut leader, &mut cut],
     );
     proxy.accept();
-    expect(&mut cut, "lost key groups", Duration::from_secs(60));
+    expect_line(&mut cut, "lost key groups", Duration::from_secs(60));
     finish(cut);
     finish(leader);
     cluster.assert_exact();

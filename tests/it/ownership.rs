@@ -10,7 +10,7 @@ use crate::support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::child::{self, Running, Waited};
+use support::child::{self, Running, Waited, expect_line, finish, said};
 use support::outputs::Outputs;
 use support::pg::TestDb;
 use support::s3_server::S3TestServer;
@@ -66,31 +66,6 @@ fn run(config: &Path, env: &[(String, String)], extra: &[&str]) -> Running {
     ];
     args.extend_from_slice(extra);
     child::spawn(&args, env)
-}
-
-fn expect_line(running: &mut Running, needle: &str, timeout: Duration) {
-    match running.wait_for(needle, 1, timeout) {
-        Waited::Seen => {}
-        Waited::Exited(status) => panic!(
-            "exited ({status}) before {needle:?}:\n{}",
-            running.log.join("\n")
-        ),
-        Waited::TimedOut => panic!("no {needle:?}:\n{}", running.log.join("\n")),
-    }
-}
-
-fn finish(running: Running) -> Vec<String> {
-    let (status, log) = running.wait(Duration::from_secs(120));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        log.join("\n")
-    );
-    log
-}
-
-fn said(log: &[String], needle: &str) -> bool {
-    log.iter().any(|line| line.contains(needle))
 }
 
 fn status(config: &Path, env: &[(String, String)]) -> String {

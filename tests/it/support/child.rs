@@ -149,3 +149,33 @@ impl Running {
         }
     }
 }
+
+/// Waits for a line containing `needle`; panics with the log if the
+/// process exits first or it does not come within `timeout`.
+pub fn expect_line(running: &mut Running, needle: &str, timeout: Duration) {
+    match running.wait_for(needle, 1, timeout) {
+        Waited::Seen => {}
+        Waited::Exited(status) => panic!(
+            "exited ({status}) before {needle:?}:\n{}",
+            running.log.join("\n")
+        ),
+        Waited::TimedOut => panic!("no {needle:?}:\n{}", running.log.join("\n")),
+    }
+}
+
+/// Waits (up to two minutes) for the process to exit, which it must do
+/// successfully; returns its log.
+pub fn finish(running: Running) -> Vec<String> {
+    let (status, log) = running.wait(Duration::from_secs(120));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        log.join("\n")
+    );
+    log
+}
+
+/// Whether a line of `log` contains `needle`.
+pub fn said(log: &[String], needle: &str) -> bool {
+    log.iter().any(|line| line.contains(needle))
+}
