@@ -14,10 +14,13 @@
 //!    expired or released) up to it;
 //! 4. renew the chunker lease, or take it if it is free.
 //!
-//! A worker's first heartbeat only registers it (its registration goes
-//! live) and takes nothing: workers started together then see each other
-//! at their second, and none takes every key group for a moment (holding,
-//! and loading, the whole state) only to hand most of them over.
+//! A worker counts in the shares from its registration, renewed while it
+//! starts (`app::ownership::register_worker`), and its first heartbeat
+//! takes nothing: workers started together see each other before any of
+//! them takes, and none takes every key group for a moment (holding, and
+//! loading, the whole state) only to hand most of them over. A starting
+//! worker's share waits for it; if it dies starting, its registration
+//! expires after `cluster.lease_ttl_ms` and the others take the share.
 //!
 //! Nothing here decides correctness: a worker that thinks it holds a group
 //! it lost is refused at its next commit (the epoch moved), and the

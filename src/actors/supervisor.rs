@@ -809,13 +809,8 @@ async fn keep_lease(wiring: Arc<Wiring>) {
         ),
     };
     let beat = Duration::from_millis(beat_ms);
-    // A cluster worker registered expired (see `register_worker`): it
-    // counts from its first renewal, now that it runs.
-    let mut first = wiring.cluster.is_some();
     loop {
-        if !std::mem::take(&mut first) {
-            tokio::time::sleep(beat).await;
-        }
+        tokio::time::sleep(beat).await;
         match wiring.state.renew_lease(&wiring.fence, ttl_ms).await {
             Ok(Renewal::Renewed { .. }) => {}
             Ok(Renewal::Lost { holder }) => {

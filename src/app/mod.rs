@@ -315,8 +315,20 @@ pub fn run_observed(
         let metrics = metrics.clone();
         let cluster = cluster.clone();
         async move {
+            // A worker's registration stays live while it starts.
+            let registered = {
+                let (state, settings, fence) = (state.clone(), settings.clone(), fence.clone());
+                let worker = cluster.is_some();
+                async move {
+                    match worker {
+                        true => ownership::keep_registered(&*state, &settings, &fence).await,
+                        false => std::future::pending().await,
+                    }
+                }
+            };
             tokio::select! {
                 prepared = prepare(settings, faults, state, fence, metrics, cluster) => prepared.map(Some),
+                () = registered => unreachable!("renewing never ends"),
                 signal = signals.received() => {
                     info!(signal, "received signal during start-up; stopping");
                     Ok(None)

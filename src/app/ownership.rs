@@ -28,6 +28,13 @@ use crate::signals::Signals;
 /// which nobody else asks for (the owner id is new with every run), so it
 /// is granted at once. It carries the worker's host, pid and start; its
 /// heartbeats keep it alive; `txpipe status` lists it while it is.
+///
+/// It is live from this moment, and [`keep_registered`] renews it while
+/// the worker starts: the others count a starting worker in their fair
+/// shares, so the first worker up does not take (and load) the key groups
+/// of workers started beside it only to hand them over a few heartbeats
+/// later. A worker that dies while starting stops counting when its
+/// registration expires, like any other.
 pub async fn register_worker(
     state: &dyn StateStore,
     settings: &Settings,
@@ -35,12 +42,9 @@ pub async fn register_worker(
     health: &Health,
 ) -> anyhow::Result<Fence> {
     let name = crate::db::postgres::cluster::worker_lease(&me.owner_id);
-    // Expired from the start: the others count a worker in their shares
-    // once it runs and its heartbeat renews this, not while it is still
-    // loading the lookup table (they would hand it key groups it cannot
-    // take yet).
+    let ttl = settings.cluster.lease_ttl_ms;
     let grant = retry_db(settings.database.max_attempts, "register worker", || {
-        state.acquire_lease(&name, me, 0, None)
+        state.acquire_lease(&name, me, ttl, None)
     })
     .await?;
     match grant {
@@ -56,6 +60,20 @@ pub async fn register_worker(
         }
         LeaseGrant::Held { holder, .. } => {
             anyhow::bail!("worker id {} is taken by {}", me.owner_id, holder.holder())
+        }
+    }
+}
+
+/// Renews a starting worker's registration every heartbeat, until the
+/// future is dropped (the supervisor's heartbeat takes over once the
+/// worker runs). Failures are only logged: a registration that lapses
+/// just stops counting until it is renewed.
+pub async fn keep_registered(state: &dyn StateStore, settings: &Settings, fence: &Fence) {
+    let cluster = &settings.cluster;
+    loop {
+        tokio::time::sleep(Duration::from_millis(cluster.heartbeat_ms)).await;
+        if let Err(error) = state.renew_lease(fence, cluster.lease_ttl_ms).await {
+            warn!(%error, "could not renew this worker's registration while starting");
         }
     }
 }
