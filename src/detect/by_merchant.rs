@@ -106,11 +106,27 @@ impl<T> ByMerchant<T> {
         index
     }
 
-    pub fn clear(&mut self) {
-        self.position.clear();
-        self.entries.clear();
-        self.touched_flags.clear();
+    /// Keeps the entries of the merchants `keep` accepts, in their order.
+    /// Called between chunks (the touched list is empty then).
+    pub fn retain(&mut self, mut keep: impl FnMut(MerchantId) -> bool) {
+        let mut owner = vec![ABSENT; self.entries.len()];
+        for (id, &position) in self.position.iter().enumerate() {
+            if position != ABSENT && keep(MerchantId(id as u32)) {
+                owner[position as usize] = id as u32;
+            }
+        }
+        self.position.fill(ABSENT);
         self.touched.clear();
+        self.touched_flags.clear();
+        let entries = std::mem::take(&mut self.entries);
+        for (entry, id) in entries.into_iter().zip(owner) {
+            if id != ABSENT {
+                self.position[id as usize] = self.entries.len() as u32;
+                self.entries.push(entry);
+                self.touched_flags.push(false);
+            }
+        }
+        self.entries.shrink_to_fit();
     }
 }
 
@@ -131,10 +147,29 @@ mod tests {
         assert_eq!(map.get(MerchantId(u32::MAX - 1)), None);
         *map.get_mut(MerchantId(3)).unwrap() = 5;
         assert_eq!(map.get(MerchantId(3)), Some(&5));
-        map.clear();
+        map.retain(|_| false);
         assert_eq!(map.get(MerchantId(3)), None);
         assert_eq!(map.get(MerchantId(70_000)), None);
         assert_eq!(*map.get_or_insert_with(MerchantId(3), || 7), 7);
+    }
+
+    #[test]
+    fn retain_keeps_the_accepted_merchants_found_by_id() {
+        let mut map: ByMerchant<u64> = ByMerchant::default();
+        for id in [5, 1, 9, 3] {
+            map.get_or_insert_with(MerchantId(id), || u64::from(id) * 10);
+        }
+        map.retain(|m| m.0 != 1 && m.0 != 9);
+        assert_eq!(map.get(MerchantId(5)), Some(&50));
+        assert_eq!(map.get(MerchantId(3)), Some(&30));
+        assert_eq!(map.get(MerchantId(1)), None);
+        assert_eq!(map.get(MerchantId(9)), None);
+        map.touch(MerchantId(9), || 7);
+        map.touch(MerchantId(3), || 0);
+        let mut touched = Vec::new();
+        map.take_touched(&mut touched);
+        assert_eq!(touched, [MerchantId(3), MerchantId(9)]);
+        assert_eq!(map.get(MerchantId(9)), Some(&7));
     }
 
     #[test]

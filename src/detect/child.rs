@@ -38,8 +38,7 @@ impl PatternEngine for ChildDetector {
         Pattern::Child
     }
 
-    fn restore(&mut self, snapshot: &Snapshot) {
-        self.emitted.clear();
+    fn merge(&mut self, snapshot: &Snapshot) {
         for key in &snapshot.emitted {
             if key.pattern == Pattern::Child
                 && self.shard.owns(key.merchant)
@@ -48,6 +47,10 @@ impl PatternEngine for ChildDetector {
                 self.emitted.insert((key.merchant, customer));
             }
         }
+    }
+
+    fn forget(&mut self, gone: &dyn Fn(MerchantId) -> bool) {
+        self.emitted.retain(|(merchant, _)| !gone(*merchant));
     }
 
     fn apply(&mut self, update: &ChunkUpdate, out: &mut Vec<Detection>) {

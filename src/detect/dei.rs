@@ -56,9 +56,7 @@ impl PatternEngine for DeiDetector {
         Pattern::DeiNeeded
     }
 
-    fn restore(&mut self, snapshot: &Snapshot) {
-        self.merchants.clear();
-        self.emitted.clear();
+    fn merge(&mut self, snapshot: &Snapshot) {
         for pair in snapshot
             .pairs
             .iter()
@@ -73,6 +71,11 @@ impl PatternEngine for DeiDetector {
                 self.emitted.insert(key.merchant);
             }
         }
+    }
+
+    fn forget(&mut self, gone: &dyn Fn(MerchantId) -> bool) {
+        self.merchants.retain(|merchant| !gone(merchant));
+        self.emitted.retain(|merchant| !gone(*merchant));
     }
 
     fn apply(&mut self, update: &ChunkUpdate, out: &mut Vec<Detection>) {

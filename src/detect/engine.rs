@@ -14,7 +14,19 @@ pub trait PatternEngine: Send {
     fn pattern(&self) -> Pattern;
 
     /// Replaces all in-memory state with committed state.
-    fn restore(&mut self, snapshot: &Snapshot);
+    fn restore(&mut self, snapshot: &Snapshot) {
+        self.forget(&|_| true);
+        self.merge(snapshot);
+    }
+
+    /// Adds the committed state of merchants it holds nothing of (the key
+    /// groups a cluster worker takes over): their pairs and emitted
+    /// detections in `snapshot`.
+    fn merge(&mut self, snapshot: &Snapshot);
+
+    /// Drops everything it holds of the merchants `gone` accepts (the key
+    /// groups a cluster worker hands over).
+    fn forget(&mut self, gone: &dyn Fn(MerchantId) -> bool);
 
     /// Takes one chunk, already folded into the pair table, and appends the
     /// detections that hold for the first time.
@@ -104,6 +116,7 @@ impl Engine {
     /// Every part in one value, as of `committed`.
     pub fn local(&self, committed: &Snapshot) -> LocalEngine {
         LocalEngine {
+            weights: self.weights.clone(),
             totals: self.pair_table(committed),
             detectors: self
                 .parts()
@@ -137,6 +150,7 @@ impl Default for Engine {
 
 /// The pair table and every pattern shard in one thread.
 pub struct LocalEngine {
+    weights: Arc<WeightTable>,
     totals: PairTotals,
     detectors: Vec<Box<dyn PatternEngine>>,
 }
@@ -154,5 +168,22 @@ impl LocalEngine {
 
     pub fn pairs(&self) -> usize {
         self.totals.len()
+    }
+
+    /// Hands the merchants `gone` accepts over: drops all their state.
+    pub fn forget(&mut self, gone: &dyn Fn(MerchantId) -> bool) {
+        self.totals.forget(gone);
+        for detector in &mut self.detectors {
+            detector.forget(gone);
+        }
+    }
+
+    /// Takes merchants over that it holds nothing of (`new` accepts them),
+    /// from their committed state in `snapshot`.
+    pub fn merge(&mut self, new: &dyn Fn(MerchantId) -> bool, snapshot: &Snapshot) {
+        self.totals.merge(&self.weights, new, snapshot);
+        for detector in &mut self.detectors {
+            detector.merge(snapshot);
+        }
     }
 }

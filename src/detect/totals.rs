@@ -106,6 +106,44 @@ impl PairTotals {
             totals.weight_slot != NO_WEIGHT
         });
         self.present = 0;
+        self.add(snapshot);
+    }
+
+    /// Adds merchants the table holds nothing of (the key groups a cluster
+    /// worker takes over): the pairs of `weights` whose merchant `new`
+    /// accepts, then their committed pairs in `snapshot`.
+    pub fn merge(
+        &mut self,
+        weights: &WeightTable,
+        new: impl Fn(MerchantId) -> bool,
+        snapshot: &Snapshot,
+    ) {
+        for (merchant, ranked) in weights.merchants().filter(|(m, _)| new(*m)) {
+            for (slot, &(customer, _)) in ranked.iter().enumerate() {
+                self.pairs
+                    .get_or_default(pair_key(merchant, customer))
+                    .weight_slot = slot as u32;
+            }
+        }
+        self.add(snapshot);
+    }
+
+    /// Drops every pair of the merchants `gone` accepts (the key groups a
+    /// cluster worker hands over).
+    pub fn forget(&mut self, gone: impl Fn(MerchantId) -> bool) {
+        let present = &mut self.present;
+        self.pairs.retain(|key, totals| {
+            let keep = !gone(MerchantId((key >> 32) as u32));
+            if !keep && totals.count > 0 {
+                *present -= 1;
+            }
+            keep
+        });
+    }
+
+    /// Sets the committed totals of `snapshot`'s pairs, which the table
+    /// holds with no transaction yet.
+    fn add(&mut self, snapshot: &Snapshot) {
         for pair in snapshot.pairs.iter().filter(|pair| pair.count > 0) {
             let totals = self
                 .pairs

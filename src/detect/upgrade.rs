@@ -367,8 +367,7 @@ impl PatternEngine for UpgradeDetector {
         Pattern::Upgrade
     }
 
-    fn restore(&mut self, snapshot: &Snapshot) {
-        self.merchants.clear();
+    fn merge(&mut self, snapshot: &Snapshot) {
         for pair in &snapshot.pairs {
             if !self.shard.owns(pair.merchant) || pair.count == 0 {
                 continue;
@@ -392,6 +391,10 @@ impl PatternEngine for UpgradeDetector {
                 );
             }
         }
+    }
+
+    fn forget(&mut self, gone: &dyn Fn(MerchantId) -> bool) {
+        self.merchants.retain(|merchant| !gone(merchant));
     }
 
     fn apply(&mut self, update: &ChunkUpdate, out: &mut Vec<Detection>) {

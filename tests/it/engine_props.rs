@@ -7,7 +7,7 @@ use crate::support;
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use support::engine::{network, oracle, row, run, run_with_restart};
+use support::engine::{Interruption, network, oracle, row, run, run_interrupted};
 use txpipe::detect::Thresholds;
 
 const GENDERS: [&str; 5] = ["F", "M", "E", "U", ""];
@@ -82,8 +82,26 @@ proptest! {
         let weights: Vec<(&str, &str, &str)> =
             case.weights.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
         let net = network(&weights);
-        let engine = run_with_restart(
-            &case.rows, &net, case.chunk_rows, case.thresholds, case.shards, Some(restart),
+        let engine = run_interrupted(
+            &case.rows, &net, case.chunk_rows, case.thresholds, case.shards,
+            Some((restart, Interruption::Restart)),
+        );
+        let reference = oracle(&case.rows, &net, case.chunk_rows, case.thresholds);
+        prop_assert_eq!(engine, reference);
+    }
+
+    /// Handing the merchants of some key groups over after any chunk (all
+    /// their state dropped) and taking them back from their committed
+    /// state alone changes nothing: what a cluster worker does when its
+    /// share changes.
+    #[test]
+    fn handing_key_groups_over_and_back_mid_stream_changes_nothing(case in case(), at in 0..40usize) {
+        let weights: Vec<(&str, &str, &str)> =
+            case.weights.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
+        let net = network(&weights);
+        let engine = run_interrupted(
+            &case.rows, &net, case.chunk_rows, case.thresholds, case.shards,
+            Some((at, Interruption::HandOver)),
         );
         let reference = oracle(&case.rows, &net, case.chunk_rows, case.thresholds);
         prop_assert_eq!(engine, reference);

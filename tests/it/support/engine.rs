@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use txpipe::detect::key_group::key_group;
 use txpipe::detect::{
     Cents, CustomerId, DetectionKey, Engine, MerchantId, PairState, Snapshot, Thresholds,
     WeightTable,
@@ -43,19 +44,31 @@ pub fn run(
     thresholds: Thresholds,
     shards: u32,
 ) -> Vec<Emission> {
-    run_with_restart(rows, network, chunk_rows, thresholds, shards, None)
+    run_interrupted(rows, network, chunk_rows, thresholds, shards, None)
 }
 
-/// Like [`run`], but after chunk `restart_after` (if any) every engine and
-/// the pair table are thrown away and rebuilt from a snapshot of the state
-/// committed so far, as the pipeline does at a new epoch.
-pub fn run_with_restart(
+/// What happens to the engine after a chunk in [`run_interrupted`].
+#[derive(Clone, Copy, Debug)]
+pub enum Interruption {
+    /// Every engine and the pair table are thrown away and rebuilt from a
+    /// snapshot of the state committed so far, as the pipeline does at a
+    /// new generation.
+    Restart,
+    /// The merchants of one of two key groups are handed over and taken
+    /// back: their state is dropped, then merged in again from the
+    /// committed snapshot of theirs alone, as a cluster worker does when
+    /// its key groups change.
+    HandOver,
+}
+
+/// Like [`run`], but interrupted after one chunk (`at`, if any).
+pub fn run_interrupted(
     rows: &[String],
     network: &str,
     chunk_rows: usize,
     thresholds: Thresholds,
     shards: u32,
-    restart_after: Option<usize>,
+    at: Option<(usize, Interruption)>,
 ) -> Vec<Emission> {
     let names = Names::new();
     let entries = read_importance(network.as_bytes(), &names, MAX_RECORD_BYTES)
@@ -107,12 +120,32 @@ pub fn run_with_restart(
                 names.name(d.key.merchant.0).to_string(),
             ));
         }
-        if restart_after == Some(k) {
-            let snapshot = Snapshot {
-                pairs: committed.values().copied().collect(),
-                emitted: emitted.clone(),
-            };
-            engine = composition.local(&snapshot);
+        match at {
+            Some((after, Interruption::Restart)) if after == k => {
+                let snapshot = Snapshot {
+                    pairs: committed.values().copied().collect(),
+                    emitted: emitted.clone(),
+                };
+                engine = composition.local(&snapshot);
+            }
+            Some((after, Interruption::HandOver)) if after == k => {
+                let moved = |m: MerchantId| key_group(names.name(m.0), 2) == 1;
+                let snapshot = Snapshot {
+                    pairs: committed
+                        .values()
+                        .filter(|p| moved(p.merchant))
+                        .copied()
+                        .collect(),
+                    emitted: emitted
+                        .iter()
+                        .filter(|k| moved(k.merchant))
+                        .copied()
+                        .collect(),
+                };
+                engine.forget(&moved);
+                engine.merge(&moved, &snapshot);
+            }
+            _ => {}
         }
     }
     out.sort();
