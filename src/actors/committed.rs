@@ -11,7 +11,7 @@
 //! generation, so nothing a failed generation left in a mailbox is ever
 //! applied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -19,6 +19,7 @@ use actix::prelude::*;
 use super::wiring::Wiring;
 use crate::db::DbError;
 use crate::detect::{Cents, DetectionKey, Engine, MerchantId, PairState, Snapshot};
+use crate::names::Names;
 use rustc_hash::FxHashSet;
 
 /// Committed state as of the last committed chunk.
@@ -63,6 +64,13 @@ pub struct GroupStart {
 }
 
 impl Share {
+    /// This share less the groups `gone`.
+    pub fn without(&self, gone: &BTreeSet<u32>) -> Share {
+        let mut kept = self.clone();
+        kept.groups.retain(|group, _| !gone.contains(group));
+        kept
+    }
+
     /// Whether chunk `seq`'s rows of `group` are applied in this generation.
     pub fn applies(&self, group: u32, seq: i64) -> bool {
         self.groups
@@ -231,6 +239,33 @@ impl Committed {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Start(pub Arc<Committed>);
+
+/// Hands key groups over in place, within a generation: each stage drops
+/// what it holds of the groups gone and keeps the rest as it is (no
+/// reload, no replay). Sent while the watcher holds still
+/// (`super::watcher::Hold`), so no chunk is between stages; a stage in
+/// another generation ignores it (its generation loads the new share).
+#[derive(Clone, Message)]
+#[rtype(result = "()")]
+pub struct Reshare {
+    pub generation: u64,
+    /// The key groups handed over.
+    pub gone: Arc<BTreeSet<u32>>,
+}
+
+impl Reshare {
+    /// The generation's share less the groups gone.
+    pub fn share(&self, share: &Option<Arc<Share>>) -> Option<Arc<Share>> {
+        share.as_ref().map(|s| Arc::new(s.without(&self.gone)))
+    }
+
+    /// Whether `merchant` is in a group handed over, in a cluster of
+    /// `key_groups`.
+    pub fn drops(&self, key_groups: u32, names: &Names, merchant: MerchantId) -> bool {
+        let group = crate::detect::key_group::key_group(names.name(merchant.0), key_groups);
+        self.gone.contains(&group)
+    }
+}
 
 #[cfg(test)]
 mod tests {

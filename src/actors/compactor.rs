@@ -24,7 +24,7 @@ use actix::prelude::*;
 use futures::future::LocalBoxFuture;
 use tracing::{debug, info};
 
-use super::committed::{Share, Start};
+use super::committed::{Reshare, Share, Start};
 use super::supervised::{Behaviour, Failure, Supervised};
 use super::tracker::ChunksCommitted;
 use super::wiring::{Wiring, contain_async};
@@ -142,6 +142,20 @@ impl Handler<Start> for CompactorActor {
                 .is_none_or(|(generation, _)| *generation <= committed.generation)
         {
             state.share = Some((committed.generation, share.clone()));
+        }
+    }
+}
+
+impl Handler<Reshare> for CompactorActor {
+    type Result = ();
+
+    /// Key groups handed over are their new owner's to compact.
+    fn handle(&mut self, msg: Reshare, _ctx: &mut Context<Self>) {
+        if let Some(state) = self.state.as_mut()
+            && let Some((generation, share)) = state.share.as_mut()
+            && *generation == msg.generation
+        {
+            *share = Arc::new(share.without(&msg.gone));
         }
     }
 }

@@ -18,7 +18,7 @@ use actix::prelude::*;
 use futures::future::LocalBoxFuture;
 
 use super::StageError;
-use super::committed::{Committed, Start};
+use super::committed::{Committed, Reshare, Start};
 use super::sequence::Chain;
 use super::supervised::{Behaviour, Failure, Group, Supervised};
 use super::wiring::{Wiring, contain};
@@ -105,6 +105,27 @@ impl Handler<Start> for DetectorActor {
         match built {
             Ok(state) => self.set_state(state),
             Err(panic) => self.fail(ctx, Failure::Restart(panic)),
+        }
+    }
+}
+
+impl Handler<Reshare> for DetectorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reshare, ctx: &mut Context<Self>) {
+        let (names, key_groups) = (
+            self.behaviour.wiring.names.clone(),
+            self.behaviour.wiring.settings.cluster.key_groups,
+        );
+        let Some(state) = self
+            .state
+            .as_mut()
+            .filter(|s| s.generation == msg.generation)
+        else {
+            return;
+        };
+        if let Err(panic) = contain(|| state.engine.forget(&|m| msg.drops(key_groups, &names, m))) {
+            self.fail(ctx, Failure::Restart(panic));
         }
     }
 }

@@ -91,6 +91,10 @@ pub struct Rebalanced {
     pub held: BTreeMap<u32, u64>,
     pub lost: Vec<u32>,
     pub released: Vec<u32>,
+    /// Key groups above the fair share that are still leased, with their
+    /// epochs: the supervisor hands them over in place ([`release`] once
+    /// its stages dropped them). Only with `defer_release`.
+    pub to_release: Vec<(u32, u64)>,
     pub taken: Vec<u32>,
     /// The chunker lease, if this worker holds it now.
     pub chunker: Option<Fence>,
@@ -100,16 +104,31 @@ pub struct Rebalanced {
     pub chunker_finished: bool,
 }
 
-/// One heartbeat of membership (see the module docs). With `stopping`,
-/// lets every key group and the chunker lease go instead.
+/// What one heartbeat may do.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Beat {
+    /// Let every key group and the chunker lease go.
+    pub stopping: bool,
+    /// Take free key groups (not at a worker's first heartbeat).
+    pub may_take: bool,
+    /// Leave groups above the fair share leased (in `to_release`) for the
+    /// supervisor to hand over in place.
+    pub defer_release: bool,
+}
+
+/// One heartbeat of membership (see the module docs).
 pub async fn rebalance(
     w: &Wiring,
     me: &Claimant,
     held: &BTreeMap<u32, u64>,
     chunker: Option<&Fence>,
-    stopping: bool,
-    may_take: bool,
+    beat: Beat,
 ) -> DbResult<Rebalanced> {
+    let Beat {
+        stopping,
+        may_take,
+        defer_release,
+    } = beat;
     let Some(cluster) = w.cluster.as_ref() else {
         return Err(DbError::Failed("not a cluster worker".into()));
     };
@@ -179,14 +198,15 @@ pub async fn rebalance(
     }
     if !release.is_empty() {
         let letting: Vec<(u32, u64)> = release.iter().map(|g| (*g, now_held[g])).collect();
-        w.db("release key groups", || {
-            cluster.release_groups(me, &letting)
-        })
-        .await?;
         for group in &release {
             now_held.remove(group);
         }
-        out.released = release;
+        if defer_release && !stopping {
+            out.to_release = letting;
+        } else {
+            self::release(w, me, &letting).await?;
+            out.released = release;
+        }
     }
     if !take.is_empty() {
         // Once, not retried: a group whose previous owner is still inside
@@ -212,6 +232,16 @@ pub async fn rebalance(
         .await
         .is_ok_and(|claims| claims.chunker_finished);
     Ok(out)
+}
+
+/// Lets key groups go (`(group, epoch)`): other workers may take them at
+/// once.
+pub async fn release(w: &Wiring, me: &Claimant, letting: &[(u32, u64)]) -> DbResult<()> {
+    let Some(cluster) = w.cluster.as_ref() else {
+        return Err(DbError::Failed("not a cluster worker".into()));
+    };
+    w.db("release key groups", || cluster.release_groups(me, letting))
+        .await
 }
 
 #[cfg(test)]

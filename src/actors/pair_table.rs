@@ -28,7 +28,7 @@ use actix::prelude::*;
 use futures::future::{LocalBoxFuture, join_all};
 use tracing::warn;
 
-use super::committed::{Committed, Start};
+use super::committed::{Committed, Reshare, Start};
 use super::detector::{Apply, DetectorActor};
 use super::reader::Content;
 use super::sequence::{Chain, InOrder};
@@ -113,6 +113,31 @@ impl Handler<Start> for PairTableActor {
                 let pairs = state.totals.len() as i64;
                 self.behaviour.wiring.metrics.pair_state_pairs.set(pairs);
                 self.set_state(state);
+            }
+            Err(panic) => self.fail(ctx, Failure::Restart(panic)),
+        }
+    }
+}
+
+impl Handler<Reshare> for PairTableActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reshare, ctx: &mut Context<Self>) {
+        let (names, key_groups) = (
+            self.behaviour.wiring.names.clone(),
+            self.behaviour.wiring.settings.cluster.key_groups,
+        );
+        let Some(state) = self
+            .state
+            .as_mut()
+            .filter(|s| s.generation == msg.generation)
+        else {
+            return;
+        };
+        match super::wiring::contain(|| state.totals.forget(|m| msg.drops(key_groups, &names, m))) {
+            Ok(()) => {
+                let pairs = state.totals.len() as i64;
+                self.behaviour.wiring.metrics.pair_state_pairs.set(pairs);
             }
             Err(panic) => self.fail(ctx, Failure::Restart(panic)),
         }

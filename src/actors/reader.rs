@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use tracing::info;
 
-use super::committed::{Share, Start};
+use super::committed::{Reshare, Share, Start};
 use super::pair_table::{PairTableActor, Parsed};
 use super::supervised::{Behaviour, Failure, Group, Mailbox, Supervised};
 use super::wiring::{Wiring, contain_async};
@@ -136,6 +136,20 @@ impl Handler<Start> for ReaderActor {
                 generation: committed.generation,
                 share: committed.share.clone(),
             });
+        }
+    }
+}
+
+impl Handler<Reshare> for ReaderActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reshare, _ctx: &mut Context<Self>) {
+        if let Some(state) = self
+            .state
+            .as_mut()
+            .filter(|s| s.generation == msg.generation)
+        {
+            state.share = msg.share(&state.share);
         }
     }
 }

@@ -14,6 +14,9 @@
 //! - [`MasterChunked`] (from the chunker): in catch-up mode, asks the
 //!   watcher to say when it is idle ([`WhenIdle`]) until the database has
 //!   every chunk committed, then shuts down.
+//! - A cluster heartbeat that lets key groups go: hands them over in
+//!   place ([`Hold`] the watcher, [`Reshare`] every stage, release, then
+//!   [`Resume`]); one that takes or loses groups starts a new generation.
 //! - A signal: shuts down.
 //!
 //! Shutdown is a sequence of messages, each answered when done: [`Stop`]
@@ -31,10 +34,10 @@ use tracing::{debug, error, info, warn};
 
 use super::batch_writer::{BatchWriter, BatchWriterActor, Flush};
 use super::chunker::{Chunker, ChunkerActor, Stop};
-use super::committed::{Committed, Start};
+use super::committed::{Committed, Reshare, Start};
 use super::compactor::{Compactor, CompactorActor, FinalCompact};
 use super::detector::{Detector, DetectorActor};
-use super::membership::{Rebalanced, rebalance};
+use super::membership::{Beat, Rebalanced, rebalance, release};
 use super::pair_table::{PairTable, PairTableActor};
 use super::reader::{Reader, ReaderActor};
 pub use super::supervised::{
@@ -42,7 +45,7 @@ pub use super::supervised::{
 };
 use super::supervised::{Group, Mailbox, Restarted, Supervised};
 use super::tracker::{Quiesce, Tracker, TrackerActor};
-use super::watcher::{Drain, S3WatcherActor, Watcher, WhenIdle};
+use super::watcher::{Drain, Hold, Resume, S3WatcherActor, Watcher, WhenIdle};
 use super::wiring::Wiring;
 use crate::db::postgres::cluster::ranges;
 use crate::db::{Claimant, Fence, Renewal};
@@ -404,10 +407,15 @@ impl SupervisorActor {
             m.held.clone(),
             m.chunker.clone(),
         );
-        let may_take = m.beats > 0;
+        let beat = Beat {
+            stopping: false,
+            may_take: m.beats > 0,
+            // A running generation hands groups over in place; one that
+            // is about to start simply loads fewer.
+            defer_release: self.generation > 0 && !m.regenerate,
+        };
         m.beats += 1;
-        let beat =
-            async move { rebalance(&wiring, &me, &held, chunker.as_ref(), false, may_take).await };
+        let beat = async move { rebalance(&wiring, &me, &held, chunker.as_ref(), beat).await };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(beat)
                 .map(|outcome, act, ctx| act.rebalanced(outcome, ctx)),
@@ -452,7 +460,9 @@ impl SupervisorActor {
         }
         let changed = r.held != m.held;
         m.held = r.held;
-        let regenerate = std::mem::take(&mut m.regenerate) || changed;
+        // Groups only handed over need no new generation.
+        let handing_over = r.lost.is_empty() && r.taken.is_empty() && !r.to_release.is_empty();
+        let regenerate = std::mem::take(&mut m.regenerate) || (changed && !handing_over);
         let new_leader = m.chunker.is_none() && r.chunker.is_some();
         m.chunker = r.chunker;
         let finish = r.chunker_finished && self.mode == RunMode::UntilDone && !m.finishing;
@@ -462,6 +472,9 @@ impl SupervisorActor {
         if let Some(why) = r.chunker_lost {
             self.wiring.supervision.lost_lease(&why);
             return;
+        }
+        if !r.to_release.is_empty() {
+            self.hand_over(ctx, r.to_release, regenerate);
         }
         if new_leader
             && let (Some(fence), Some(topology)) = (
@@ -477,6 +490,80 @@ impl SupervisorActor {
         if finish {
             self.finish_when_done(ctx);
         }
+    }
+
+    /// Lets key groups go (`letting`: group, epoch) without a new
+    /// generation: the watcher holds still until every announced chunk is
+    /// committed (at most `watcher.max_in_flight`), every stage drops the
+    /// groups' state ([`Reshare`]), the leases are released, and the
+    /// watcher goes on. The groups kept never reload or replay. If a new
+    /// generation starts anyway (`regenerate`, or one interrupts the
+    /// hold), the leases are just released: that generation loads the
+    /// share without them.
+    fn hand_over(&mut self, ctx: &mut Context<Self>, letting: Vec<(u32, u64)>, regenerate: bool) {
+        let (Some(m), Some(topology)) = (self.cluster.as_mut(), self.topology.as_ref()) else {
+            return;
+        };
+        m.beating = true; // no heartbeat until the groups are gone
+        let mut groups: Vec<u32> = letting.iter().map(|(g, _)| *g).collect();
+        groups.sort_unstable();
+        let reshare = Reshare {
+            generation: self.generation,
+            gone: Arc::new(groups.iter().copied().collect()),
+        };
+        let stages = (!regenerate).then(|| {
+            (
+                topology.watcher.clone(),
+                topology.tracker.clone(),
+                topology.compactor.clone(),
+                topology.detectors.clone(),
+                topology.pair_table.clone(),
+                topology.reader.clone(),
+            )
+        });
+        let (wiring, me) = (self.wiring.clone(), m.me.clone());
+        let work = async move {
+            let mut in_place = false;
+            if let Some((watcher, tracker, compactor, detectors, pair_table, reader)) = stages {
+                let generation = reshare.generation;
+                if let Ok(Ok(_)) = watcher.send(Hold { generation }).await {
+                    // Downstream first, as a generation starts.
+                    let _ = tracker.send(reshare.clone()).await;
+                    let _ = compactor.send(reshare.clone()).await;
+                    join_all(detectors.iter().map(|d| d.send(reshare.clone()))).await;
+                    let _ = pair_table.send(reshare.clone()).await;
+                    let _ = reader.send(reshare.clone()).await;
+                    in_place = true;
+                }
+                let released = release(&wiring, &me, &letting).await;
+                if in_place {
+                    let _ = watcher.send(Resume).await;
+                }
+                (in_place, released)
+            } else {
+                (false, release(&wiring, &me, &letting).await)
+            }
+        };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(
+            move |(in_place, released), act, _ctx| {
+                if let Some(m) = act.cluster.as_mut() {
+                    m.beating = false;
+                }
+                let groups = ranges(&groups);
+                match released {
+                    Ok(()) if in_place => info!(
+                        key_groups = %groups,
+                        "key groups handed over to other workers in place (no reload)"
+                    ),
+                    Ok(()) => info!(key_groups = %groups, "key groups released to other workers"),
+                    Err(error) => warn!(
+                        key_groups = %groups,
+                        %error,
+                        "could not release key groups; they expire by themselves"
+                    ),
+                }
+            },
+        ));
     }
 
     /// Starts a new generation of Mechanism Y after `delay`.
@@ -497,6 +584,13 @@ impl SupervisorActor {
             .cluster
             .as_ref()
             .map(|m| (m.me.owner_id.clone(), m.held.clone()));
+        if let Some((_, held)) = &share {
+            info!(
+                generation,
+                key_groups = held.len(),
+                "Mechanism Y loads the committed state of its key groups"
+            );
+        }
         let load = async move {
             // No commit of the old generation may land while the snapshot
             // is read (the snapshot check would only retry).
@@ -576,7 +670,11 @@ impl SupervisorActor {
             let wiring = wiring.clone();
             async move {
                 if let Some((me, held, chunker)) = leave {
-                    match rebalance(&wiring, &me, &held, chunker.as_ref(), true, false).await {
+                    let beat = Beat {
+                        stopping: true,
+                        ..Beat::default()
+                    };
+                    match rebalance(&wiring, &me, &held, chunker.as_ref(), beat).await {
                         Ok(left) => info!(key_groups = left.released.len(), "key groups released"),
                         Err(error) => {
                             warn!(%error, "could not release the key groups; they expire by themselves")

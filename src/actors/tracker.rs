@@ -34,7 +34,7 @@ use futures::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 
 use super::batch_writer::BatchWriterActor;
-use super::committed::{Committed, Share, Start};
+use super::committed::{Committed, Reshare, Share, Start};
 use super::compactor::CompactorActor;
 use super::sequence::InOrder;
 use super::supervised::{Behaviour, Failure, Group, Mailbox, Supervised};
@@ -192,6 +192,21 @@ impl Handler<Start> for TrackerActor {
         }
         let max_chunks = self.behaviour.wiring.settings.watcher.max_chunks_per_commit;
         self.set_state(TrackerState::restore(&committed, max_chunks));
+    }
+}
+
+impl Handler<Reshare> for TrackerActor {
+    type Result = ();
+
+    /// Commits from now on fence, and advance, the new share's groups only.
+    fn handle(&mut self, msg: Reshare, _ctx: &mut Context<Self>) {
+        if let Some(state) = self
+            .state
+            .as_mut()
+            .filter(|s| s.generation == msg.generation)
+        {
+            state.share = msg.share(&state.share);
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 //! ```text
 //! stream_chunks/ ──LIST──► S3WatcherActor ──Fetch{n, key, previous, permit}──► ReaderActor
 //!       ▲                    ▲    ▲
-//!  ChunkerActor ─hints───────┘    └── Drain / WhenIdle from the supervisor
+//!  ChunkerActor ─hints───────┘    └── Drain / WhenIdle / Hold from the supervisor
 //! ```
 //!
 //! Every announced chunk carries a *permit* of a semaphore of
@@ -99,6 +99,21 @@ pub struct Drain;
 #[rtype(result = "Result<Option<Arc<str>>, Interrupted>")]
 pub struct WhenIdle;
 
+/// Announce nothing more until [`Resume`]; answer once every chunk
+/// announced in `generation` is committed, with the last of them. While
+/// the topology holds still, its stages can change their key groups in
+/// place (`super::committed::Reshare`).
+#[derive(Message)]
+#[rtype(result = "Result<Option<Arc<str>>, Interrupted>")]
+pub struct Hold {
+    pub generation: u64,
+}
+
+/// Announce again after a [`Hold`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resume;
+
 /// The watcher started over (a new generation) or is not running: ask
 /// again.
 #[derive(Debug)]
@@ -109,6 +124,8 @@ enum Control {
     Written { key: String, body: Bytes },
     Drain(oneshot::Sender<()>),
     WhenIdle(oneshot::Sender<Option<Arc<str>>>),
+    Hold(oneshot::Sender<Option<Arc<str>>>),
+    Resume,
 }
 
 /// Hints queued for the listing task; more are dropped (they only save
@@ -227,6 +244,31 @@ impl Handler<Drain> for S3WatcherActor {
     }
 }
 
+impl Handler<Hold> for S3WatcherActor {
+    type Result = ResponseFuture<Result<Option<Arc<str>>, Interrupted>>;
+
+    fn handle(&mut self, msg: Hold, _ctx: &mut Context<Self>) -> Self::Result {
+        if self.state.as_ref().map(|s| s.generation) != Some(msg.generation) {
+            return Box::pin(async { Err(Interrupted) });
+        }
+        self.request(Control::Hold, Err(Interrupted))
+    }
+}
+
+impl Handler<Resume> for S3WatcherActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Resume, _ctx: &mut Context<Self>) {
+        if let Some(state) = &self.state {
+            // Waits for room: a resume must not be dropped like a hint.
+            let control = state.control.clone();
+            actix::spawn(async move {
+                let _ = control.send(Control::Resume).await;
+            });
+        }
+    }
+}
+
 impl Handler<WhenIdle> for S3WatcherActor {
     type Result = ResponseFuture<Result<Option<Arc<str>>, Interrupted>>;
 
@@ -314,6 +356,13 @@ pub struct Listing {
     idle_listings: u64,
     idle_waiters: Vec<(u64, oneshot::Sender<Option<Arc<str>>>)>,
     draining: Option<oneshot::Sender<()>>,
+    /// Held: announce nothing; answer the holder once nothing is in flight.
+    holding: Option<Held>,
+}
+
+enum Held {
+    Waiting(oneshot::Sender<Option<Arc<str>>>),
+    Still,
 }
 
 impl Listing {
@@ -336,6 +385,7 @@ impl Listing {
             idle_listings: 0,
             idle_waiters: Vec::new(),
             draining: None,
+            holding: None,
             wiring,
             reader,
         }
@@ -363,6 +413,13 @@ impl Listing {
                     return Ok(());
                 }
             }
+            // Held: once nothing is in flight, tell the holder.
+            if matches!(self.holding, Some(Held::Waiting(_)))
+                && self.in_flight() == 0
+                && let Some(Held::Waiting(holder)) = self.holding.replace(Held::Still)
+            {
+                let _ = holder.send(self.at.previous.clone());
+            }
             let permits = self.permits.clone();
             let want_list = self.draining.is_none()
                 && self.queue.is_empty()
@@ -377,7 +434,8 @@ impl Listing {
                     }
                     None => return Ok(()),
                 },
-                permit = permits.clone().acquire_owned(), if !self.queue.is_empty() => {
+                permit = permits.clone().acquire_owned(),
+                    if !self.queue.is_empty() && self.holding.is_none() => {
                     let permit = permit.expect("the semaphore is never closed");
                     let (key, listed_at) = self.queue.pop_front().expect("checked");
                     if !self.announce(key, listed_at, permit).await? {
@@ -385,7 +443,8 @@ impl Listing {
                         return Ok(());
                     }
                 }
-                _ = permits.acquire_many(self.in_flight_limit), if self.draining.is_some() => {}
+                _ = permits.acquire_many(self.in_flight_limit),
+                    if self.draining.is_some() || matches!(self.holding, Some(Held::Waiting(_))) => {}
                 // Someone waits for an idle listing: list as soon as the
                 // last chunk in flight is committed.
                 _ = permits.acquire_many(self.in_flight_limit),
@@ -464,6 +523,14 @@ impl Listing {
             Control::Drain(done) => {
                 self.draining = Some(done);
                 false
+            }
+            Control::Hold(holder) => {
+                self.holding = Some(Held::Waiting(holder));
+                false
+            }
+            Control::Resume => {
+                self.holding = None;
+                true
             }
             Control::WhenIdle(waiter) => {
                 self.idle_waiters.push((self.idle_listings + 2, waiter));

@@ -455,3 +455,41 @@ fn the_lookup_table_is_loaded_once_before_the_workers() {
     }
     cluster.assert_exact();
 }
+
+/// A worker that hands key groups to a joining one does it in place: it
+/// holds still until its chunks in flight are committed, drops the groups'
+/// state and goes on with the rest, without loading or replaying anything
+/// after it. The outputs stay exact.
+#[test]
+fn a_worker_hands_key_groups_over_in_place_without_reloading_the_rest() {
+    let Some(cluster) = Cluster::start(200) else {
+        return;
+    };
+    let mut first = cluster.worker(true, &[]);
+    expect_line(&mut first, "key groups taken", Duration::from_secs(30));
+    wait_for_progress(&cluster, 3, Duration::from_secs(30), &mut [&mut first]);
+    let mut second = cluster.worker(true, &[]);
+    expect_line(&mut second, "key groups taken", Duration::from_secs(30));
+    expect_line(
+        &mut first,
+        "handed over to other workers in place",
+        Duration::from_secs(30),
+    );
+    settle(&cluster, &[64, 64], &mut [&mut first, &mut second]);
+    let at = cluster.processed();
+    assert!(at < 40, "the run ended too early to test a hand-over");
+    let log = finish(first);
+    finish(second);
+    let handed = log
+        .iter()
+        .position(|l| l.contains("handed over to other workers in place"))
+        .unwrap();
+    assert!(
+        !log[handed..]
+            .iter()
+            .any(|l| l.contains("loads the committed state of its key groups")),
+        "the worker reloaded after handing groups over:\n{}",
+        log.join("\n")
+    );
+    cluster.assert_exact();
+}
