@@ -19,7 +19,6 @@ use actix::prelude::*;
 use super::wiring::Wiring;
 use crate::db::DbError;
 use crate::detect::{Cents, DetectionKey, Engine, MerchantId, PairState, Snapshot};
-use crate::names::Names;
 use rustc_hash::FxHashSet;
 
 /// Committed state as of the last committed chunk.
@@ -259,11 +258,13 @@ impl Reshare {
         share.as_ref().map(|s| Arc::new(s.without(&self.gone)))
     }
 
-    /// Whether `merchant` is in a group handed over, in a cluster of
-    /// `key_groups`.
-    pub fn drops(&self, key_groups: u32, names: &Names, merchant: MerchantId) -> bool {
-        let group = crate::detect::key_group::key_group(names.name(merchant.0), key_groups);
-        self.gone.contains(&group)
+    /// Whether a merchant is in a group handed over.
+    pub fn drops<'a>(&'a self, wiring: &'a Wiring) -> impl Fn(MerchantId) -> bool + 'a {
+        let (names, key_groups) = (&wiring.names, wiring.settings.cluster.key_groups);
+        move |merchant| {
+            let group = crate::detect::key_group::key_group(names.name(merchant.0), key_groups);
+            self.gone.contains(&group)
+        }
     }
 }
 

@@ -113,10 +113,7 @@ impl Handler<Reshare> for DetectorActor {
     type Result = ();
 
     fn handle(&mut self, msg: Reshare, ctx: &mut Context<Self>) {
-        let (names, key_groups) = (
-            self.behaviour.wiring.names.clone(),
-            self.behaviour.wiring.settings.cluster.key_groups,
-        );
+        let wiring = self.behaviour.wiring.clone();
         let Some(state) = self
             .state
             .as_mut()
@@ -124,7 +121,7 @@ impl Handler<Reshare> for DetectorActor {
         else {
             return;
         };
-        if let Err(panic) = contain(|| state.engine.forget(&|m| msg.drops(key_groups, &names, m))) {
+        if let Err(panic) = contain(|| state.engine.forget(&msg.drops(&wiring))) {
             self.fail(ctx, Failure::Restart(panic));
         }
     }

@@ -123,10 +123,7 @@ impl Handler<Reshare> for PairTableActor {
     type Result = ();
 
     fn handle(&mut self, msg: Reshare, ctx: &mut Context<Self>) {
-        let (names, key_groups) = (
-            self.behaviour.wiring.names.clone(),
-            self.behaviour.wiring.settings.cluster.key_groups,
-        );
+        let wiring = self.behaviour.wiring.clone();
         let Some(state) = self
             .state
             .as_mut()
@@ -134,7 +131,7 @@ impl Handler<Reshare> for PairTableActor {
         else {
             return;
         };
-        match super::wiring::contain(|| state.totals.forget(|m| msg.drops(key_groups, &names, m))) {
+        match super::wiring::contain(|| state.totals.forget(msg.drops(&wiring))) {
             Ok(()) => {
                 let pairs = state.totals.len() as i64;
                 self.behaviour.wiring.metrics.pair_state_pairs.set(pairs);

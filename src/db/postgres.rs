@@ -65,8 +65,6 @@ type Connection = PooledConnection<'static, Manager>;
 
 type Param<'a> = &'a (dyn ToSql + Sync);
 
-const NO_PARAMS: [i64; 0] = [];
-
 impl Columns for Row {
     fn int(&self, index: usize) -> DbResult<i64> {
         get(self, index)
@@ -357,17 +355,18 @@ impl PostgresStore {
         rows
     }
 
-    /// Streams every row of `query` (no parameters), each made owned by
-    /// `convert`, to `visit`.
+    /// Streams every row of `query`, each made owned by `convert`, to
+    /// `visit`. With `groups`, the query reads those key groups (`$1`).
     async fn scan_rows<T: Send + 'static>(
         &self,
         query: &'static str,
+        groups: Option<Vec<i32>>,
         convert: fn(&Row) -> DbResult<T>,
         visit: impl FnMut(&T),
     ) -> DbResult<()> {
         let rows = self.scan(move |connection, mut sink| async move {
             let result = async {
-                let rows = connection.query_raw(query, NO_PARAMS).await?;
+                let rows = connection.query_raw(query, scan_params(&groups)).await?;
                 forward(rows, &mut sink, convert).await.map(drop)
             }
             .await;
@@ -377,6 +376,51 @@ impl PostgresStore {
             .await
             .map_err(|e| self.explain(e))
     }
+
+    /// The cumulative pair state: compacted pairs (`pairs`) with the
+    /// pending deltas (`deltas`) added, from one snapshot (a compaction may
+    /// commit meanwhile). With `groups`, both queries read those key
+    /// groups (`$1`).
+    async fn scan_pair_parts(
+        &self,
+        deltas: &'static str,
+        pairs: &'static str,
+        groups: Option<Vec<i32>>,
+        visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
+    ) -> DbResult<()> {
+        let parts = self.scan(move |mut connection, mut sink| async move {
+            let result = async {
+                let tx = connection
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let found = tx.query_raw(deltas, scan_params(&groups)).await?;
+                if forward(found, &mut sink, |row| Ok(PairPart::Delta(get(row, 0)?))).await? {
+                    let found = tx.query_raw(pairs, scan_params(&groups)).await?;
+                    forward(found, &mut sink, |row| Ok(PairPart::Pair(pair(row)?))).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+            .await;
+            sink.finish_async(result).await;
+        });
+        scan::merge_pairs(parts, visit)
+            .await
+            .map_err(|e| self.explain(e))
+    }
+}
+
+/// A scan's parameters: none, or the key groups it reads as `$1`.
+fn scan_params(groups: &Option<Vec<i32>>) -> Vec<Param<'_>> {
+    groups.iter().map(|groups| groups as Param).collect()
+}
+
+/// A detection's key as [`scan::visit_emitted`] takes it.
+fn emitted(row: &Row) -> DbResult<(crate::detect::Pattern, String, String)> {
+    Ok((scan::pattern(get(row, 0)?)?, get(row, 1)?, get(row, 2)?))
 }
 
 /// Longest name stored as itself in a key column (see `V6__long_names.sql`):
@@ -967,6 +1011,7 @@ impl StateStore for PostgresStore {
                 name_of!("customer"),
                 ", weight_sum_cents, weight_rows FROM customer_importance"
             ),
+            None,
             |row| Ok((get(row, 0)?, get(row, 1)?, get(row, 2)?, get(row, 3)?)),
             scan::visit_weights(visit),
         )
@@ -1186,37 +1231,15 @@ impl StateStore for PostgresStore {
         &self,
         visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
     ) -> DbResult<()> {
-        // Pending deltas and pair_state from one snapshot (a compaction may
-        // commit meanwhile).
-        let parts = self.scan(|mut connection, mut sink| async move {
-            let result = async {
-                let tx = connection
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await?;
-                let deltas = tx.query_raw(sql::PENDING_DELTAS, NO_PARAMS).await?;
-                if forward(deltas, &mut sink, |row| Ok(PairPart::Delta(get(row, 0)?))).await? {
-                    let pairs = tx.query_raw(SELECT_PAIRS, NO_PARAMS).await?;
-                    forward(pairs, &mut sink, |row| Ok(PairPart::Pair(pair(row)?))).await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-            .await;
-            sink.finish_async(result).await;
-        });
-        scan::merge_pairs(parts, visit)
+        self.scan_pair_parts(sql::PENDING_DELTAS, SELECT_PAIRS, None, visit)
             .await
-            .map_err(|e| self.explain(e))
     }
 
     async fn scan_compacted_pairs(
         &self,
         visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
     ) -> DbResult<()> {
-        self.scan_rows(SELECT_PAIRS, pair, scan::visit_pairs(visit))
+        self.scan_rows(SELECT_PAIRS, None, pair, scan::visit_pairs(visit))
             .await
     }
 
@@ -1252,7 +1275,8 @@ impl StateStore for PostgresStore {
                 name_of!("customer"),
                 " FROM detected_patterns"
             ),
-            |row| Ok((scan::pattern(get(row, 0)?)?, get(row, 1)?, get(row, 2)?)),
+            None,
+            emitted,
             scan::visit_emitted(visit),
         )
         .await

@@ -22,12 +22,12 @@ use std::collections::BTreeMap;
 use tokio_postgres::Transaction;
 
 use super::{
-    Connection, LongNames, NOW_MS, Param, PostgresStore, forward, get, insert_detections, pair,
-    query_all, query_opt,
+    Connection, LongNames, NOW_MS, Param, PostgresStore, emitted, insert_detections, query_all,
+    query_opt,
 };
 use crate::db::lease::{self, LeaseRow};
 use crate::db::rules::{self, CommitRows, to_i64};
-use crate::db::scan::{self, PairPart};
+use crate::db::scan;
 use crate::db::{
     ChunkRecord, Claimant, CommitBatch, CommitOutcome, DbError, DbResult, DetectionRecord,
     EmittedRow, PairRow,
@@ -492,35 +492,13 @@ impl PostgresStore {
         visit: &mut (dyn for<'r> FnMut(PairRow<'r>) + Send),
     ) -> DbResult<()> {
         let groups: Vec<i32> = groups.iter().map(|&g| g as i32).collect();
-        let parts = self.scan(move |mut connection, mut sink| async move {
-            let result = async {
-                let tx = connection
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await?;
-                let params: [Param; 1] = [&groups];
-                let deltas = tx
-                    .query_raw(
-                        "SELECT delta FROM group_deltas WHERE key_group = ANY($1)
-                         ORDER BY key_group, seq",
-                        params,
-                    )
-                    .await?;
-                if forward(deltas, &mut sink, |row| Ok(PairPart::Delta(get(row, 0)?))).await? {
-                    let pairs = tx.query_raw(SELECT_GROUP_PAIRS, params).await?;
-                    forward(pairs, &mut sink, |row| Ok(PairPart::Pair(pair(row)?))).await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-            .await;
-            sink.finish_async(result).await;
-        });
-        scan::merge_pairs(parts, visit)
-            .await
-            .map_err(|e| self.explain(e))
+        self.scan_pair_parts(
+            "SELECT delta FROM group_deltas WHERE key_group = ANY($1) ORDER BY key_group, seq",
+            SELECT_GROUP_PAIRS,
+            Some(groups),
+            visit,
+        )
+        .await
     }
 
     /// The detections `groups` already emitted.
@@ -530,22 +508,13 @@ impl PostgresStore {
         visit: &mut (dyn for<'r> FnMut(EmittedRow<'r>) + Send),
     ) -> DbResult<()> {
         let groups: Vec<i32> = groups.iter().map(|&g| g as i32).collect();
-        let rows = self.scan(move |connection, mut sink| async move {
-            let result = async {
-                let params: [Param; 1] = [&groups];
-                let rows = connection.query_raw(SELECT_GROUP_EMITTED, params).await?;
-                forward(rows, &mut sink, |row| {
-                    Ok((scan::pattern(get(row, 0)?)?, get(row, 1)?, get(row, 2)?))
-                })
-                .await
-                .map(drop)
-            }
-            .await;
-            sink.finish_async(result).await;
-        });
-        scan::visit_all(rows, scan::visit_emitted(visit))
-            .await
-            .map_err(|e| self.explain(e))
+        self.scan_rows(
+            SELECT_GROUP_EMITTED,
+            Some(groups),
+            emitted,
+            scan::visit_emitted(visit),
+        )
+        .await
     }
 
     /// Commits one worker's chunks for its key groups (see the module
