@@ -95,88 +95,72 @@ pub struct Topology {
 impl Topology {
     /// Starts every stage on its own arbiter (thread), downstream first.
     fn start(wiring: &Arc<Wiring>, supervisor: Addr<SupervisorActor>) -> Topology {
-        let capacity = wiring.settings.actors.mailbox_capacity;
-        let supervision = wiring.supervision.clone();
-        let restarted = supervisor.clone().recipient::<Restarted>();
-        let start = |name: &str| {
-            (
-                name.to_string(),
-                capacity,
-                supervision.clone(),
-                restarted.clone(),
-            )
-        };
-        macro_rules! spawn {
-            ($name:expr, $behaviour:expr) => {{
-                let (name, capacity, supervision, restarted) = start($name);
-                Supervised::start(name, $behaviour, capacity, supervision, restarted)
-            }};
-        }
+        let spawner = Spawner::new(wiring, &supervisor);
         let w = || wiring.clone();
         let single = wiring.cluster.is_none();
         let batch_writer = single.then(|| {
-            spawn!(
+            spawner.spawn(
                 "batch-writer",
                 BatchWriter {
                     wiring: w(),
                     fence: wiring.fence.clone(),
-                }
+                },
             )
         });
-        let compactor = spawn!("compactor", Compactor { wiring: w() });
-        let tracker = spawn!(
+        let compactor = spawner.spawn("compactor", Compactor { wiring: w() });
+        let tracker = spawner.spawn(
             "tracker",
             Tracker {
                 wiring: w(),
                 batch_writer: batch_writer.clone(),
                 compactor: compactor.clone(),
                 supervisor: supervisor.clone(),
-            }
+            },
         );
         let detectors: Vec<_> = parts(shards(&wiring.settings))
             .map(|(pattern, shard)| {
-                spawn!(
+                spawner.spawn(
                     &Detector::name(pattern, shard),
                     Detector {
                         wiring: w(),
                         pattern,
                         shard,
-                    }
+                    },
                 )
             })
             .collect();
-        let pair_table = spawn!(
+        let pair_table = spawner.spawn(
             "pair-table",
             PairTable {
                 wiring: w(),
                 detectors: detectors.clone(),
                 tracker: tracker.clone(),
                 supervisor: supervisor.clone(),
-            }
+            },
         );
-        let reader = spawn!(
+        let reader = spawner.spawn(
             "reader",
             Reader {
                 wiring: w(),
                 pair_table: pair_table.clone(),
-            }
+            },
         );
-        let watcher = spawn!(
+        let watcher = spawner.spawn(
             "watcher",
             Watcher {
                 wiring: w(),
                 reader: reader.clone(),
-            }
+            },
         );
         let chunker = single.then(|| {
-            spawn!(
+            spawner.spawn(
                 "chunker",
                 Chunker {
                     wiring: w(),
                     fence: wiring.fence.clone(),
                     watcher: watcher.clone(),
                     supervisor: supervisor.clone(),
-                }
+                },
             )
         });
         let mut edges = vec![
@@ -251,29 +235,22 @@ impl Topology {
         supervisor: Addr<SupervisorActor>,
         fence: Fence,
     ) {
-        let capacity = wiring.settings.actors.mailbox_capacity;
-        let restarted = supervisor.clone().recipient::<Restarted>();
-        self.batch_writer = Some(Supervised::start(
-            "batch-writer".to_string(),
+        let spawner = Spawner::new(wiring, &supervisor);
+        self.batch_writer = Some(spawner.spawn(
+            "batch-writer",
             BatchWriter {
                 wiring: wiring.clone(),
                 fence: fence.clone(),
             },
-            capacity,
-            wiring.supervision.clone(),
-            restarted.clone(),
         ));
-        self.chunker = Some(Supervised::start(
-            "chunker".to_string(),
+        self.chunker = Some(spawner.spawn(
+            "chunker",
             Chunker {
                 wiring: wiring.clone(),
                 fence,
                 watcher: self.watcher.clone(),
                 supervisor,
             },
-            capacity,
-            wiring.supervision.clone(),
-            restarted,
         ));
     }
 
@@ -303,6 +280,38 @@ impl Topology {
             .zip(parts(shards(&wiring.settings)))
             .find(|(d, _)| !d.connected())
             .map(|(_, (pattern, shard))| Detector::name(pattern, shard))
+    }
+}
+
+/// Starts stages under supervision, each on its own arbiter, with the
+/// configured mailbox capacity, reporting restarts to the supervisor.
+struct Spawner {
+    capacity: usize,
+    supervision: Arc<super::supervised::Supervision>,
+    restarted: Recipient<Restarted>,
+}
+
+impl Spawner {
+    fn new(wiring: &Wiring, supervisor: &Addr<SupervisorActor>) -> Spawner {
+        Spawner {
+            capacity: wiring.settings.actors.mailbox_capacity,
+            supervision: wiring.supervision.clone(),
+            restarted: supervisor.clone().recipient(),
+        }
+    }
+
+    fn spawn<B: super::supervised::Behaviour + Send>(
+        &self,
+        name: &str,
+        behaviour: B,
+    ) -> Mailbox<Supervised<B>> {
+        Supervised::start(
+            name.to_string(),
+            behaviour,
+            self.capacity,
+            self.supervision.clone(),
+            self.restarted.clone(),
+        )
     }
 }
 
