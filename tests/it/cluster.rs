@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use support::child::{self, Running, Waited, expect_line, finish, said};
 use support::outputs::Outputs;
-use support::pg::TestDb;
-use support::s3_server::S3TestServer;
+use support::s3pg::S3Postgres;
 
 const ROWS_PER_CHUNK: u64 = 2_000;
 const BATCH: u64 = 5;
@@ -35,22 +34,13 @@ fn reference() -> Outputs {
 
 /// A cluster's bucket (the S3 test server) and database.
 struct Cluster {
-    db: TestDb,
-    server: S3TestServer,
-    config: PathBuf,
-    env: Vec<(String, String)>,
-    _dir: tempfile::TempDir,
+    place: S3Postgres,
 }
 
 impl Cluster {
     fn start(interval_ms: u64) -> Option<Cluster> {
-        let db = TestDb::create()?;
         let (tx, net) = dataset();
-        let server = S3TestServer::start("txpipe-data");
-        support::configs::upload_inputs(&server, &tx, &net);
-        let dir = tempfile::tempdir().unwrap();
-        let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "cluster", "");
-        let mut env = server.env();
+        let mut place = S3Postgres::start(&tx, &net, "cluster")?;
         for (key, value) in [
             ("RUST_LOG", "info".to_string()),
             (
@@ -64,23 +54,17 @@ impl Cluster {
             ("TXPIPE__CLUSTER__HEARTBEAT_MS", HEARTBEAT_MS.to_string()),
             ("TXPIPE__WATCHER__SWEEP_INTERVAL_MS", "300".to_string()),
         ] {
-            env.push((key.to_string(), value));
+            place.env.push((key.to_string(), value));
         }
-        Some(Cluster {
-            db,
-            server,
-            config,
-            env,
-            _dir: dir,
-        })
+        Some(Cluster { place })
     }
 
     fn worker(&self, until_done: bool, extra_env: &[(&str, &str)]) -> Running {
-        let mut args = vec!["run", "--config", self.config.to_str().unwrap()];
+        let mut args = vec!["run", "--config", self.place.config.to_str().unwrap()];
         if until_done {
             args.push("--exit-when-done");
         }
-        let mut env = self.env.clone();
+        let mut env = self.place.env.clone();
         env.extend(
             extra_env
                 .iter()
@@ -89,22 +73,18 @@ impl Cluster {
         child::spawn(&args, &env)
     }
 
-    fn bucket(&self) -> PathBuf {
-        self.server.root().join("txpipe-data/cluster")
-    }
-
     fn processed(&self) -> i64 {
-        self.db.query("SELECT count(*) FROM processed_chunks")[0].get(0)
+        self.place.db.query("SELECT count(*) FROM processed_chunks")[0].get(0)
     }
 
     fn status(&self, json: bool) -> String {
-        let mut args = vec!["status", "--config", self.config.to_str().unwrap()];
+        let mut args = vec!["status", "--config", self.place.config.to_str().unwrap()];
         if json {
             args.push("--json");
         }
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_txpipe"))
             .args(&args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.place.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .unwrap();
         assert!(output.status.success(), "{output:?}");
@@ -114,7 +94,7 @@ impl Cluster {
     /// The outputs must be those of one uninterrupted single process,
     /// detection files line for line.
     fn assert_exact(&self) {
-        let outputs = Outputs::read_postgres(&self.db.url, self.bucket());
+        let outputs = Outputs::read_postgres(&self.place.db.url, self.place.bucket());
         let reference = reference();
         support::assert_same_outputs(&outputs, &reference, &dataset().0, ROWS_PER_CHUNK, BATCH);
         let lines = |o: &Outputs| -> Vec<Vec<(String, String, String)>> {
@@ -324,11 +304,12 @@ fn a_worker_cut_off_from_postgres_loses_its_key_groups_and_outputs_stay_exact() 
     expect_line(&mut leader, "chunker lease taken", Duration::from_secs(30));
     let proxy = support::tcp_proxy::TcpProxy::start("127.0.0.1:5432");
     let url = cluster
+        .place
         .db
         .url
         .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port()));
     assert_ne!(
-        url, cluster.db.url,
+        url, cluster.place.db.url,
         "the test database is on 127.0.0.1:5432"
     );
     let mut cut = cluster.worker(true, &[("TXPIPE__DATABASE__URL", &url)]);
@@ -432,11 +413,17 @@ fn the_lookup_table_is_loaded_once_before_the_workers() {
     let Some(cluster) = Cluster::start(0) else {
         return;
     };
-    let config = cluster.config.to_str().unwrap().to_string();
+    let config = cluster.place.config.to_str().unwrap().to_string();
     let load = || {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_txpipe"))
             .args(["load-lookup", "--config", &config])
-            .envs(cluster.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                cluster
+                    .place
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .output()
             .unwrap();
         assert!(output.status.success(), "{output:?}");

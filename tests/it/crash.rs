@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use support::child::{self, Waited};
 use support::outputs::Outputs;
+use support::s3pg::S3Postgres;
 use txpipe::actors::supervisor::RunMode;
 
 const ROWS_PER_CHUNK: u64 = 2_000;
@@ -185,17 +186,25 @@ fn embedded_survives_sigkill_at_any_moment() {
     assert_same(&Outputs::read(dir.path()), &reference);
 }
 
+/// A loop of kills at pause points ([`crash_loop`], [`cluster_crash_loop`]).
+type KillLoop =
+    fn(&Path, &[(String, String)], &[&'static str], u64) -> BTreeMap<&'static str, usize>;
+
 #[test]
 fn s3_and_postgres_survive_sigkill_at_any_moment() {
-    let Some(db) = support::pg::TestDb::create() else {
+    s3_postgres_survive_sigkill("crash", &[], crash_loop, 11);
+}
+
+/// A run on the S3 test server and PostgreSQL (bucket prefix `prefix`,
+/// `extra` settings) driven through `kills` at the pause points: the
+/// chunk's and the commit's moments are hit, and the outputs are those of
+/// an uninterrupted run.
+fn s3_postgres_survive_sigkill(prefix: &str, extra: &[(&str, &str)], kills: KillLoop, seed: u64) {
+    let (tx, net) = dataset();
+    let Some(mut place) = S3Postgres::start(&tx, &net, prefix) else {
         return;
     };
     let reference = reference();
-    let (tx, net) = dataset();
-    let server = support::s3_server::S3TestServer::start("txpipe-data");
-    support::configs::upload_inputs(&server, &tx, &net);
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "crash", "");
     let points = [
         "chunk-put",
         "chunk-saved",
@@ -204,9 +213,11 @@ fn s3_and_postgres_survive_sigkill_at_any_moment() {
         "batch-assigned",
         "batch-put",
     ];
-    let mut env = server.env();
-    env.extend(overrides());
-    let landed = crash_loop(&config, &env, &points, 11);
+    place.env.extend(overrides());
+    place
+        .env
+        .extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let landed = kills(&place.config, &place.env, &points, seed);
     eprintln!("kills: {landed:?}");
     for point in ["chunk-put", "commit", "batch-assigned"] {
         assert!(
@@ -215,7 +226,7 @@ fn s3_and_postgres_survive_sigkill_at_any_moment() {
         );
     }
     assert_same(
-        &Outputs::read_postgres(&db.url, server.root().join("txpipe-data/crash")),
+        &Outputs::read_postgres(&place.db.url, place.bucket()),
         &reference,
     );
 }
@@ -311,42 +322,10 @@ fn cluster_crash_loop(
 
 #[test]
 fn a_cluster_of_two_workers_survives_sigkill_at_any_moment() {
-    let Some(db) = support::pg::TestDb::create() else {
-        return;
-    };
-    let reference = reference();
-    let (tx, net) = dataset();
-    let server = support::s3_server::S3TestServer::start("txpipe-data");
-    support::configs::upload_inputs(&server, &tx, &net);
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "cluster", "");
-    let points = [
-        "chunk-put",
-        "chunk-saved",
-        "chunk-fetch",
-        "commit",
-        "batch-assigned",
-        "batch-put",
-    ];
-    let mut env = server.env();
-    env.extend(overrides());
-    for (key, value) in [
+    let cluster = [
         ("TXPIPE__CLUSTER__ENABLED", "true"),
         ("TXPIPE__CLUSTER__LEASE_TTL_MS", "1000"),
         ("TXPIPE__CLUSTER__HEARTBEAT_MS", "200"),
-    ] {
-        env.push((key.to_string(), value.to_string()));
-    }
-    let landed = cluster_crash_loop(&config, &env, &points, 13);
-    eprintln!("kills: {landed:?}");
-    for point in ["chunk-put", "commit", "batch-assigned"] {
-        assert!(
-            landed.contains_key(point),
-            "no kill during {point}: {landed:?}"
-        );
-    }
-    assert_same(
-        &Outputs::read_postgres(&db.url, server.root().join("txpipe-data/cluster")),
-        &reference,
-    );
+    ];
+    s3_postgres_survive_sigkill("cluster", &cluster, cluster_crash_loop, 13);
 }

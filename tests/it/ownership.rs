@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::child::{self, Running, Waited, expect_line, finish, said};
 use support::outputs::Outputs;
-use support::pg::TestDb;
-use support::s3_server::S3TestServer;
+use support::s3pg::S3Postgres;
 use txpipe::actors::supervisor::RunMode;
 
 const ROWS_PER_CHUNK: u64 = 2_000;
@@ -80,43 +79,17 @@ fn status(config: &Path, env: &[(String, String)]) -> String {
 
 /// A pipeline on S3 (the test server, inputs uploaded, prefix `prod`) and a
 /// fresh PostgreSQL database, run with `overrides(interval_ms)`.
-struct S3Postgres {
-    db: TestDb,
-    server: S3TestServer,
-    config: PathBuf,
-    env: Vec<(String, String)>,
-    _dir: tempfile::TempDir,
+fn s3_postgres(interval_ms: u64) -> Option<S3Postgres> {
+    let (tx, net) = dataset();
+    let mut s3pg = S3Postgres::start(&tx, &net, "prod")?;
+    s3pg.env.extend(overrides(interval_ms));
+    Some(s3pg)
 }
 
-impl S3Postgres {
-    fn start(interval_ms: u64) -> Option<S3Postgres> {
-        let db = TestDb::create()?;
-        let (tx, net) = dataset();
-        let server = S3TestServer::start("txpipe-data");
-        support::configs::upload_inputs(&server, &tx, &net);
-        let dir = tempfile::tempdir().unwrap();
-        let config = support::configs::s3_postgres(dir.path(), &server, &db.url, "prod", "");
-        let mut env = server.env();
-        env.extend(overrides(interval_ms));
-        Some(S3Postgres {
-            db,
-            server,
-            config,
-            env,
-            _dir: dir,
-        })
-    }
-
-    /// The bucket's directory on the test server's disk.
-    fn bucket(&self) -> PathBuf {
-        self.server.root().join("txpipe-data/prod")
-    }
-
-    /// The outputs must be those of one uninterrupted run.
-    fn assert_exact(&self) {
-        let outputs = Outputs::read_postgres(&self.db.url, self.bucket());
-        support::assert_same_outputs(&outputs, &reference(), &dataset().0, ROWS_PER_CHUNK, BATCH);
-    }
+/// The outputs must be those of one uninterrupted run.
+fn assert_exact(s3pg: &S3Postgres) {
+    let outputs = Outputs::read_postgres(&s3pg.db.url, s3pg.bucket());
+    support::assert_same_outputs(&outputs, &reference(), &dataset().0, ROWS_PER_CHUNK, BATCH);
 }
 
 /// Starts the owner, waits until it holds the lease, then starts a second
@@ -168,11 +141,11 @@ fn two_processes_started_at_once_on_sqlite_give_the_outputs_of_one() {
 
 #[test]
 fn two_processes_started_at_once_on_s3_and_postgres_give_the_outputs_of_one() {
-    let Some(s3pg) = S3Postgres::start(20) else {
+    let Some(s3pg) = s3_postgres(20) else {
         return;
     };
     two_at_once(&s3pg.config, &s3pg.env);
-    s3pg.assert_exact();
+    assert_exact(&s3pg);
 }
 
 #[test]
@@ -283,14 +256,14 @@ fn a_frozen_owner_whose_lease_passed_on_writes_nothing_more_on_sqlite() {
 
 #[test]
 fn a_frozen_owner_whose_lease_passed_on_writes_nothing_more_on_postgres() {
-    let Some(s3pg) = S3Postgres::start(100) else {
+    let Some(s3pg) = s3_postgres(100) else {
         return;
     };
     freeze_until_taken_over(&s3pg.config, &s3pg.env, || {
         let count: i64 = s3pg.db.query("SELECT count(*) FROM processed_chunks")[0].get(0);
         count as usize
     });
-    s3pg.assert_exact();
+    assert_exact(&s3pg);
 }
 
 #[test]
@@ -518,7 +491,7 @@ proptest::proptest! {
 /// every real chunk is applied.
 #[test]
 fn strangers_in_an_s3_bucket_are_copied_aside_and_recorded_in_postgres() {
-    let Some(s3pg) = S3Postgres::start(0) else {
+    let Some(s3pg) = s3_postgres(0) else {
         return;
     };
     let bucket = s3pg.bucket();
@@ -556,5 +529,5 @@ fn strangers_in_an_s3_bucket_are_copied_aside_and_recorded_in_postgres() {
     for name in [evil, "chunk-0000000000-00000000T000000000Z.csv"] {
         std::fs::remove_file(chunks.join(name)).unwrap();
     }
-    s3pg.assert_exact();
+    assert_exact(&s3pg);
 }

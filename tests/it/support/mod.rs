@@ -8,6 +8,7 @@ pub mod oracle;
 pub mod outputs;
 pub mod pg;
 pub mod s3_server;
+pub mod s3pg;
 pub mod tcp_proxy;
 
 use std::path::{Path, PathBuf};
