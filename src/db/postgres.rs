@@ -759,36 +759,54 @@ async fn compact(mut connection: Connection, fence: Fence, max_chunks: usize) ->
     for row in &rows {
         merged.add(row.get::<_, &[u8]>(1))?;
     }
-    let sink = tx
-        .copy_in(
-            "COPY pair_delta (merchant, customer, txn_count, amount_cents, gender) \
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let writer = BinaryCopyInWriter::new(
-        sink,
-        &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT],
-    );
-    pin_mut!(writer);
-    let mut long = LongNames::default();
-    for pair in merged.iter() {
-        writer
-            .as_mut()
-            .write(&[
-                &&*long.key(pair.merchant),
-                &&*long.key(pair.customer),
-                &to_i64(pair.count),
-                &pair.amount,
-                &pair.gender.code(),
-            ])
-            .await?;
-    }
-    writer.finish().await?;
-    long.save(&tx).await?;
+    copy_merged(
+        &tx,
+        "COPY pair_delta (merchant, customer, txn_count, amount_cents, gender) \
+         FROM STDIN (FORMAT binary)",
+        &[(None, &merged)],
+    )
+    .await?;
     tx.execute(UPSERT_PAIRS, &[]).await?;
     tx.execute(sql::DELETE_DELTAS_UP_TO, &[&last]).await?;
     tx.commit().await?;
     Ok(rows.len() as u64)
+}
+
+/// Writes merged pairs into a session table by binary COPY (`copy`, whose
+/// columns are the pairs' key group when they carry one, then merchant,
+/// customer, count, amount and gender), long names as their tokens, and
+/// saves those long names in the same transaction. Compaction's first
+/// step, for a single process's pairs and a cluster's key groups alike.
+async fn copy_merged(
+    tx: &tokio_postgres::Transaction<'_>,
+    copy: &str,
+    parts: &[(Option<i32>, &super::delta::Merged)],
+) -> DbResult<()> {
+    let grouped = parts.first().is_some_and(|(group, _)| group.is_some());
+    let pair_types = [Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT];
+    let types: Vec<Type> = grouped
+        .then_some(Type::INT4)
+        .into_iter()
+        .chain(pair_types)
+        .collect();
+    let writer = BinaryCopyInWriter::new(tx.copy_in(copy).await?, &types);
+    pin_mut!(writer);
+    let mut long = LongNames::default();
+    for (group, merged) in parts {
+        for pair in merged.iter() {
+            let (merchant, customer) = (long.key(pair.merchant), long.key(pair.customer));
+            let (count, gender) = (to_i64(pair.count), pair.gender.code());
+            let [m, c, n, a, g]: [Param<'_>; 5] =
+                [&&*merchant, &&*customer, &count, &pair.amount, &gender];
+            match &group {
+                Some(group) => writer.as_mut().write(&[group, m, c, n, a, g]).await?,
+                None => writer.as_mut().write(&[m, c, n, a, g]).await?,
+            }
+        }
+    }
+    writer.finish().await?;
+    long.save(tx).await?;
+    Ok(())
 }
 
 async fn acquire_lease(

@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use tokio_postgres::Transaction;
 
 use super::{
-    Connection, LongNames, NOW_MS, Param, PostgresStore, emitted, insert_detections, query_all,
-    query_opt,
+    Connection, LongNames, NOW_MS, Param, PostgresStore, copy_merged, emitted, insert_detections,
+    query_all, query_opt,
 };
 use crate::db::lease::{self, LeaseRow};
 use crate::db::rules::{self, CommitRows, to_i64};
@@ -913,8 +913,6 @@ async fn compact_groups(
     fences: Vec<(u32, u64)>,
     max_deltas: usize,
 ) -> DbResult<u64> {
-    use tokio_postgres::binary_copy::BinaryCopyInWriter;
-    use tokio_postgres::types::Type;
     let tx = connection.transaction().await?;
     check_group_fences(&tx, &owner, &fences).await?;
     let groups: Vec<i32> = fences.iter().map(|&(g, _)| g as i32).collect();
@@ -946,42 +944,16 @@ async fn compact_groups(
          ) ON COMMIT DELETE ROWS",
     )
     .await?;
-    let sink = tx
-        .copy_in(
-            "COPY group_pair_delta (key_group, merchant, customer, txn_count, amount_cents, gender) \
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let writer = BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::INT4,
-            Type::TEXT,
-            Type::TEXT,
-            Type::INT8,
-            Type::INT8,
-            Type::TEXT,
-        ],
-    );
-    futures::pin_mut!(writer);
-    let mut long = LongNames::default();
-    for (group, pairs) in &merged {
-        for pair in pairs.iter() {
-            writer
-                .as_mut()
-                .write(&[
-                    group,
-                    &&*long.key(pair.merchant),
-                    &&*long.key(pair.customer),
-                    &to_i64(pair.count),
-                    &pair.amount,
-                    &pair.gender.code(),
-                ])
-                .await?;
-        }
-    }
-    writer.finish().await?;
-    long.save(&tx).await?;
+    copy_merged(
+        &tx,
+        "COPY group_pair_delta (key_group, merchant, customer, txn_count, amount_cents, gender) \
+         FROM STDIN (FORMAT binary)",
+        &merged
+            .iter()
+            .map(|(group, pairs)| (Some(*group), pairs))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
     tx.execute(
         "INSERT INTO group_pairs (key_group, merchant, customer, txn_count, amount_cents, gender)
          SELECT key_group, merchant, customer, txn_count, amount_cents, gender FROM group_pair_delta
