@@ -524,11 +524,37 @@ ON CONFLICT (merchant, customer) DO UPDATE SET
         ELSE pair_state.amount_cents + EXCLUDED.amount_cents
     END";
 
-const INSERT_CHUNKS: &str = "\
-INSERT INTO processed_chunks (chunk_name, seq, status, rows, bad_rows, detections, reason, processed_at)
+/// The commit's chunks as rows `c(name, seq, status, rows, bad_rows,
+/// detections, reason)`, from the parameters of [`chunk_params`].
+macro_rules! commit_chunks {
+    () => {
+        "UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])
+    AS c(name, seq, status, rows, bad_rows, detections, reason)"
+    };
+}
+
+const INSERT_CHUNKS: &str = concat!(
+    "INSERT INTO processed_chunks (chunk_name, seq, status, rows, bad_rows, detections, reason, processed_at)
 SELECT name, seq, status, rows, bad_rows, detections, reason, $8
-FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])
-    AS c(name, seq, status, rows, bad_rows, detections, reason)";
+FROM ",
+    commit_chunks!()
+);
+
+/// The parameters of [`commit_chunks`] (`$1` to `$7`) and the time the
+/// chunks were processed (`$8`).
+fn chunk_params(rows: &CommitRows) -> [Param<'_>; 8] {
+    let c = &rows.chunks;
+    [
+        &c.name,
+        &c.seq,
+        &c.status,
+        &c.rows,
+        &c.bad_rows,
+        &c.detections,
+        &c.reason,
+        &rows.processed_at,
+    ]
+}
 
 /// TLS as libpq does it: `sslmode=prefer` (the default) and `require`
 /// encrypt without checking the server's certificate; `verify-ca` checks
@@ -721,17 +747,7 @@ async fn commit(
         }
         Ok::<(), tokio_postgres::Error>(())
     };
-    let c = &rows.chunks;
-    let chunk_params: [Param; 8] = [
-        &c.name,
-        &c.seq,
-        &c.status,
-        &c.rows,
-        &c.bad_rows,
-        &c.detections,
-        &c.reason,
-        &rows.processed_at,
-    ];
+    let chunk_params = chunk_params(&rows);
     let chunks = tx.execute(INSERT_CHUNKS, &chunk_params);
     // A single process's detections have no key group.
     let no_groups = vec![None; rows.detections.customer.len()];

@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use tokio_postgres::Transaction;
 
 use super::{
-    Connection, LongNames, NOW_MS, Param, PostgresStore, copy_merged, emitted, insert_detections,
-    query_all, query_opt,
+    Connection, LongNames, NOW_MS, Param, PostgresStore, chunk_params, copy_merged, emitted,
+    insert_detections, query_all, query_opt,
 };
 use crate::db::lease::{self, LeaseRow};
 use crate::db::rules::{self, CommitRows, to_i64};
@@ -844,20 +844,10 @@ async fn commit_groups(
         .query_one("SELECT min(last_seq) FROM group_progress", &[])
         .await?
         .get(0);
-    let c = &rows.chunks;
     let frontier = frontier.unwrap_or(-1);
-    let chunk_params: [Param; 9] = [
-        &c.name,
-        &c.seq,
-        &c.status,
-        &c.rows,
-        &c.bad_rows,
-        &c.detections,
-        &c.reason,
-        &rows.processed_at,
-        &frontier,
-    ];
-    tx.execute(INSERT_PROCESSED_UP_TO, &chunk_params).await?;
+    let [n, s, st, r, b, d, re, at] = chunk_params(&rows);
+    let params: [Param; 9] = [n, s, st, r, b, d, re, at, &frontier];
+    tx.execute(INSERT_PROCESSED_UP_TO, &params).await?;
     crate::pause_points::reached("commit");
     tx.commit().await?;
     Ok(CommitOutcome::Committed)
@@ -865,15 +855,17 @@ async fn commit_groups(
 
 /// The commit's chunks that every key group has applied (`seq <= $9`), with
 /// their detections counted over every group, unless recorded already.
-const INSERT_PROCESSED_UP_TO: &str = "\
-INSERT INTO processed_chunks (chunk_name, seq, status, rows, bad_rows, detections, reason, processed_at)
+const INSERT_PROCESSED_UP_TO: &str = concat!(
+    "INSERT INTO processed_chunks (chunk_name, seq, status, rows, bad_rows, detections, reason, processed_at)
 SELECT c.name, c.seq, c.status, c.rows, c.bad_rows,
        (SELECT count(*) FROM detected_patterns d WHERE d.chunk_name = c.name AND d.key_group IS NOT NULL),
        c.reason, $8
-FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[])
-    AS c(name, seq, status, rows, bad_rows, detections, reason)
+FROM ",
+    commit_chunks!(),
+    "
 WHERE c.seq <= $9
-ON CONFLICT (chunk_name) DO NOTHING";
+ON CONFLICT (chunk_name) DO NOTHING"
+);
 
 impl PostgresStore {
     /// Deltas waiting to be compacted in `groups`.
