@@ -355,6 +355,9 @@ struct Membership {
     chunker: Option<Fence>,
     /// A heartbeat is under way.
     beating: bool,
+    /// Key groups are being handed over ([`SupervisorActor::hand_over`]):
+    /// heartbeats go on renewing, but neither take nor let go meanwhile.
+    handing_over: bool,
     /// Start a generation after the heartbeat under way, changed or not.
     regenerate: bool,
     /// Catch-up mode: waiting for the end has begun.
@@ -392,6 +395,7 @@ impl SupervisorActor {
             held: BTreeMap::new(),
             chunker: None,
             beating: false,
+            handing_over: false,
             regenerate: false,
             finishing: false,
             beats: 0,
@@ -418,7 +422,7 @@ impl SupervisorActor {
         );
         let beat = Beat {
             stopping: false,
-            may_take: m.beats > 0,
+            may_take: m.beats > 0 && !m.handing_over,
             // A running generation hands groups over in place; one that
             // is about to start simply loads fewer.
             defer_release: self.generation > 0 && !m.regenerate,
@@ -439,13 +443,18 @@ impl SupervisorActor {
         if self.stopping {
             return;
         }
-        let r = match outcome {
+        let mut r = match outcome {
             Ok(r) => r,
             Err(error) => {
                 warn!(%error, "cluster heartbeat failed; trying again");
                 return;
             }
         };
+        if m.handing_over {
+            // Still leased and held: the next heartbeat after the hand-over
+            // under way looks at the share again.
+            r.held.extend(r.to_release.drain(..));
+        }
         if !r.lost.is_empty() {
             warn!(
                 key_groups = %ranges(&r.lost),
@@ -513,7 +522,7 @@ impl SupervisorActor {
         let (Some(m), Some(topology)) = (self.cluster.as_mut(), self.topology.as_ref()) else {
             return;
         };
-        m.beating = true; // no heartbeat until the groups are gone
+        m.handing_over = true;
         let mut groups: Vec<u32> = letting.iter().map(|(g, _)| *g).collect();
         groups.sort_unstable();
         let reshare = Reshare {
@@ -556,7 +565,7 @@ impl SupervisorActor {
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(
             move |(in_place, released), act, _ctx| {
                 if let Some(m) = act.cluster.as_mut() {
-                    m.beating = false;
+                    m.handing_over = false;
                 }
                 let groups = ranges(&groups);
                 match released {
