@@ -17,9 +17,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::wiring::Wiring;
-use crate::db::DbError;
-use crate::detect::{Cents, DetectionKey, Engine, MerchantId, PairState, Snapshot};
-use rustc_hash::FxHashSet;
+use crate::db::{DbError, StateStore};
+use crate::detect::{
+    Cents, DetectionKey, Engine, MerchantId, PairState, Snapshot, WeightTable, WeightTableBuilder,
+};
+use crate::names::Names;
 
 /// Committed state as of the last committed chunk.
 #[derive(Default)]
@@ -29,14 +31,12 @@ pub struct Committed {
     pub last_chunk: Option<Arc<str>>,
     /// Cumulative pair state and the detections already emitted.
     pub snapshot: Snapshot,
-    /// The detection engine over the loaded lookup table.
+    /// The detection engine over the lookup table: all of it, or in a
+    /// cluster the weights of the share's key groups only.
     pub engine: Engine,
     /// In a cluster: the key groups this generation applies (`None`: a
     /// single process, which applies everything).
     pub share: Option<Arc<Share>>,
-    /// In a cluster: the merchants of the lookup table in the share's key
-    /// groups (the pair table holds their weighted pairs, no others).
-    pub merchants: Option<Arc<FxHashSet<MerchantId>>>,
 }
 
 /// The key groups one generation of a cluster's worker applies: those it
@@ -130,7 +130,6 @@ impl Committed {
                     snapshot,
                     engine,
                     share: None,
-                    merchants: None,
                 });
             }
         }
@@ -179,23 +178,17 @@ impl Committed {
                 .collect(),
         };
         let snapshot = Self::read_state(wiring, Some(&groups)).await?;
-        let merchants: FxHashSet<MerchantId> = engine
-            .weights()
-            .merchants()
-            .map(|(merchant, _)| merchant)
-            .filter(|m| {
-                share
-                    .groups
-                    .contains_key(&share.group_of(wiring.names.name(m.0)))
-            })
-            .collect();
+        // Only the share's weights: memory follows ownership.
+        let weights = read_weights(&*wiring.state, &wiring.names, |merchant| {
+            share.groups.contains_key(&share.group_of(merchant))
+        })
+        .await?;
         Ok(Committed {
             generation,
             last_chunk: last_chunk.map(Arc::from),
             snapshot,
-            engine,
+            engine: engine.with_weights(Arc::new(weights)),
             share: Some(Arc::new(share)),
-            merchants: Some(Arc::new(merchants)),
         })
     }
 
@@ -234,6 +227,37 @@ impl Committed {
     }
 }
 
+/// The lookup table of the merchants `keep` accepts (by name), read from
+/// the database straight into the table: no list of millions of entries
+/// beside it, and no name interned for a merchant left out.
+pub async fn read_weights(
+    state: &dyn StateStore,
+    names: &Names,
+    keep: impl Fn(&str) -> bool + Send + Sync,
+) -> Result<WeightTable, DbError> {
+    let mut table = WeightTableBuilder::default();
+    // Rows mostly come merchant by merchant (they were stored in key
+    // order): decide once per run of a merchant.
+    let mut last: Option<(String, Option<MerchantId>)> = None;
+    state
+        .scan_weights(&mut |row| {
+            let merchant = match &last {
+                Some((name, merchant)) if name == row.merchant => *merchant,
+                _ => {
+                    let merchant = keep(row.merchant).then(|| names.merchant(row.merchant));
+                    last = Some((row.merchant.to_string(), merchant));
+                    merchant
+                }
+            };
+            if let Some(merchant) = merchant {
+                let customer = names.customer(row.customer);
+                table.add(merchant, customer, Cents(row.weight_sum), row.rows);
+            }
+        })
+        .await?;
+    Ok(table.finish())
+}
+
 /// Start (or start over) from committed state, in its generation.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -250,9 +274,32 @@ pub struct Reshare {
     pub generation: u64,
     /// The key groups handed over.
     pub gone: Arc<BTreeSet<u32>>,
+    /// The lookup table of the groups kept (the detectors let the rest go).
+    pub weights: Arc<WeightTable>,
 }
 
 impl Reshare {
+    /// Hands the groups `gone` over within `generation`, whose detectors
+    /// detect over `weights`.
+    pub fn new(
+        wiring: &Wiring,
+        generation: u64,
+        gone: BTreeSet<u32>,
+        weights: &WeightTable,
+    ) -> Reshare {
+        let mut reshare = Reshare {
+            generation,
+            gone: Arc::new(gone),
+            weights: Arc::default(),
+        };
+        let kept = {
+            let drops = reshare.drops(wiring);
+            weights.retain(|merchant| !drops(merchant))
+        };
+        reshare.weights = Arc::new(kept);
+        reshare
+    }
+
     /// The generation's share less the groups gone.
     pub fn share(&self, share: &Option<Arc<Share>>) -> Option<Arc<Share>> {
         share.as_ref().map(|s| Arc::new(s.without(&self.gone)))

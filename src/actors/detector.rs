@@ -121,7 +121,11 @@ impl Handler<Reshare> for DetectorActor {
         else {
             return;
         };
-        if let Err(panic) = contain(|| state.engine.forget(&msg.drops(&wiring))) {
+        let handed_over = contain(|| {
+            state.engine.forget(&msg.drops(&wiring));
+            state.engine.reweigh(&msg.weights);
+        });
+        if let Err(panic) = handed_over {
             self.fail(ctx, Failure::Restart(panic));
         }
     }

@@ -68,10 +68,9 @@ impl PairTableState {
     pub fn restore(engine: &Engine, committed: &Committed) -> PairTableState {
         PairTableState {
             generation: committed.generation,
-            totals: match &committed.merchants {
-                Some(kept) => engine.pair_table_where(&committed.snapshot, |m| kept.contains(&m)),
-                None => engine.pair_table(&committed.snapshot),
-            },
+            // A cluster worker's engine holds its key groups' weights only,
+            // so its table holds their weighted pairs and no others.
+            totals: engine.pair_table(&committed.snapshot),
             order: InOrder::new(0),
             chain: Chain::after(committed.last_chunk.clone()),
             applied: committed.last_chunk.clone(),

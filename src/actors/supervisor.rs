@@ -49,7 +49,7 @@ use super::watcher::{Drain, Hold, Resume, S3WatcherActor, Watcher, WhenIdle};
 use super::wiring::Wiring;
 use crate::db::postgres::cluster::ranges;
 use crate::db::{Claimant, Fence, Renewal};
-use crate::detect::{Engine, parts};
+use crate::detect::{Engine, WeightTable, parts};
 use crate::layout::chunk_seq;
 use crate::metrics::Phase;
 use crate::signals::Signals;
@@ -321,6 +321,19 @@ fn shards(settings: &crate::config::Settings) -> [u32; 3] {
     [d.patid1, d.patid2, d.patid3]
 }
 
+/// Logs the key groups a heartbeat found taken by another worker (at a
+/// graceful stop too: a worker cut off until the others finished learns it
+/// only then).
+fn say_lost(lost: &[u32]) {
+    if !lost.is_empty() {
+        warn!(
+            key_groups = %ranges(lost),
+            "lost key groups to another worker (this one was paused or cut off past its \
+             leases): it commits nothing more for them"
+        );
+    }
+}
+
 /// Stores a newly read lookup table in the database (if there is one to
 /// store), then gives the detection engine over it.
 pub type LookupLoad = futures::future::LocalBoxFuture<'static, anyhow::Result<Engine>>;
@@ -364,6 +377,10 @@ struct Membership {
     finishing: bool,
     /// Heartbeats started (the first takes no key group).
     beats: u64,
+    /// The lookup table of the key groups a generation applies, with that
+    /// generation: a hand-over in place narrows it, and only the
+    /// generation it belongs to.
+    weights: (u64, Arc<WeightTable>),
 }
 
 impl SupervisorActor {
@@ -399,6 +416,7 @@ impl SupervisorActor {
             regenerate: false,
             finishing: false,
             beats: 0,
+            weights: (0, Arc::default()),
         });
         self
     }
@@ -455,13 +473,7 @@ impl SupervisorActor {
             // under way looks at the share again.
             r.held.extend(r.to_release.drain(..));
         }
-        if !r.lost.is_empty() {
-            warn!(
-                key_groups = %ranges(&r.lost),
-                "lost key groups to another worker (this one was paused or cut off past its \
-                 leases): it commits nothing more for them"
-            );
-        }
+        say_lost(&r.lost);
         if !r.released.is_empty() {
             let mut released = r.released.clone();
             released.sort_unstable();
@@ -525,12 +537,18 @@ impl SupervisorActor {
         m.handing_over = true;
         let mut groups: Vec<u32> = letting.iter().map(|(g, _)| *g).collect();
         groups.sort_unstable();
-        let reshare = Reshare {
-            generation: self.generation,
-            gone: Arc::new(groups.iter().copied().collect()),
-        };
-        let stages = (!regenerate).then(|| {
+        // In place only within a generation whose state is loaded (one
+        // still loading has the groups in its share: its commits for them
+        // are refused once they are released, and it starts over).
+        let in_place = !regenerate && m.weights.0 == self.generation;
+        let stages = in_place.then(|| {
+            let gone = groups.iter().copied().collect();
+            let reshare = Reshare::new(&self.wiring, self.generation, gone, &m.weights.1);
+            m.weights.1 = reshare.weights.clone();
+            let pairs = reshare.weights.len() as i64;
+            self.wiring.metrics.lookup_pairs.set(pairs);
             (
+                reshare,
                 topology.watcher.clone(),
                 topology.tracker.clone(),
                 topology.compactor.clone(),
@@ -540,9 +558,12 @@ impl SupervisorActor {
             )
         });
         let (wiring, me) = (self.wiring.clone(), m.me.clone());
+        let lookup_pairs = m.weights.1.len();
         let work = async move {
             let mut in_place = false;
-            if let Some((watcher, tracker, compactor, detectors, pair_table, reader)) = stages {
+            if let Some((reshare, watcher, tracker, compactor, detectors, pair_table, reader)) =
+                stages
+            {
                 let generation = reshare.generation;
                 if let Ok(Ok(_)) = watcher.send(Hold { generation }).await {
                     // Downstream first, as a generation starts.
@@ -571,6 +592,7 @@ impl SupervisorActor {
                 match released {
                     Ok(()) if in_place => info!(
                         key_groups = %groups,
+                        lookup_pairs,
                         "key groups handed over to other workers in place (no reload)"
                     ),
                     Ok(()) => info!(key_groups = %groups, "key groups released to other workers"),
@@ -640,7 +662,13 @@ impl SupervisorActor {
         };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(load).then(move |committed, act, _ctx| {
-                let start = (act.generation == generation && !act.stopping)
+                let current = act.generation == generation && !act.stopping;
+                if let Some(m) = act.cluster.as_mut().filter(|_| current) {
+                    m.weights = (generation, committed.engine.weights().clone());
+                    let pairs = committed.engine.weights().len() as i64;
+                    act.wiring.metrics.lookup_pairs.set(pairs);
+                }
+                let start = current
                     .then(|| {
                         act.topology
                             .as_ref()
@@ -693,7 +721,10 @@ impl SupervisorActor {
                         ..Beat::default()
                     };
                     match rebalance(&wiring, &me, &held, chunker.as_ref(), beat).await {
-                        Ok(left) => info!(key_groups = left.released.len(), "key groups released"),
+                        Ok(left) => {
+                            say_lost(&left.lost);
+                            info!(key_groups = left.released.len(), "key groups released")
+                        }
                         Err(error) => {
                             warn!(%error, "could not release the key groups; they expire by themselves")
                         }

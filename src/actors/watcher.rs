@@ -160,6 +160,7 @@ impl Handler<Start> for S3WatcherActor {
         info!(
             generation = committed.generation,
             last_chunk = ?committed.last_chunk,
+            lookup_pairs = committed.engine.weights().len(),
             "Mechanism Y started from committed state"
         );
         self.set_state(WatcherState {

@@ -21,7 +21,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::Settings;
 use crate::db::{Fence, LookupSource, StateStore, WeightRow};
-use crate::detect::{Cents, WeightTable};
+use crate::detect::WeightTable;
 use crate::input::importance::{ImportanceRow, check_header, read_importance};
 use crate::names::Names;
 use crate::store::source::Sources;
@@ -290,18 +290,7 @@ pub async fn load_once(settings: &Settings) -> anyhow::Result<LoadOnce> {
     outcome
 }
 
+/// The whole lookup table, read from the database.
 pub async fn weight_table(state: &dyn StateStore, names: &Names) -> anyhow::Result<WeightTable> {
-    // Straight into the table: no list of millions of entries beside it.
-    let mut table = crate::detect::WeightTableBuilder::default();
-    state
-        .scan_weights(&mut |row| {
-            table.add(
-                names.merchant(row.merchant),
-                names.customer(row.customer),
-                Cents(row.weight_sum),
-                row.rows,
-            )
-        })
-        .await?;
-    Ok(table.finish())
+    Ok(crate::actors::committed::read_weights(state, names, |_| true).await?)
 }

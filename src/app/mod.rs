@@ -23,7 +23,7 @@ use crate::actors::wiring::Wiring;
 use crate::config::{LogFormat, Settings};
 use crate::db::postgres::cluster::ClusterIdentity;
 use crate::db::{Claimant, Fence, StateStore};
-use crate::detect::{Engine, Thresholds};
+use crate::detect::{Engine, Thresholds, WeightTable};
 use crate::metrics::Metrics;
 use crate::names::Names;
 use crate::signals::Signals;
@@ -181,18 +181,36 @@ pub async fn prepare(
         (turn, _) => turn,
     };
     let names = Arc::new(Names::new());
-    let mut lookup = plan.read(&settings, &sources, &*state, &names).await?;
+    let mut lookup = match (&cluster, plan) {
+        // A worker reads its key groups' weights with each generation
+        // (`Committed::load_share`): memory follows ownership.
+        (Some(_), lookup::Plan::FromDatabase) => lookup::Loaded {
+            weights: WeightTable::default(),
+            store: None,
+        },
+        (_, plan) => plan.read(&settings, &sources, &*state, &names).await?,
+    };
     if let Some(turn) = turn {
         if let Some(pending) = lookup.store.take() {
             pending.store(&*state, &fence).await?;
         }
         turn.end().await;
     }
-    info!(pairs = lookup.weights.len(), "lookup table ready");
+    let weights = match &cluster {
+        Some(_) => {
+            info!("lookup table ready; each generation reads its key groups' weights");
+            WeightTable::default()
+        }
+        None => {
+            info!(pairs = lookup.weights.len(), "lookup table ready");
+            metrics.lookup_pairs.set(lookup.weights.len() as i64);
+            lookup.weights
+        }
+    };
     let d = &settings.detectors;
     let engine = Engine::new(
         Thresholds::SPEC,
-        Arc::new(lookup.weights),
+        Arc::new(weights),
         [d.patid1, d.patid2, d.patid3],
     );
     let wiring = Arc::new(Wiring {

@@ -28,6 +28,12 @@ pub trait PatternEngine: Send {
     /// groups a cluster worker hands over).
     fn forget(&mut self, gone: &dyn Fn(MerchantId) -> bool);
 
+    /// Goes on with another lookup table that holds the same entries for
+    /// every merchant it holds state of (a cluster worker keeps only its
+    /// key groups' weights; slots never change). Patterns that read no
+    /// weights ignore it.
+    fn reweigh(&mut self, _weights: &Arc<WeightTable>) {}
+
     /// Takes one chunk, already folded into the pair table, and appends the
     /// detections that hold for the first time.
     fn apply(&mut self, update: &ChunkUpdate, out: &mut Vec<Detection>);
@@ -74,6 +80,15 @@ impl Engine {
         &self.weights
     }
 
+    /// The same composition over another lookup table (a cluster worker's
+    /// generation detects over its key groups' weights only).
+    pub fn with_weights(&self, weights: Arc<WeightTable>) -> Engine {
+        Engine {
+            weights,
+            ..self.clone()
+        }
+    }
+
     /// Every `(pattern, shard)` the engine runs.
     pub fn parts(&self) -> impl Iterator<Item = (Pattern, Shard)> + '_ {
         Pattern::ALL
@@ -86,17 +101,7 @@ impl Engine {
 
     /// The pair table as of `committed`.
     pub fn pair_table(&self, committed: &Snapshot) -> PairTotals {
-        self.pair_table_where(committed, |_| true)
-    }
-
-    /// The pair table of the merchants `keep` accepts (a cluster worker's
-    /// key groups), as of `committed`.
-    pub fn pair_table_where(
-        &self,
-        committed: &Snapshot,
-        keep: impl Fn(MerchantId) -> bool,
-    ) -> PairTotals {
-        let mut totals = PairTotals::new_where(&self.weights, keep);
+        let mut totals = PairTotals::new(&self.weights);
         totals.restore(committed);
         totals
     }

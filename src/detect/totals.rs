@@ -62,22 +62,13 @@ fn pair_key(merchant: MerchantId, customer: CustomerId) -> u64 {
 }
 
 impl PairTotals {
-    /// An empty table holding every pair of `weights` with its slot.
+    /// An empty table holding every pair of `weights` with its slot (a
+    /// cluster worker's weights hold its key groups' merchants only, and
+    /// no other merchant's rows ever reach it).
     pub fn new(weights: &WeightTable) -> PairTotals {
-        PairTotals::new_where(weights, |_| true)
-    }
-
-    /// An empty table holding the pairs of `weights` whose merchant `keep`
-    /// accepts: a cluster worker's table holds its key groups' merchants
-    /// only (no other merchant's rows ever reach it).
-    pub fn new_where(weights: &WeightTable, keep: impl Fn(MerchantId) -> bool) -> PairTotals {
-        let kept = weights
-            .merchants()
-            .filter(|(merchant, _)| keep(*merchant))
-            .map(|(_, ranked)| ranked.len())
-            .sum();
-        let mut pairs: PrefetchTable<u64, Totals> = PrefetchTable::sparse_with_capacity(kept);
-        for (merchant, ranked) in weights.merchants().filter(|(m, _)| keep(*m)) {
+        let mut pairs: PrefetchTable<u64, Totals> =
+            PrefetchTable::sparse_with_capacity(weights.len());
+        for (merchant, ranked) in weights.merchants() {
             for (slot, &(customer, _)) in ranked.iter().enumerate() {
                 pairs
                     .get_or_default(pair_key(merchant, customer))

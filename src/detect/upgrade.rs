@@ -397,6 +397,10 @@ impl PatternEngine for UpgradeDetector {
         self.merchants.retain(|merchant| !gone(merchant));
     }
 
+    fn reweigh(&mut self, weights: &Arc<WeightTable>) {
+        self.weights = weights.clone();
+    }
+
     fn apply(&mut self, update: &ChunkUpdate, out: &mut Vec<Detection>) {
         self.touched_slots.clear();
         let shard = self.shard;

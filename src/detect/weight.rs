@@ -161,6 +161,20 @@ impl WeightTable {
             .map(|index| slots[index].1)
     }
 
+    /// The table of the merchants `keep` accepts, their entries (and so
+    /// their slots) unchanged: a cluster worker that hands key groups over
+    /// keeps the weights of the rest.
+    pub fn retain(&self, keep: impl Fn(MerchantId) -> bool) -> WeightTable {
+        let by_merchant: FxHashMap<MerchantId, MerchantWeights> = self
+            .by_merchant
+            .iter()
+            .filter(|(merchant, _)| keep(**merchant))
+            .map(|(&merchant, weights)| (merchant, weights.clone()))
+            .collect();
+        let len = by_merchant.values().map(|w| w.ranked.len()).sum();
+        WeightTable { by_merchant, len }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -204,5 +218,19 @@ mod tests {
         assert_eq!(table.slot(MerchantId(1), CustomerId(4)), None);
         assert!(table.ranked(MerchantId(2)).is_empty());
         assert_eq!(table.slot(MerchantId(2), CustomerId(2)), None);
+    }
+
+    #[test]
+    fn retaining_merchants_keeps_their_slots() {
+        let table = WeightTable::from_entries([
+            (MerchantId(1), CustomerId(2), Cents(9), 1),
+            (MerchantId(1), CustomerId(3), Cents(5), 1),
+            (MerchantId(2), CustomerId(2), Cents(1), 1),
+        ]);
+        let kept = table.retain(|m| m == MerchantId(1));
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept.ranked(MerchantId(1)), table.ranked(MerchantId(1)));
+        assert_eq!(kept.slot(MerchantId(1), CustomerId(2)), Some(1));
+        assert!(kept.ranked(MerchantId(2)).is_empty());
     }
 }

@@ -174,6 +174,8 @@ pub struct Metrics {
     mailbox_capacity: Family<ActorLabel, Gauge>,
     /// Pairs in the in-memory cumulative pair table.
     pub pair_state_pairs: Gauge,
+    /// Pairs of the lookup table held in memory.
+    pub lookup_pairs: Gauge,
     last_commit_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
     ready: Gauge,
     healthy: Gauge,
@@ -327,6 +329,12 @@ impl Metrics {
             "Customer-merchant pairs in the in-memory cumulative state",
             Gauge::default()
         );
+        let lookup_pairs = register!(
+            "lookup_pairs",
+            "Customer-merchant pairs of the lookup table held in memory (a cluster \
+             worker: those of its key groups' merchants)",
+            Gauge::default()
+        );
         let last_commit_timestamp = register!(
             "last_commit_timestamp_seconds",
             "Unix time of the last commit",
@@ -372,6 +380,7 @@ impl Metrics {
             mailbox,
             mailbox_capacity,
             pair_state_pairs,
+            lookup_pairs,
             last_commit_timestamp,
             ready,
             healthy,

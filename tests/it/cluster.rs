@@ -466,11 +466,35 @@ fn a_worker_hands_key_groups_over_in_place_without_reloading_the_rest() {
     let at = cluster.processed();
     assert!(at < 40, "the run ended too early to test a hand-over");
     let log = finish(first);
-    finish(second);
+    let second_log = finish(second);
     let handed = log
         .iter()
         .position(|l| l.contains("handed over to other workers in place"))
         .unwrap();
+    // Memory follows ownership, the lookup table's too: the weights the
+    // first worker keeps and those the second loaded are the whole table,
+    // split.
+    let pairs = |log: &[String], needle: &str| -> Vec<u64> {
+        log.iter()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| {
+                l.split("lookup_pairs=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    let started = "Mechanism Y started from committed state";
+    let whole = pairs(&log, started).into_iter().max().unwrap();
+    let kept = *pairs(&log, "handed over to other workers in place")
+        .last()
+        .unwrap();
+    let taken = *pairs(&second_log, started).last().unwrap();
+    assert!(0 < kept && kept < whole, "kept {kept} of {whole}");
+    assert_eq!(kept + taken, whole, "the two shares' weights");
     assert!(
         !log[handed..]
             .iter()

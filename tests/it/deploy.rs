@@ -55,6 +55,7 @@ const KNOWN: &[&str] = &[
     "txpipe_mailbox_messages",
     "txpipe_mailbox_capacity",
     "txpipe_pair_state_pairs",
+    "txpipe_lookup_pairs",
     "txpipe_last_commit_timestamp_seconds",
     "txpipe_ready",
     "txpipe_healthy",
