@@ -37,6 +37,29 @@ pub struct Committed {
     /// In a cluster: the key groups this generation applies (`None`: a
     /// single process, which applies everything).
     pub share: Option<Arc<Share>>,
+    /// In a cluster that takes key groups over in place: the generation
+    /// this one continues. `snapshot` then holds only the gained groups'
+    /// state, which the pair table and the detectors add to what they hold
+    /// in that generation; the other stages start over as in any
+    /// generation (they hold no state of the groups).
+    pub continues: Option<Continues>,
+}
+
+/// A generation that goes on from another with key groups it gained.
+#[derive(Clone, Debug)]
+pub struct Continues {
+    pub generation: u64,
+    pub gained: BTreeSet<u32>,
+}
+
+/// Key groups a running generation takes over in place (see
+/// [`Committed::load_share`]).
+pub struct Gained<'a> {
+    pub groups: &'a BTreeSet<u32>,
+    /// The generation that goes on with them.
+    pub continues: u64,
+    /// Its lookup table, to which the gained groups' weights are added.
+    pub weights: &'a WeightTable,
 }
 
 /// The key groups one generation of a cluster's worker applies: those it
@@ -130,21 +153,25 @@ impl Committed {
                     snapshot,
                     engine,
                     share: None,
+                    continues: None,
                 });
             }
         }
     }
 
-    /// Reads a cluster worker's committed state: the positions and state
-    /// of the key groups it holds (`held`: group → lease epoch). Nobody
-    /// else commits to them, and this worker's tracker is quiesced, so one
-    /// read is consistent.
+    /// Reads a cluster worker's committed state: the positions of the key
+    /// groups it holds (`held`: group → lease epoch), and the state and
+    /// weights of all of them, or with `gained` of the groups taken over
+    /// only (the generation it continues holds the others'). Nobody else
+    /// commits to them, and this worker's tracker is quiesced, so one read
+    /// is consistent.
     pub async fn load_share(
         wiring: &Wiring,
         generation: u64,
         engine: Engine,
         owner_id: &str,
         held: &BTreeMap<u32, u64>,
+        gained: Option<Gained<'_>>,
     ) -> Result<Committed, DbError> {
         let cluster = wiring
             .cluster
@@ -177,18 +204,30 @@ impl Committed {
                 })
                 .collect(),
         };
-        let snapshot = Self::read_state(wiring, Some(&groups)).await?;
+        let loading: Vec<u32> = match &gained {
+            Some(gained) => gained.groups.iter().copied().collect(),
+            None => groups,
+        };
+        let snapshot = Self::read_state(wiring, Some(&loading)).await?;
         // Only the share's weights: memory follows ownership.
-        let weights = read_weights(&*wiring.state, &wiring.names, |merchant| {
-            share.groups.contains_key(&share.group_of(merchant))
+        let read = read_weights(&*wiring.state, &wiring.names, |merchant| {
+            loading.contains(&share.group_of(merchant))
         })
         .await?;
+        let weights = match &gained {
+            Some(gained) => gained.weights.with(read),
+            None => read,
+        };
         Ok(Committed {
             generation,
             last_chunk: last_chunk.map(Arc::from),
             snapshot,
             engine: engine.with_weights(Arc::new(weights)),
             share: Some(Arc::new(share)),
+            continues: gained.map(|g| Continues {
+                generation: g.continues,
+                gained: g.groups.clone(),
+            }),
         })
     }
 
@@ -258,6 +297,25 @@ pub async fn read_weights(
     Ok(table.finish())
 }
 
+/// Whether a merchant is in one of the key groups `groups`.
+fn in_groups<'a>(
+    wiring: &'a Wiring,
+    groups: &'a BTreeSet<u32>,
+) -> impl Fn(MerchantId) -> bool + 'a {
+    let (names, key_groups) = (&wiring.names, wiring.settings.cluster.key_groups);
+    move |merchant| {
+        let group = crate::detect::key_group::key_group(names.name(merchant.0), key_groups);
+        groups.contains(&group)
+    }
+}
+
+impl Continues {
+    /// Whether a merchant is in a key group gained.
+    pub fn gains<'a>(&'a self, wiring: &'a Wiring) -> impl Fn(MerchantId) -> bool + 'a {
+        in_groups(wiring, &self.gained)
+    }
+}
+
 /// Start (or start over) from committed state, in its generation.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -307,11 +365,7 @@ impl Reshare {
 
     /// Whether a merchant is in a group handed over.
     pub fn drops<'a>(&'a self, wiring: &'a Wiring) -> impl Fn(MerchantId) -> bool + 'a {
-        let (names, key_groups) = (&wiring.names, wiring.settings.cluster.key_groups);
-        move |merchant| {
-            let group = crate::detect::key_group::key_group(names.name(merchant.0), key_groups);
-            self.gone.contains(&group)
-        }
+        in_groups(wiring, &self.gone)
     }
 }
 

@@ -63,6 +63,16 @@ impl DetectorState {
         }
     }
 
+    /// Goes on in `committed`'s generation with the key groups it gained:
+    /// over the lookup table with their weights, their committed state
+    /// added, chunks following from the generation's start.
+    pub fn continue_with(&mut self, committed: &Committed) {
+        self.engine.reweigh(committed.engine.weights());
+        self.engine.merge(&committed.snapshot);
+        self.generation = committed.generation;
+        self.chain = Chain::after(committed.last_chunk.clone());
+    }
+
     /// Applies one chunk that must follow the last one applied.
     pub fn apply(&mut self, msg: &Apply) -> Result<Vec<Detection>, String> {
         self.chain
@@ -97,6 +107,23 @@ impl Handler<Start> for DetectorActor {
 
     fn handle(&mut self, Start(committed): Start, ctx: &mut Context<Self>) {
         if !committed.supersedes(self.state.as_ref().map(|s| s.generation)) {
+            return;
+        }
+        if let Some(continues) = &committed.continues {
+            // Key groups taken over in place: add their state to what this
+            // shard holds. A detector not in that generation (it restarted)
+            // stays behind; the pair table's next Apply finds it stale and
+            // the generation loads everything.
+            let Some(state) = self
+                .state
+                .as_mut()
+                .filter(|s| s.generation == continues.generation)
+            else {
+                return;
+            };
+            if let Err(panic) = contain(|| state.continue_with(&committed)) {
+                self.fail(ctx, Failure::Restart(panic));
+            }
             return;
         }
         let b = &self.behaviour;

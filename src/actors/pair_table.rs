@@ -37,7 +37,7 @@ use super::supervisor::{Resync, SupervisorActor};
 use super::tracker::{ChunkOutcome, Evaluated, TrackerActor};
 use super::wiring::Wiring;
 use crate::db::{ChunkRecord, ChunkStatus};
-use crate::detect::{Engine, PairTotals};
+use crate::detect::{Engine, MerchantId, PairTotals};
 use crate::input::transactions::RejectReason;
 use crate::layout;
 
@@ -76,6 +76,18 @@ impl PairTableState {
             applied: committed.last_chunk.clone(),
         }
     }
+
+    /// Goes on in `committed`'s generation with the key groups it gained:
+    /// their committed pairs are added (the others' stay as they are), and
+    /// chunks follow from its start (the least advanced group's position).
+    pub fn continue_with(&mut self, committed: &Committed, gains: &dyn Fn(MerchantId) -> bool) {
+        let weights = committed.engine.weights();
+        self.totals.merge(weights, gains, &committed.snapshot);
+        self.generation = committed.generation;
+        self.order = InOrder::new(0);
+        self.chain = Chain::after(committed.last_chunk.clone());
+        self.applied = committed.last_chunk.clone();
+    }
 }
 
 impl Behaviour for PairTable {
@@ -105,6 +117,36 @@ impl Handler<Start> for PairTableActor {
 
     fn handle(&mut self, Start(committed): Start, ctx: &mut Context<Self>) {
         if !committed.supersedes(self.state.as_ref().map(|s| s.generation)) {
+            return;
+        }
+        if let Some(continues) = &committed.continues {
+            // Key groups taken over in place: add theirs to the table held.
+            let wiring = self.behaviour.wiring.clone();
+            let held = self.state.as_mut();
+            let Some(state) = held.filter(|s| s.generation == continues.generation) else {
+                // Nothing to add them to (this table restarted meanwhile):
+                // the generation must load everything.
+                let resync = Resync {
+                    generation: committed.generation,
+                    reason: format!(
+                        "the pair table is not in generation {}",
+                        continues.generation
+                    ),
+                };
+                let supervisor = self.behaviour.supervisor.clone();
+                ctx.spawn(actix::fut::wrap_future(async move {
+                    let _ = supervisor.send(resync).await;
+                }));
+                return;
+            };
+            let gains = continues.gains(&wiring);
+            match super::wiring::contain(|| state.continue_with(&committed, &gains)) {
+                Ok(()) => {
+                    let pairs = state.totals.len() as i64;
+                    self.behaviour.wiring.metrics.pair_state_pairs.set(pairs);
+                }
+                Err(panic) => self.fail(ctx, Failure::Restart(panic)),
+            }
             return;
         }
         match super::wiring::contain(|| PairTableState::restore(&committed.engine, &committed)) {

@@ -34,7 +34,7 @@ use tracing::{debug, error, info, warn};
 
 use super::batch_writer::{BatchWriter, BatchWriterActor, Flush};
 use super::chunker::{Chunker, ChunkerActor, Stop};
-use super::committed::{Committed, Reshare, Start};
+use super::committed::{Committed, Gained, Reshare, Start};
 use super::compactor::{Compactor, CompactorActor, FinalCompact};
 use super::detector::{Detector, DetectorActor};
 use super::membership::{Beat, Rebalanced, rebalance, release};
@@ -53,7 +53,7 @@ use crate::detect::{Engine, WeightTable, parts};
 use crate::layout::chunk_seq;
 use crate::metrics::Phase;
 use crate::signals::Signals;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// When the supervisor ends the run on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -368,9 +368,10 @@ struct Membership {
     chunker: Option<Fence>,
     /// A heartbeat is under way.
     beating: bool,
-    /// Key groups are being handed over ([`SupervisorActor::hand_over`]):
+    /// Key groups are being handed over or taken over in place
+    /// ([`SupervisorActor::hand_over`], [`SupervisorActor::take_over`]):
     /// heartbeats go on renewing, but neither take nor let go meanwhile.
-    handing_over: bool,
+    resharing: bool,
     /// Start a generation after the heartbeat under way, changed or not.
     regenerate: bool,
     /// Catch-up mode: waiting for the end has begun.
@@ -412,7 +413,7 @@ impl SupervisorActor {
             held: BTreeMap::new(),
             chunker: None,
             beating: false,
-            handing_over: false,
+            resharing: false,
             regenerate: false,
             finishing: false,
             beats: 0,
@@ -440,7 +441,7 @@ impl SupervisorActor {
         );
         let beat = Beat {
             stopping: false,
-            may_take: m.beats > 0 && !m.handing_over,
+            may_take: m.beats > 0 && !m.resharing,
             // A running generation hands groups over in place; one that
             // is about to start simply loads fewer.
             defer_release: self.generation > 0 && !m.regenerate,
@@ -468,7 +469,7 @@ impl SupervisorActor {
                 return;
             }
         };
-        if m.handing_over {
+        if m.resharing {
             // Still leased and held: the next heartbeat after the hand-over
             // under way looks at the share again.
             r.held.extend(r.to_release.drain(..));
@@ -490,9 +491,16 @@ impl SupervisorActor {
         }
         let changed = r.held != m.held;
         m.held = r.held;
-        // Groups only handed over need no new generation.
+        // Groups only handed over, or only taken while a generation runs
+        // over a loaded share, need no new generation.
         let handing_over = r.lost.is_empty() && r.taken.is_empty() && !r.to_release.is_empty();
-        let regenerate = std::mem::take(&mut m.regenerate) || (changed && !handing_over);
+        let taking_over = r.lost.is_empty()
+            && !r.taken.is_empty()
+            && r.to_release.is_empty()
+            && self.generation > 0
+            && m.weights.0 == self.generation;
+        let regenerate =
+            std::mem::take(&mut m.regenerate) || (changed && !handing_over && !taking_over);
         let new_leader = m.chunker.is_none() && r.chunker.is_some();
         m.chunker = r.chunker;
         let finish = r.chunker_finished && self.mode == RunMode::UntilDone && !m.finishing;
@@ -516,10 +524,116 @@ impl SupervisorActor {
         }
         if regenerate {
             self.new_generation(ctx, Duration::ZERO);
+        } else if taking_over {
+            self.take_over(ctx, r.taken.into_iter().collect());
         }
         if finish {
             self.finish_when_done(ctx);
         }
+    }
+
+    /// Takes key groups over (`gained`, leased already) without loading
+    /// the share again: the watcher holds still until every announced chunk
+    /// is committed (at most `watcher.max_in_flight`); only the gained
+    /// groups' committed state and weights are read; and a generation that
+    /// continues the running one starts ([`Committed::continues`]): the
+    /// pair table and the detectors add the groups' state to what they
+    /// hold, and chunks follow from the least advanced group's position,
+    /// the groups held before skipping those they have. If the hold is
+    /// interrupted (a stage restarted), a generation loads the whole share.
+    fn take_over(&mut self, ctx: &mut Context<Self>, gained: BTreeSet<u32>) {
+        let (Some(m), Some(topology), Some(engine)) = (
+            self.cluster.as_mut(),
+            self.topology.as_ref(),
+            self.engine.clone(),
+        ) else {
+            return;
+        };
+        m.resharing = true;
+        let continues = self.generation;
+        self.generation += 1;
+        let generation = self.generation;
+        let groups: Vec<u32> = gained.iter().copied().collect();
+        info!(
+            generation,
+            key_groups = %ranges(&groups),
+            "Mechanism Y takes key groups over in place (loads only theirs)"
+        );
+        let (wiring, watcher) = (self.wiring.clone(), topology.watcher.clone());
+        let (owner, held, weights) = (m.me.owner_id.clone(), m.held.clone(), m.weights.1.clone());
+        let load = async move {
+            if !matches!(
+                watcher
+                    .send(Hold {
+                        generation: continues
+                    })
+                    .await,
+                Ok(Ok(_))
+            ) {
+                return None;
+            }
+            loop {
+                let gained = Gained {
+                    groups: &gained,
+                    continues,
+                    weights: &weights,
+                };
+                let loaded = Committed::load_share(
+                    &wiring,
+                    generation,
+                    engine.clone(),
+                    &owner,
+                    &held,
+                    Some(gained),
+                )
+                .await;
+                match loaded {
+                    Ok(committed) => return Some(Arc::new(committed)),
+                    Err(error) => {
+                        warn!(%error, "could not read the key groups taken over; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(load).then(move |committed, act, ctx| {
+                if let Some(m) = act.cluster.as_mut() {
+                    m.resharing = false;
+                }
+                let current = act.generation == generation && !act.stopping;
+                let start = match committed {
+                    Some(committed) if current => act.generation_loaded(committed),
+                    // The hold was interrupted and no generation followed.
+                    None if current => {
+                        act.new_generation(ctx, Duration::ZERO);
+                        None
+                    }
+                    _ => None,
+                };
+                actix::fut::wrap_future(async move {
+                    if let Some(start) = start {
+                        start.await;
+                    }
+                })
+            }),
+        );
+    }
+
+    /// A cluster generation's state is loaded: its weights are the ones a
+    /// hand-over narrows; returns the start of its stages.
+    fn generation_loaded(
+        &mut self,
+        committed: Arc<Committed>,
+    ) -> Option<impl Future<Output = ()> + use<>> {
+        if let Some(m) = self.cluster.as_mut() {
+            m.weights = (committed.generation, committed.engine.weights().clone());
+            let pairs = committed.engine.weights().len() as i64;
+            self.wiring.metrics.lookup_pairs.set(pairs);
+        }
+        self.topology
+            .as_ref()
+            .map(|t| t.start_mechanism_y(committed))
     }
 
     /// Lets key groups go (`letting`: group, epoch) without a new
@@ -534,7 +648,7 @@ impl SupervisorActor {
         let (Some(m), Some(topology)) = (self.cluster.as_mut(), self.topology.as_ref()) else {
             return;
         };
-        m.handing_over = true;
+        m.resharing = true;
         let mut groups: Vec<u32> = letting.iter().map(|(g, _)| *g).collect();
         groups.sort_unstable();
         // In place only within a generation whose state is loaded (one
@@ -586,7 +700,7 @@ impl SupervisorActor {
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(
             move |(in_place, released), act, _ctx| {
                 if let Some(m) = act.cluster.as_mut() {
-                    m.handing_over = false;
+                    m.resharing = false;
                 }
                 let groups = ranges(&groups);
                 match released {
@@ -641,8 +755,15 @@ impl SupervisorActor {
             loop {
                 let loaded = match &share {
                     Some((owner, held)) => {
-                        Committed::load_share(&wiring, generation, engine.clone(), owner, held)
-                            .await
+                        Committed::load_share(
+                            &wiring,
+                            generation,
+                            engine.clone(),
+                            owner,
+                            held,
+                            None,
+                        )
+                        .await
                     }
                     None => Committed::load(&wiring, generation, engine.clone()).await,
                 };
@@ -663,18 +784,7 @@ impl SupervisorActor {
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(load).then(move |committed, act, _ctx| {
                 let current = act.generation == generation && !act.stopping;
-                if let Some(m) = act.cluster.as_mut().filter(|_| current) {
-                    m.weights = (generation, committed.engine.weights().clone());
-                    let pairs = committed.engine.weights().len() as i64;
-                    act.wiring.metrics.lookup_pairs.set(pairs);
-                }
-                let start = current
-                    .then(|| {
-                        act.topology
-                            .as_ref()
-                            .map(|t| t.start_mechanism_y(committed))
-                    })
-                    .flatten();
+                let start = current.then(|| act.generation_loaded(committed)).flatten();
                 actix::fut::wrap_future(async move {
                     if let Some(start) = start {
                         start.await;

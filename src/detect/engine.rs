@@ -183,6 +183,16 @@ impl LocalEngine {
         }
     }
 
+    /// Goes on over another lookup table (see [`PatternEngine::reweigh`]):
+    /// a cluster worker's, narrowed to the merchants kept or widened to
+    /// those it is about to take over.
+    pub fn reweigh(&mut self, weights: Arc<WeightTable>) {
+        for detector in &mut self.detectors {
+            detector.reweigh(&weights);
+        }
+        self.weights = weights;
+    }
+
     /// Takes merchants over that it holds nothing of (`new` accepts them),
     /// from their committed state in `snapshot`.
     pub fn merge(&mut self, new: &dyn Fn(MerchantId) -> bool, snapshot: &Snapshot) {

@@ -175,6 +175,22 @@ impl WeightTable {
         WeightTable { by_merchant, len }
     }
 
+    /// This table and the merchants of `other` it does not hold (a cluster
+    /// worker that takes key groups over adds their weights to those of
+    /// the groups it has).
+    pub fn with(&self, other: WeightTable) -> WeightTable {
+        let mut table = self.clone();
+        for (merchant, weights) in other.by_merchant {
+            if let std::collections::hash_map::Entry::Vacant(entry) =
+                table.by_merchant.entry(merchant)
+            {
+                table.len += weights.ranked.len();
+                entry.insert(weights);
+            }
+        }
+        table
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -232,5 +248,9 @@ mod tests {
         assert_eq!(kept.ranked(MerchantId(1)), table.ranked(MerchantId(1)));
         assert_eq!(kept.slot(MerchantId(1), CustomerId(2)), Some(1));
         assert!(kept.ranked(MerchantId(2)).is_empty());
+        let back = kept.with(table.retain(|m| m == MerchantId(2)));
+        assert_eq!(back.len(), 3);
+        assert_eq!(back.ranked(MerchantId(2)), table.ranked(MerchantId(2)));
+        assert_eq!(back.ranked(MerchantId(1)), table.ranked(MerchantId(1)));
     }
 }

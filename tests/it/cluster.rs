@@ -504,3 +504,45 @@ fn a_worker_hands_key_groups_over_in_place_without_reloading_the_rest() {
     );
     cluster.assert_exact();
 }
+
+/// A worker that gains key groups (a worker died, then another stopped)
+/// loads only theirs and goes on: no load of its whole share; the gained
+/// groups resume from their own positions while the groups it had skip the
+/// chunks they have. Outputs stay exact.
+#[test]
+fn a_worker_takes_key_groups_over_in_place_loading_only_theirs() {
+    let Some(cluster) = Cluster::start(300) else {
+        return;
+    };
+    let mut first = cluster.worker(true, &[]);
+    expect_line(&mut first, "chunker lease taken", Duration::from_secs(30));
+    let mut second = cluster.worker(true, &[]);
+    let mut third = cluster.worker(true, &[]);
+    expect_line(&mut second, "key groups taken", Duration::from_secs(30));
+    expect_line(&mut third, "key groups taken", Duration::from_secs(30));
+    let mut all = [&mut first, &mut second, &mut third];
+    settle(&cluster, &[42, 43, 43], &mut all);
+    let at = cluster.processed();
+    wait_for_progress(&cluster, at, Duration::from_secs(30), &mut all);
+    // Killed: the others take its groups once its leases expire, behind
+    // where they are.
+    third.kill();
+    settle(&cluster, &[64, 64], &mut [&mut first, &mut second]);
+    // Stopped: it lets its groups go at once.
+    stop(second);
+    settle(&cluster, &[128], &mut [&mut first]);
+    let at = cluster.processed();
+    assert!(at < 40, "the run ended too early to test take-overs");
+    let log = finish(first);
+    let in_place = "takes key groups over in place";
+    let took = log.iter().position(|l| l.contains(in_place));
+    let took = took.unwrap_or_else(|| panic!("no take-over in place:\n{}", log.join("\n")));
+    assert!(
+        !log[took..]
+            .iter()
+            .any(|l| l.contains("loads the committed state of its key groups")),
+        "the worker loaded its whole share after taking groups over:\n{}",
+        log.join("\n")
+    );
+    cluster.assert_exact();
+}

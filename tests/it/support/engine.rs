@@ -142,7 +142,11 @@ pub fn run_interrupted(
                         .copied()
                         .collect(),
                 };
+                // As a worker does, the weights follow the groups: narrowed
+                // while they are away, widened before they come back.
                 engine.forget(&moved);
+                engine.reweigh(Arc::new(composition.weights().retain(|m| !moved(m))));
+                engine.reweigh(composition.weights().clone());
                 engine.merge(&moved, &snapshot);
             }
             _ => {}
