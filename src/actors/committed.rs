@@ -2,14 +2,20 @@
 //! it out.
 //!
 //! Mechanism Y's stages (watcher, reader, pair table, detectors, tracker)
-//! hold views of one cumulative state, over one lookup table. They must agree on which chunk
-//! that state ends with, so they are started together: the supervisor
-//! loads one [`Committed`] snapshot from the database (on start, and
-//! whenever one of them restarted) and sends it to each with [`Start`],
-//! under a new *generation* number. Each stage builds its state from it in
-//! its restart constructor, and drops every message of an older
-//! generation, so nothing a failed generation left in a mailbox is ever
-//! applied.
+//! hold views of one cumulative state, over one lookup table. They must
+//! agree on which chunk that state ends with, so they are started
+//! together: the supervisor loads one [`Committed`] snapshot from the
+//! database (on start, and whenever one of them restarted) and sends it to
+//! each with [`Start`], under a new *generation* number. Each stage builds
+//! its state from it in its restart constructor, and drops every message
+//! of an older generation, so nothing a failed generation left in a
+//! mailbox is ever applied.
+//!
+//! A cluster worker's share changes in place, while its stages hold still
+//! (the watcher's `Hold`): key groups let go travel as [`Reshare`] (each
+//! stage drops theirs); key groups taken travel as a generation that
+//! *continues* the running one ([`Committed::continues`]: the snapshot of
+//! the gained groups only, which the stateful stages merge into theirs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -603,7 +603,20 @@ impl SupervisorActor {
                 }
                 let current = act.generation == generation && !act.stopping;
                 let start = match committed {
-                    Some(committed) if current => act.generation_loaded(committed),
+                    Some(committed) if current => {
+                        if let Some(share) = &committed.share {
+                            // How long the groups held wait: the chunks the
+                            // gained ones re-read before reaching them.
+                            let seqs = share.groups.values().map(|g| g.last_seq);
+                            let (from, to) = (seqs.clone().min(), seqs.max());
+                            info!(
+                                generation,
+                                chunks_behind = to.zip(from).map_or(0, |(to, from)| to - from),
+                                "key groups taken over; they resume from their own positions"
+                            );
+                        }
+                        act.generation_loaded(committed)
+                    }
                     // The hold was interrupted and no generation followed.
                     None if current => {
                         act.new_generation(ctx, Duration::ZERO);
