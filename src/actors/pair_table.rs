@@ -49,6 +49,21 @@ pub struct PairTable {
     pub detectors: Vec<Mailbox<DetectorActor>>,
     pub tracker: Mailbox<TrackerActor>,
     pub supervisor: Addr<SupervisorActor>,
+    /// The worker's main lane, whose table size is the pair-state gauge
+    /// (not a cluster worker's catch-up lane, which holds a few groups
+    /// for a while).
+    pub main_lane: bool,
+}
+
+impl PairTable {
+    fn report_size(&self, totals: &PairTotals) {
+        if self.main_lane {
+            self.wiring
+                .metrics
+                .pair_state_pairs
+                .set(totals.len() as i64);
+        }
+    }
 }
 
 /// What the pair table owns in one generation.
@@ -141,18 +156,14 @@ impl Handler<Start> for PairTableActor {
             };
             let gains = continues.gains(&wiring);
             match super::wiring::contain(|| state.continue_with(&committed, &gains)) {
-                Ok(()) => {
-                    let pairs = state.totals.len() as i64;
-                    self.behaviour.wiring.metrics.pair_state_pairs.set(pairs);
-                }
+                Ok(()) => self.behaviour.report_size(&state.totals),
                 Err(panic) => self.fail(ctx, Failure::Restart(panic)),
             }
             return;
         }
         match super::wiring::contain(|| PairTableState::restore(&committed.engine, &committed)) {
             Ok(state) => {
-                let pairs = state.totals.len() as i64;
-                self.behaviour.wiring.metrics.pair_state_pairs.set(pairs);
+                self.behaviour.report_size(&state.totals);
                 self.set_state(state);
             }
             Err(panic) => self.fail(ctx, Failure::Restart(panic)),
@@ -173,10 +184,7 @@ impl Handler<Reshare> for PairTableActor {
             return;
         };
         match super::wiring::contain(|| state.totals.forget(msg.drops(&wiring))) {
-            Ok(()) => {
-                let pairs = state.totals.len() as i64;
-                self.behaviour.wiring.metrics.pair_state_pairs.set(pairs);
-            }
+            Ok(()) => self.behaviour.report_size(&state.totals),
             Err(panic) => self.fail(ctx, Failure::Restart(panic)),
         }
     }
@@ -262,11 +270,7 @@ impl PairTableActor {
         let update = Arc::new(super::wiring::contain(|| {
             state.totals.fold(&content.chunk.delta)
         })?);
-        self.behaviour
-            .wiring
-            .metrics
-            .pair_state_pairs
-            .set(state.totals.len() as i64);
+        self.behaviour.report_size(&state.totals);
         let previous = state.applied.replace(key.clone());
         // Queued in every detector's mailbox now, in chunk order.
         let requests: Vec<_> = self

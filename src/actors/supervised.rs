@@ -226,6 +226,25 @@ impl<B: Behaviour> Actor for Supervised<B> {
     }
 }
 
+/// Stops a stage for good, with its thread: a cluster worker's catch-up
+/// lane that has caught up (see `SupervisorActor::start_lane`). No restart
+/// follows, and nothing is reported as a failure.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+impl<B: Behaviour> Handler<Retire> for Supervised<B> {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Retire, _ctx: &mut Context<Self>) {
+        self.state = None;
+        self.supervision.metrics.health.actor_retired(&self.name);
+        // The arbiter is this actor's own: stopping it ends the actor
+        // without actix's supervisor restarting it.
+        Arbiter::current().stop();
+    }
+}
+
 impl<B: Behaviour> actix::Supervised for Supervised<B> {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.state = None;

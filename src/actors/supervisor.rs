@@ -43,7 +43,7 @@ use super::reader::{Reader, ReaderActor};
 pub use super::supervised::{
     EXIT_FATAL, EXIT_LOST_LEASE, EXIT_RESTART_LIMIT, EXIT_SHUTDOWN_TIMEOUT, EXIT_STANDBY_REFUSED,
 };
-use super::supervised::{Group, Mailbox, Restarted, Supervised};
+use super::supervised::{Group, Mailbox, Restarted, Retire, Supervised};
 use super::tracker::{Quiesce, Tracker, TrackerActor};
 use super::watcher::{Drain, Hold, Resume, S3WatcherActor, Watcher, WhenIdle};
 use super::wiring::Wiring;
@@ -83,36 +83,44 @@ pub struct Resync {
 /// compactor compacts its own key groups.
 pub struct Topology {
     pub chunker: Option<Mailbox<ChunkerActor>>,
+    /// Mechanism Y's stages.
+    pub y: Lane,
+    pub batch_writer: Option<Mailbox<BatchWriterActor>>,
+    pub compactor: Mailbox<CompactorActor>,
+}
+
+/// Mechanism Y's stages (watcher, reader, pair table, detectors, tracker)
+/// of one lane: the worker's main lane, or a cluster worker's catch-up
+/// lane for key groups taken over far behind (its stages' names start
+/// with [`CATCH_UP`]).
+pub struct Lane {
     pub watcher: Mailbox<S3WatcherActor>,
     pub reader: Mailbox<ReaderActor>,
     pub pair_table: Mailbox<PairTableActor>,
     pub detectors: Vec<Mailbox<DetectorActor>>,
     pub tracker: Mailbox<TrackerActor>,
-    pub batch_writer: Option<Mailbox<BatchWriterActor>>,
-    pub compactor: Mailbox<CompactorActor>,
 }
 
-impl Topology {
-    /// Starts every stage on its own arbiter (thread), downstream first.
-    fn start(wiring: &Arc<Wiring>, supervisor: Addr<SupervisorActor>) -> Topology {
-        let spawner = Spawner::new(wiring, &supervisor);
+/// The names of a catch-up lane's stages start with this.
+pub const CATCH_UP: &str = "catch-up/";
+
+impl Lane {
+    /// Starts the stages, downstream first, named with `prefix`.
+    fn start(
+        spawner: &Spawner,
+        wiring: &Arc<Wiring>,
+        supervisor: &Addr<SupervisorActor>,
+        prefix: &str,
+        batch_writer: Option<Mailbox<BatchWriterActor>>,
+        compactor: &Mailbox<CompactorActor>,
+    ) -> Lane {
         let w = || wiring.clone();
-        let single = wiring.cluster.is_none();
-        let batch_writer = single.then(|| {
-            spawner.spawn(
-                "batch-writer",
-                BatchWriter {
-                    wiring: w(),
-                    fence: wiring.fence.clone(),
-                },
-            )
-        });
-        let compactor = spawner.spawn("compactor", Compactor { wiring: w() });
+        let name = |stage: &str| format!("{prefix}{stage}");
         let tracker = spawner.spawn(
-            "tracker",
+            &name("tracker"),
             Tracker {
                 wiring: w(),
-                batch_writer: batch_writer.clone(),
+                batch_writer,
                 compactor: compactor.clone(),
                 supervisor: supervisor.clone(),
             },
@@ -120,7 +128,7 @@ impl Topology {
         let detectors: Vec<_> = parts(shards(&wiring.settings))
             .map(|(pattern, shard)| {
                 spawner.spawn(
-                    &Detector::name(pattern, shard),
+                    &name(&Detector::name(pattern, shard)),
                     Detector {
                         wiring: w(),
                         pattern,
@@ -130,35 +138,128 @@ impl Topology {
             })
             .collect();
         let pair_table = spawner.spawn(
-            "pair-table",
+            &name("pair-table"),
             PairTable {
                 wiring: w(),
                 detectors: detectors.clone(),
                 tracker: tracker.clone(),
                 supervisor: supervisor.clone(),
+                main_lane: prefix.is_empty(),
             },
         );
         let reader = spawner.spawn(
-            "reader",
+            &name("reader"),
             Reader {
                 wiring: w(),
                 pair_table: pair_table.clone(),
             },
         );
         let watcher = spawner.spawn(
-            "watcher",
+            &name("watcher"),
             Watcher {
                 wiring: w(),
                 reader: reader.clone(),
             },
         );
+        Lane {
+            watcher,
+            reader,
+            pair_table,
+            detectors,
+            tracker,
+        }
+    }
+
+    /// Hands a generation's snapshot to every stage, downstream first, so
+    /// each is ready before work reaches it; a cluster worker's compactor
+    /// (given for the main lane) learns the generation's key groups too.
+    fn start_generation(
+        &self,
+        committed: Arc<Committed>,
+        compactor: Option<&Mailbox<CompactorActor>>,
+    ) -> impl Future<Output = ()> + use<> {
+        let tracker = self.tracker.send(Start(committed.clone()));
+        let compactor = compactor
+            .filter(|_| committed.share.is_some())
+            .map(|c| c.send(Start(committed.clone())));
+        let detectors: Vec<_> = self
+            .detectors
+            .iter()
+            .map(|d| d.send(Start(committed.clone())))
+            .collect();
+        let (pair_table, reader, watcher) = (
+            self.pair_table.clone(),
+            self.reader.clone(),
+            self.watcher.clone(),
+        );
+        async move {
+            // A member that is restarting misses its Start; its own restart
+            // starts the next generation.
+            let _ = tracker.await;
+            if let Some(compactor) = compactor {
+                let _ = compactor.await;
+            }
+            join_all(detectors).await;
+            let _ = pair_table.send(Start(committed.clone())).await;
+            let _ = reader.send(Start(committed.clone())).await;
+            let _ = watcher.send(Start(committed)).await;
+        }
+    }
+
+    /// Stops every stage for good (a catch-up lane that is done).
+    fn retire(&self) -> impl Future<Output = ()> + use<> {
+        let (watcher, reader, pair_table, detectors, tracker) = (
+            self.watcher.clone(),
+            self.reader.clone(),
+            self.pair_table.clone(),
+            self.detectors.clone(),
+            self.tracker.clone(),
+        );
+        async move {
+            let _ = watcher.send(Retire).await;
+            let _ = reader.send(Retire).await;
+            let _ = pair_table.send(Retire).await;
+            join_all(detectors.iter().map(|d| d.send(Retire))).await;
+            let _ = tracker.send(Retire).await;
+        }
+    }
+}
+
+impl Topology {
+    /// Starts every stage on its own arbiter (thread), downstream first.
+    fn start(wiring: &Arc<Wiring>, supervisor: Addr<SupervisorActor>) -> Topology {
+        let spawner = Spawner::new(wiring, &supervisor);
+        let single = wiring.cluster.is_none();
+        let batch_writer = single.then(|| {
+            spawner.spawn(
+                "batch-writer",
+                BatchWriter {
+                    wiring: wiring.clone(),
+                    fence: wiring.fence.clone(),
+                },
+            )
+        });
+        let compactor = spawner.spawn(
+            "compactor",
+            Compactor {
+                wiring: wiring.clone(),
+            },
+        );
+        let y = Lane::start(
+            &spawner,
+            wiring,
+            &supervisor,
+            "",
+            batch_writer.clone(),
+            &compactor,
+        );
         let chunker = single.then(|| {
             spawner.spawn(
                 "chunker",
                 Chunker {
-                    wiring: w(),
+                    wiring: wiring.clone(),
                     fence: wiring.fence.clone(),
-                    watcher: watcher.clone(),
+                    watcher: y.watcher.clone(),
                     supervisor: supervisor.clone(),
                 },
             )
@@ -184,47 +285,15 @@ impl Topology {
         );
         Topology {
             chunker,
-            watcher,
-            reader,
-            pair_table,
-            detectors,
-            tracker,
+            y,
             batch_writer,
             compactor,
         }
     }
 
-    /// Hands a generation's snapshot to every member of Mechanism Y,
-    /// downstream first, so each is ready before work reaches it.
+    /// Hands a generation's snapshot to every member of Mechanism Y.
     fn start_mechanism_y(&self, committed: Arc<Committed>) -> impl Future<Output = ()> + use<> {
-        let tracker = self.tracker.send(Start(committed.clone()));
-        // A cluster worker's compactor compacts the generation's key groups.
-        let compactor = committed
-            .share
-            .as_ref()
-            .map(|_| self.compactor.send(Start(committed.clone())));
-        let detectors: Vec<_> = self
-            .detectors
-            .iter()
-            .map(|d| d.send(Start(committed.clone())))
-            .collect();
-        let (pair_table, reader, watcher) = (
-            self.pair_table.clone(),
-            self.reader.clone(),
-            self.watcher.clone(),
-        );
-        async move {
-            // A member that is restarting misses its Start; its own restart
-            // starts the next generation.
-            let _ = tracker.await;
-            if let Some(compactor) = compactor {
-                let _ = compactor.await;
-            }
-            join_all(detectors).await;
-            let _ = pair_table.send(Start(committed.clone())).await;
-            let _ = reader.send(Start(committed.clone())).await;
-            let _ = watcher.send(Start(committed)).await;
-        }
+        self.y.start_generation(committed, Some(&self.compactor))
     }
 
     /// A cluster worker that took the chunker lease starts the chunker and
@@ -248,7 +317,7 @@ impl Topology {
             Chunker {
                 wiring: wiring.clone(),
                 fence,
-                watcher: self.watcher.clone(),
+                watcher: self.y.watcher.clone(),
                 supervisor,
             },
         ));
@@ -262,10 +331,10 @@ impl Topology {
                 "chunker",
                 alive(self.chunker.as_ref().map(Mailbox::connected)),
             ),
-            ("watcher", self.watcher.connected()),
-            ("reader", self.reader.connected()),
-            ("pair-table", self.pair_table.connected()),
-            ("tracker", self.tracker.connected()),
+            ("watcher", self.y.watcher.connected()),
+            ("reader", self.y.reader.connected()),
+            ("pair-table", self.y.pair_table.connected()),
+            ("tracker", self.y.tracker.connected()),
             (
                 "batch-writer",
                 alive(self.batch_writer.as_ref().map(Mailbox::connected)),
@@ -275,7 +344,8 @@ impl Topology {
         if let Some((name, _)) = named.iter().find(|(_, alive)| !alive) {
             return Some(name.to_string());
         }
-        self.detectors
+        self.y
+            .detectors
             .iter()
             .zip(parts(shards(&wiring.settings)))
             .find(|(d, _)| !d.connected())
@@ -357,6 +427,44 @@ pub struct SupervisorActor {
     cluster: Option<Membership>,
 }
 
+/// A catch-up lane's generations: numbered apart from the main lane's, so
+/// that a message of one is never taken for the other's.
+const LANE_GENERATIONS: u64 = 1 << 40;
+
+/// Key groups catching up on a lane of their own.
+struct CatchUp {
+    lane: Lane,
+    generation: u64,
+    gained: BTreeSet<u32>,
+    /// Its merge into the main lane is under way.
+    merging: bool,
+}
+
+/// How many chunks the least advanced of the `gained` groups is behind the
+/// least advanced of the other groups `held` (0 when it holds no other).
+async fn chunks_behind(
+    wiring: &Wiring,
+    held: &BTreeMap<u32, u64>,
+    gained: &BTreeSet<u32>,
+) -> crate::db::DbResult<i64> {
+    let Some(cluster) = wiring.cluster.as_ref() else {
+        return Ok(0);
+    };
+    let groups: Vec<u32> = held.keys().copied().collect();
+    let positions = cluster.group_positions(&groups).await?;
+    let least = |taken: bool| {
+        positions
+            .iter()
+            .filter(|p| gained.contains(&p.group) == taken)
+            .map(|p| p.last_seq)
+            .min()
+    };
+    Ok(match (least(false), least(true)) {
+        (Some(held), Some(taken)) => (held - taken).max(0),
+        _ => 0,
+    })
+}
+
 /// What a cluster worker's supervisor holds of the cluster (see
 /// [`super::membership`]).
 struct Membership {
@@ -378,6 +486,10 @@ struct Membership {
     finishing: bool,
     /// Heartbeats started (the first takes no key group).
     beats: u64,
+    /// A catch-up lane under way ([`SupervisorActor::start_lane`]).
+    catch_up: Option<CatchUp>,
+    /// Catch-up lanes started (their generations are numbered apart).
+    lanes: u64,
     /// The lookup table of the key groups a generation applies, with that
     /// generation: a hand-over in place narrows it, and only the
     /// generation it belongs to.
@@ -418,6 +530,8 @@ impl SupervisorActor {
             finishing: false,
             beats: 0,
             weights: (0, Arc::default()),
+            catch_up: None,
+            lanes: 0,
         });
         self
     }
@@ -526,10 +640,173 @@ impl SupervisorActor {
             self.new_generation(ctx, Duration::ZERO);
         } else if taking_over {
             self.take_over(ctx, r.taken.into_iter().collect());
+        } else {
+            self.watch_lane(ctx);
         }
         if finish {
             self.finish_when_done(ctx);
         }
+    }
+
+    /// Takes key groups over (`gained`, leased already) while a generation
+    /// runs. Gained groups at most `watcher.max_in_flight` chunks behind
+    /// the groups held are taken into the running generation at once
+    /// ([`Self::take_over_in_place`]); groups further behind first catch up
+    /// on a lane of their own ([`Self::start_lane`]), so that the groups
+    /// held never wait for more than about that many chunks.
+    fn take_over(&mut self, ctx: &mut Context<Self>, gained: BTreeSet<u32>) {
+        let Some(m) = self.cluster.as_mut() else {
+            return;
+        };
+        m.resharing = true;
+        let (wiring, held) = (self.wiring.clone(), m.held.clone());
+        let bound = self.wiring.settings.watcher.max_in_flight as i64;
+        let (checking, gained_now) = (gained.clone(), gained);
+        let behind = async move { chunks_behind(&wiring, &held, &checking).await };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(behind).map(move |behind, act, ctx| match behind {
+                Ok(behind) if behind > bound => act.start_lane(ctx, gained_now, behind),
+                // Not far behind (or not known: then the wait is the price).
+                _ => act.take_over_in_place(ctx, gained_now),
+            }),
+        );
+    }
+
+    /// Starts a catch-up lane for key groups taken far behind the others:
+    /// Mechanism Y's stages once more ([`Lane`], named [`CATCH_UP`]…), in
+    /// a generation of their own over the gained groups only (their state,
+    /// weights and positions loaded as any share is), committing under
+    /// those groups' fences while the main lane goes on with the groups
+    /// held. Each heartbeat compares the two ([`Self::watch_lane`]); once
+    /// the lane is within `watcher.max_in_flight` chunks, it is merged.
+    fn start_lane(&mut self, ctx: &mut Context<Self>, gained: BTreeSet<u32>, behind: i64) {
+        let (Some(m), Some(topology), Some(engine)) = (
+            self.cluster.as_mut(),
+            self.topology.as_ref(),
+            self.engine.clone(),
+        ) else {
+            return;
+        };
+        m.lanes += 1;
+        let generation = LANE_GENERATIONS + m.lanes;
+        let groups: Vec<u32> = gained.iter().copied().collect();
+        info!(
+            key_groups = %ranges(&groups),
+            chunks_behind = behind,
+            "key groups taken far behind: a catch-up lane brings them up to the others"
+        );
+        let spawner = Spawner::new(&self.wiring, &ctx.address());
+        let lane = Lane::start(
+            &spawner,
+            &self.wiring,
+            &ctx.address(),
+            CATCH_UP,
+            None,
+            &topology.compactor,
+        );
+        let held: BTreeMap<u32, u64> = gained.iter().map(|g| (*g, m.held[g])).collect();
+        m.catch_up = Some(CatchUp {
+            lane,
+            generation,
+            gained,
+            merging: false,
+        });
+        let (wiring, owner) = (self.wiring.clone(), m.me.owner_id.clone());
+        let load = async move {
+            loop {
+                let loaded =
+                    Committed::load_share(&wiring, generation, engine.clone(), &owner, &held, None)
+                        .await;
+                match loaded {
+                    Ok(committed) => return Arc::new(committed),
+                    Err(error) => {
+                        warn!(%error, "could not read the key groups taken over; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(load).then(move |committed, act, _ctx| {
+                let start = act
+                    .cluster
+                    .as_ref()
+                    .and_then(|m| m.catch_up.as_ref())
+                    .filter(|c| c.generation == generation)
+                    .map(|c| c.lane.start_generation(committed, None));
+                actix::fut::wrap_future(async move {
+                    if let Some(start) = start {
+                        start.await;
+                    }
+                })
+            }),
+        );
+    }
+
+    /// At each heartbeat while a catch-up lane runs: once its groups are
+    /// within `watcher.max_in_flight` chunks of the groups held (or past
+    /// them), the lane holds still until its chunks in flight are
+    /// committed, its stages are retired, and its groups are taken over in
+    /// place, from the positions it committed.
+    fn watch_lane(&mut self, ctx: &mut Context<Self>) {
+        let Some(m) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some(lane) = m.catch_up.as_mut().filter(|c| !c.merging) else {
+            return;
+        };
+        lane.merging = true;
+        let (generation, watcher, retire) = (
+            lane.generation,
+            lane.lane.watcher.clone(),
+            lane.lane.retire(),
+        );
+        let (wiring, held, gained) = (self.wiring.clone(), m.held.clone(), lane.gained.clone());
+        let bound = self.wiring.settings.watcher.max_in_flight as i64;
+        let work = async move {
+            let close = matches!(chunks_behind(&wiring, &held, &gained).await, Ok(b) if b <= bound);
+            if close {
+                let _ = watcher.send(Hold { generation }).await;
+                retire.await;
+            }
+            close
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(work).map(move |close, act, ctx| {
+                let Some(m) = act.cluster.as_mut() else {
+                    return;
+                };
+                let Some(lane) = m.catch_up.as_mut().filter(|c| c.generation == generation) else {
+                    return; // abandoned meanwhile
+                };
+                if !close {
+                    lane.merging = false;
+                    return;
+                }
+                let gained = std::mem::take(&mut lane.gained);
+                m.catch_up = None;
+                info!(
+                    key_groups = gained.len(),
+                    "the catch-up lane caught up; merging it"
+                );
+                act.take_over_in_place(ctx, gained);
+            }),
+        );
+    }
+
+    /// Gives a catch-up lane up (a full generation loads its groups now,
+    /// or the worker stops): what it has committed stays, the rest is
+    /// read again by whoever applies those groups next.
+    fn abandon_lane(&mut self) -> Option<impl Future<Output = ()> + use<>> {
+        let m = self.cluster.as_mut()?;
+        let lane = m.catch_up.take()?;
+        m.resharing = false;
+        let quiesce = lane.lane.tracker.clone();
+        let retire = lane.lane.retire();
+        Some(async move {
+            let _ = quiesce.send(Quiesce).await;
+            retire.await;
+        })
     }
 
     /// Takes key groups over (`gained`, leased already) without loading
@@ -541,7 +818,7 @@ impl SupervisorActor {
     /// hold, and chunks follow from the least advanced group's position,
     /// the groups held before skipping those they have. If the hold is
     /// interrupted (a stage restarted), a generation loads the whole share.
-    fn take_over(&mut self, ctx: &mut Context<Self>, gained: BTreeSet<u32>) {
+    fn take_over_in_place(&mut self, ctx: &mut Context<Self>, gained: BTreeSet<u32>) {
         let (Some(m), Some(topology), Some(engine)) = (
             self.cluster.as_mut(),
             self.topology.as_ref(),
@@ -559,7 +836,7 @@ impl SupervisorActor {
             key_groups = %ranges(&groups),
             "Mechanism Y takes key groups over in place (loads only theirs)"
         );
-        let (wiring, watcher) = (self.wiring.clone(), topology.watcher.clone());
+        let (wiring, watcher) = (self.wiring.clone(), topology.y.watcher.clone());
         let (owner, held, weights) = (m.me.owner_id.clone(), m.held.clone(), m.weights.1.clone());
         let load = async move {
             if !matches!(
@@ -676,12 +953,12 @@ impl SupervisorActor {
             self.wiring.metrics.lookup_pairs.set(pairs);
             (
                 reshare,
-                topology.watcher.clone(),
-                topology.tracker.clone(),
+                topology.y.watcher.clone(),
+                topology.y.tracker.clone(),
                 topology.compactor.clone(),
-                topology.detectors.clone(),
-                topology.pair_table.clone(),
-                topology.reader.clone(),
+                topology.y.detectors.clone(),
+                topology.y.pair_table.clone(),
+                topology.y.reader.clone(),
             )
         });
         let (wiring, me) = (self.wiring.clone(), m.me.clone());
@@ -746,7 +1023,9 @@ impl SupervisorActor {
         self.generation += 1;
         let generation = self.generation;
         let wiring = self.wiring.clone();
-        let tracker = self.topology.as_ref().map(|t| t.tracker.clone());
+        let tracker = self.topology.as_ref().map(|t| t.y.tracker.clone());
+        // Its groups are in the share loaded now.
+        let lane = self.abandon_lane();
         let share = self
             .cluster
             .as_ref()
@@ -759,8 +1038,12 @@ impl SupervisorActor {
             );
         }
         let load = async move {
-            // No commit of the old generation may land while the snapshot
-            // is read (the snapshot check would only retry).
+            // No commit of the old generation (or of a catch-up lane) may
+            // land while the snapshot is read (the snapshot check would only
+            // retry).
+            if let Some(lane) = lane {
+                lane.await;
+            }
             if let Some(tracker) = tracker {
                 let _ = tracker.send(Quiesce).await;
             }
@@ -817,13 +1100,16 @@ impl SupervisorActor {
             reason = why,
             "shutting down: draining in-flight chunks and flushing detections"
         );
+        // A catch-up lane stops where it is: its groups are released with
+        // the others, at the positions it committed.
+        let lane = self.abandon_lane();
         let Some(topology) = self.topology.as_ref() else {
             System::current().stop();
             return;
         };
         let drain = drain(
             topology.chunker.clone(),
-            topology.watcher.clone(),
+            topology.y.watcher.clone(),
             topology.batch_writer.clone(),
             topology.compactor.clone(),
         );
@@ -856,6 +1142,9 @@ impl SupervisorActor {
             }
         };
         let drain = async move {
+            if let Some(lane) = lane {
+                lane.await;
+            }
             drain.await;
             release.await;
         };
@@ -878,7 +1167,7 @@ impl SupervisorActor {
     /// Catch-up mode: once the master file is chunked, waits for two idle
     /// listings and every chunk committed, then shuts down.
     fn finish_when_done(&mut self, ctx: &mut Context<Self>) {
-        let Some(watcher) = self.topology.as_ref().map(|t| t.watcher.clone()) else {
+        let Some(watcher) = self.topology.as_ref().map(|t| t.y.watcher.clone()) else {
             return;
         };
         let wiring = self.wiring.clone();
@@ -935,7 +1224,7 @@ impl Actor for SupervisorActor {
         let topology = Topology::start(&self.wiring, ctx.address());
         info!(
             storage = %self.wiring.objects.describe(),
-            detectors = topology.detectors.len(),
+            detectors = topology.y.detectors.len(),
             "pipeline started"
         );
         self.topology = Some(topology);
@@ -1009,7 +1298,12 @@ impl Handler<Restarted> for SupervisorActor {
         // A cluster worker's compactor learns its key groups from a
         // generation: it restarted without them.
         let compactor = self.cluster.is_some() && msg.actor == "compactor";
-        if msg.group == Group::MechanismY || compactor {
+        if msg.actor.starts_with(CATCH_UP) {
+            // Its stage restarted empty: the lane is given up, and a
+            // generation loads its groups with the rest.
+            warn!(actor = %msg.actor, "the catch-up lane failed; loading the whole share");
+            self.new_generation(ctx, Duration::ZERO);
+        } else if msg.group == Group::MechanismY || compactor {
             info!(
                 actor = %msg.actor,
                 "Mechanism Y starts over from committed state"
@@ -1023,6 +1317,12 @@ impl Handler<Resync> for SupervisorActor {
     type Result = ();
 
     fn handle(&mut self, msg: Resync, ctx: &mut Context<Self>) {
+        let lane = self.cluster.as_ref().and_then(|m| m.catch_up.as_ref());
+        if lane.is_some_and(|c| c.generation == msg.generation) {
+            warn!(reason = %msg.reason, "the catch-up lane failed; loading the whole share");
+            self.heartbeat(ctx, true);
+            return;
+        }
         if msg.generation != self.generation {
             return; // that generation is already over
         }

@@ -168,6 +168,12 @@ impl Health {
         });
     }
 
+    /// An actor stopped for good on purpose (a catch-up lane's stage that
+    /// is done): it leaves the view, and never makes the process unhealthy.
+    pub fn actor_retired(&self, name: &str) {
+        self.lock().actors.retain(|a| a.name != name);
+    }
+
     pub fn actor_state(&self, name: &str, state: ActorState) {
         if let Some(actor) = self.lock().actors.iter_mut().find(|a| a.name == name) {
             actor.state = state;

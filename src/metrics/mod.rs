@@ -430,8 +430,14 @@ impl Metrics {
     }
 
     /// Chunks up to `seq` are committed (on start, and per commit).
+    /// Chunk `seq` is committed. Never moves back: a generation that
+    /// starts over, or a cluster worker's catch-up lane, commits chunks
+    /// behind the highest committed.
     pub fn committed_through(&self, seq: u64) {
-        self.committed_seq.set(seq as i64 + 1);
+        let next = seq as i64 + 1;
+        if next > self.committed_seq.get() {
+            self.committed_seq.set(next);
+        }
         self.update_lag();
     }
 

@@ -506,34 +506,46 @@ fn a_worker_hands_key_groups_over_in_place_without_reloading_the_rest() {
 }
 
 /// A worker that gains key groups (a worker died, then another stopped)
-/// loads only theirs and goes on: no load of its whole share; the gained
-/// groups resume from their own positions while the groups it had skip the
-/// chunks they have. Outputs stay exact.
+/// loads only theirs and goes on: no load of its whole share. Groups taken
+/// far behind (more than `watcher.max_in_flight` chunks, here 2) catch up
+/// on a lane of their own and then join the running generation; groups
+/// close behind resume from their own positions in it while the groups
+/// held skip the chunks they have. Outputs stay exact.
 #[test]
 fn a_worker_takes_key_groups_over_in_place_loading_only_theirs() {
     let Some(cluster) = Cluster::start(300) else {
         return;
     };
-    let mut first = cluster.worker(true, &[]);
+    let env = [("TXPIPE__WATCHER__MAX_IN_FLIGHT", "2")];
+    let mut first = cluster.worker(true, &env);
     expect_line(&mut first, "chunker lease taken", Duration::from_secs(30));
-    let mut second = cluster.worker(true, &[]);
-    let mut third = cluster.worker(true, &[]);
+    let mut second = cluster.worker(true, &env);
+    let mut third = cluster.worker(true, &env);
     expect_line(&mut second, "key groups taken", Duration::from_secs(30));
     expect_line(&mut third, "key groups taken", Duration::from_secs(30));
     let mut all = [&mut first, &mut second, &mut third];
     settle(&cluster, &[42, 43, 43], &mut all);
     let at = cluster.processed();
     wait_for_progress(&cluster, at, Duration::from_secs(30), &mut all);
-    // Killed: the others take its groups once its leases expire, behind
-    // where they are.
+    // Killed: the others take its groups once its leases expire, several
+    // chunks behind where they are.
     third.kill();
     settle(&cluster, &[64, 64], &mut [&mut first, &mut second]);
     // Stopped: it lets its groups go at once.
-    stop(second);
+    let second_log = stop(second);
     settle(&cluster, &[128], &mut [&mut first]);
     let at = cluster.processed();
     assert!(at < 40, "the run ended too early to test take-overs");
     let log = finish(first);
+    let both = || log.iter().chain(&second_log);
+    let lanes = both()
+        .filter(|l| l.contains("a catch-up lane brings them up"))
+        .count();
+    let merged = both()
+        .filter(|l| l.contains("the catch-up lane caught up"))
+        .count();
+    assert!(lanes > 0, "no catch-up lane:\n{}", log.join("\n"));
+    assert!(merged > 0, "no lane merged:\n{}", log.join("\n"));
     let in_place = "takes key groups over in place";
     let took = log.iter().position(|l| l.contains(in_place));
     let took = took.unwrap_or_else(|| panic!("no take-over in place:\n{}", log.join("\n")));
