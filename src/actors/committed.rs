@@ -60,6 +60,7 @@ pub struct Continues {
 
 /// Key groups a running generation takes over in place (see
 /// [`Committed::load_share`]).
+#[derive(Clone, Copy)]
 pub struct Gained<'a> {
     pub groups: &'a BTreeSet<u32>,
     /// The generation that goes on with them.

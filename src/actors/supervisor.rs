@@ -440,6 +440,34 @@ struct CatchUp {
     merging: bool,
 }
 
+/// Reads committed state until it succeeds (the database may be away for
+/// a while, and Mechanism Y has nothing to do without it): a single
+/// process's, or a cluster worker's `share` (owner id, groups held), or
+/// only the groups it `gained`.
+async fn read_committed(
+    wiring: &Wiring,
+    generation: u64,
+    engine: &Engine,
+    share: Option<(&str, &BTreeMap<u32, u64>)>,
+    gained: Option<Gained<'_>>,
+) -> Arc<Committed> {
+    loop {
+        let read = match share {
+            Some((owner, held)) => {
+                Committed::load_share(wiring, generation, engine.clone(), owner, held, gained).await
+            }
+            None => Committed::load(wiring, generation, engine.clone()).await,
+        };
+        match read {
+            Ok(committed) => return Arc::new(committed),
+            Err(error) => {
+                warn!(%error, "could not read committed state; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// How many chunks the least advanced of the `gained` groups is behind the
 /// least advanced of the other groups `held` (0 when it holds no other).
 async fn chunks_behind(
@@ -713,18 +741,7 @@ impl SupervisorActor {
         });
         let (wiring, owner) = (self.wiring.clone(), m.me.owner_id.clone());
         let load = async move {
-            loop {
-                let loaded =
-                    Committed::load_share(&wiring, generation, engine.clone(), &owner, &held, None)
-                        .await;
-                match loaded {
-                    Ok(committed) => return Arc::new(committed),
-                    Err(error) => {
-                        warn!(%error, "could not read the key groups taken over; trying again");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
+            read_committed(&wiring, generation, &engine, Some((&owner, &held)), None).await
         };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(load).then(move |committed, act, _ctx| {
@@ -849,29 +866,13 @@ impl SupervisorActor {
             ) {
                 return None;
             }
-            loop {
-                let gained = Gained {
-                    groups: &gained,
-                    continues,
-                    weights: &weights,
-                };
-                let loaded = Committed::load_share(
-                    &wiring,
-                    generation,
-                    engine.clone(),
-                    &owner,
-                    &held,
-                    Some(gained),
-                )
-                .await;
-                match loaded {
-                    Ok(committed) => return Some(Arc::new(committed)),
-                    Err(error) => {
-                        warn!(%error, "could not read the key groups taken over; trying again");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
+            let gained = Gained {
+                groups: &gained,
+                continues,
+                weights: &weights,
+            };
+            let share = Some((owner.as_str(), &held));
+            Some(read_committed(&wiring, generation, &engine, share, Some(gained)).await)
         };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(load).then(move |committed, act, ctx| {
@@ -1048,34 +1049,12 @@ impl SupervisorActor {
                 let _ = tracker.send(Quiesce).await;
             }
             tokio::time::sleep(delay).await;
-            loop {
-                let loaded = match &share {
-                    Some((owner, held)) => {
-                        Committed::load_share(
-                            &wiring,
-                            generation,
-                            engine.clone(),
-                            owner,
-                            held,
-                            None,
-                        )
-                        .await
-                    }
-                    None => Committed::load(&wiring, generation, engine.clone()).await,
-                };
-                match loaded {
-                    Ok(committed) => {
-                        if let Some(seq) = committed.last_chunk.as_deref().and_then(chunk_seq) {
-                            wiring.metrics.committed_through(seq);
-                        }
-                        return Arc::new(committed);
-                    }
-                    Err(error) => {
-                        warn!(%error, "could not read committed state; trying again");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
+            let share = share.as_ref().map(|(owner, held)| (owner.as_str(), held));
+            let committed = read_committed(&wiring, generation, &engine, share, None).await;
+            if let Some(seq) = committed.last_chunk.as_deref().and_then(chunk_seq) {
+                wiring.metrics.committed_through(seq);
             }
+            committed
         };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(load).then(move |committed, act, _ctx| {
