@@ -14,9 +14,9 @@
 //! - [`MasterChunked`] (from the chunker): in catch-up mode, asks the
 //!   watcher to say when it is idle ([`WhenIdle`]) until the database has
 //!   every chunk committed, then shuts down.
-//! - A cluster heartbeat that lets key groups go: hands them over in
-//!   place ([`Hold`] the watcher, [`Reshare`] every stage, release, then
-//!   [`Resume`]); one that takes or loses groups starts a new generation.
+//! - A cluster heartbeat that lets key groups go or takes some: changes
+//!   the share in place ([`resharing`]); one that loses groups starts a
+//!   new generation.
 //! - A signal: shuts down.
 //!
 //! Shutdown is a sequence of messages, each answered when done: [`Stop`]
@@ -25,35 +25,37 @@
 //! [`FinalCompact`] to the compactor, all within
 //! `supervisor.shutdown_timeout_ms`.
 
+mod resharing;
+mod topology;
+
+use resharing::CatchUp;
+use topology::{CATCH_UP, Topology};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures::future::join_all;
 use tracing::{debug, error, info, warn};
 
-use super::batch_writer::{BatchWriter, BatchWriterActor, Flush};
-use super::chunker::{Chunker, ChunkerActor, Stop};
-use super::committed::{Committed, Gained, Reshare, Start};
-use super::compactor::{Compactor, CompactorActor, FinalCompact};
-use super::detector::{Detector, DetectorActor};
-use super::membership::{Beat, Rebalanced, rebalance, release};
-use super::pair_table::{PairTable, PairTableActor};
-use super::reader::{Reader, ReaderActor};
+use super::batch_writer::{BatchWriterActor, Flush};
+use super::chunker::{ChunkerActor, Stop};
+use super::committed::{Committed, Gained};
+use super::compactor::{CompactorActor, FinalCompact};
+use super::membership::{Beat, Rebalanced, rebalance};
 pub use super::supervised::{
     EXIT_FATAL, EXIT_LOST_LEASE, EXIT_RESTART_LIMIT, EXIT_SHUTDOWN_TIMEOUT, EXIT_STANDBY_REFUSED,
 };
-use super::supervised::{Group, Mailbox, Restarted, Retire, Supervised};
-use super::tracker::{Quiesce, Tracker, TrackerActor};
-use super::watcher::{Drain, Hold, Resume, S3WatcherActor, Watcher, WhenIdle};
+use super::supervised::{Group, Mailbox, Restarted};
+use super::tracker::Quiesce;
+use super::watcher::{Drain, S3WatcherActor, WhenIdle};
 use super::wiring::Wiring;
 use crate::db::postgres::cluster::ranges;
 use crate::db::{Claimant, Fence, Renewal};
-use crate::detect::{Engine, WeightTable, parts};
+use crate::detect::{Engine, WeightTable};
 use crate::layout::chunk_seq;
 use crate::metrics::Phase;
 use crate::signals::Signals;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// When the supervisor ends the run on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,319 +78,6 @@ pub struct MasterChunked;
 pub struct Resync {
     pub generation: u64,
     pub reason: String,
-}
-
-/// Addresses of the running topology. A cluster's worker runs the chunker
-/// and the batch writer only while it holds the chunker lease; its
-/// compactor compacts its own key groups.
-pub struct Topology {
-    pub chunker: Option<Mailbox<ChunkerActor>>,
-    /// Mechanism Y's stages.
-    pub y: Lane,
-    pub batch_writer: Option<Mailbox<BatchWriterActor>>,
-    pub compactor: Mailbox<CompactorActor>,
-}
-
-/// Mechanism Y's stages (watcher, reader, pair table, detectors, tracker)
-/// of one lane: the worker's main lane, or a cluster worker's catch-up
-/// lane for key groups taken over far behind (its stages' names start
-/// with [`CATCH_UP`]).
-pub struct Lane {
-    pub watcher: Mailbox<S3WatcherActor>,
-    pub reader: Mailbox<ReaderActor>,
-    pub pair_table: Mailbox<PairTableActor>,
-    pub detectors: Vec<Mailbox<DetectorActor>>,
-    pub tracker: Mailbox<TrackerActor>,
-}
-
-/// The names of a catch-up lane's stages start with this.
-pub const CATCH_UP: &str = "catch-up/";
-
-impl Lane {
-    /// Starts the stages, downstream first, named with `prefix`.
-    fn start(
-        spawner: &Spawner,
-        wiring: &Arc<Wiring>,
-        supervisor: &Addr<SupervisorActor>,
-        prefix: &str,
-        batch_writer: Option<Mailbox<BatchWriterActor>>,
-        compactor: &Mailbox<CompactorActor>,
-    ) -> Lane {
-        let w = || wiring.clone();
-        let name = |stage: &str| format!("{prefix}{stage}");
-        let tracker = spawner.spawn(
-            &name("tracker"),
-            Tracker {
-                wiring: w(),
-                batch_writer,
-                compactor: compactor.clone(),
-                supervisor: supervisor.clone(),
-            },
-        );
-        let detectors: Vec<_> = parts(shards(&wiring.settings))
-            .map(|(pattern, shard)| {
-                spawner.spawn(
-                    &name(&Detector::name(pattern, shard)),
-                    Detector {
-                        wiring: w(),
-                        pattern,
-                        shard,
-                    },
-                )
-            })
-            .collect();
-        let pair_table = spawner.spawn(
-            &name("pair-table"),
-            PairTable {
-                wiring: w(),
-                detectors: detectors.clone(),
-                tracker: tracker.clone(),
-                supervisor: supervisor.clone(),
-                main_lane: prefix.is_empty(),
-            },
-        );
-        let reader = spawner.spawn(
-            &name("reader"),
-            Reader {
-                wiring: w(),
-                pair_table: pair_table.clone(),
-            },
-        );
-        let watcher = spawner.spawn(
-            &name("watcher"),
-            Watcher {
-                wiring: w(),
-                reader: reader.clone(),
-            },
-        );
-        Lane {
-            watcher,
-            reader,
-            pair_table,
-            detectors,
-            tracker,
-        }
-    }
-
-    /// Hands a generation's snapshot to every stage, downstream first, so
-    /// each is ready before work reaches it; a cluster worker's compactor
-    /// (given for the main lane) learns the generation's key groups too.
-    fn start_generation(
-        &self,
-        committed: Arc<Committed>,
-        compactor: Option<&Mailbox<CompactorActor>>,
-    ) -> impl Future<Output = ()> + use<> {
-        let tracker = self.tracker.send(Start(committed.clone()));
-        let compactor = compactor
-            .filter(|_| committed.share.is_some())
-            .map(|c| c.send(Start(committed.clone())));
-        let detectors: Vec<_> = self
-            .detectors
-            .iter()
-            .map(|d| d.send(Start(committed.clone())))
-            .collect();
-        let (pair_table, reader, watcher) = (
-            self.pair_table.clone(),
-            self.reader.clone(),
-            self.watcher.clone(),
-        );
-        async move {
-            // A member that is restarting misses its Start; its own restart
-            // starts the next generation.
-            let _ = tracker.await;
-            if let Some(compactor) = compactor {
-                let _ = compactor.await;
-            }
-            join_all(detectors).await;
-            let _ = pair_table.send(Start(committed.clone())).await;
-            let _ = reader.send(Start(committed.clone())).await;
-            let _ = watcher.send(Start(committed)).await;
-        }
-    }
-
-    /// Stops every stage for good (a catch-up lane that is done).
-    fn retire(&self) -> impl Future<Output = ()> + use<> {
-        let (watcher, reader, pair_table, detectors, tracker) = (
-            self.watcher.clone(),
-            self.reader.clone(),
-            self.pair_table.clone(),
-            self.detectors.clone(),
-            self.tracker.clone(),
-        );
-        async move {
-            let _ = watcher.send(Retire).await;
-            let _ = reader.send(Retire).await;
-            let _ = pair_table.send(Retire).await;
-            join_all(detectors.iter().map(|d| d.send(Retire))).await;
-            let _ = tracker.send(Retire).await;
-        }
-    }
-}
-
-impl Topology {
-    /// Starts every stage on its own arbiter (thread), downstream first.
-    fn start(wiring: &Arc<Wiring>, supervisor: Addr<SupervisorActor>) -> Topology {
-        let spawner = Spawner::new(wiring, &supervisor);
-        let single = wiring.cluster.is_none();
-        let batch_writer = single.then(|| {
-            spawner.spawn(
-                "batch-writer",
-                BatchWriter {
-                    wiring: wiring.clone(),
-                    fence: wiring.fence.clone(),
-                },
-            )
-        });
-        let compactor = spawner.spawn(
-            "compactor",
-            Compactor {
-                wiring: wiring.clone(),
-            },
-        );
-        let y = Lane::start(
-            &spawner,
-            wiring,
-            &supervisor,
-            "",
-            batch_writer.clone(),
-            &compactor,
-        );
-        let chunker = single.then(|| {
-            spawner.spawn(
-                "chunker",
-                Chunker {
-                    wiring: wiring.clone(),
-                    fence: wiring.fence.clone(),
-                    watcher: y.watcher.clone(),
-                    supervisor: supervisor.clone(),
-                },
-            )
-        });
-        let mut edges = vec![
-            ("chunker", "watcher".to_string()),
-            ("watcher", "reader".to_string()),
-            ("reader", "pair-table".to_string()),
-        ];
-        for (pattern, shard) in parts(shards(&wiring.settings)) {
-            edges.push(("pair-table", Detector::name(pattern, shard)));
-        }
-        edges.push(("pair-table", "tracker".to_string()));
-        if single {
-            edges.push(("tracker", "batch-writer".to_string()));
-        }
-        edges.push(("tracker", "compactor".to_string()));
-        wiring.metrics.health.set_edges(
-            edges
-                .into_iter()
-                .map(|(from, to)| (from.to_string(), to))
-                .collect(),
-        );
-        Topology {
-            chunker,
-            y,
-            batch_writer,
-            compactor,
-        }
-    }
-
-    /// Hands a generation's snapshot to every member of Mechanism Y.
-    fn start_mechanism_y(&self, committed: Arc<Committed>) -> impl Future<Output = ()> + use<> {
-        self.y.start_generation(committed, Some(&self.compactor))
-    }
-
-    /// A cluster worker that took the chunker lease starts the chunker and
-    /// the batch writer, both writing under that lease.
-    fn start_leader(
-        &mut self,
-        wiring: &Arc<Wiring>,
-        supervisor: Addr<SupervisorActor>,
-        fence: Fence,
-    ) {
-        let spawner = Spawner::new(wiring, &supervisor);
-        self.batch_writer = Some(spawner.spawn(
-            "batch-writer",
-            BatchWriter {
-                wiring: wiring.clone(),
-                fence: fence.clone(),
-            },
-        ));
-        self.chunker = Some(spawner.spawn(
-            "chunker",
-            Chunker {
-                wiring: wiring.clone(),
-                fence,
-                watcher: self.y.watcher.clone(),
-                supervisor,
-            },
-        ));
-    }
-
-    /// The name of a stage that stopped for good, if one did.
-    fn dead_stage(&self, wiring: &Wiring) -> Option<String> {
-        let alive = |stage: Option<bool>| stage.unwrap_or(true);
-        let named = [
-            (
-                "chunker",
-                alive(self.chunker.as_ref().map(Mailbox::connected)),
-            ),
-            ("watcher", self.y.watcher.connected()),
-            ("reader", self.y.reader.connected()),
-            ("pair-table", self.y.pair_table.connected()),
-            ("tracker", self.y.tracker.connected()),
-            (
-                "batch-writer",
-                alive(self.batch_writer.as_ref().map(Mailbox::connected)),
-            ),
-            ("compactor", self.compactor.connected()),
-        ];
-        if let Some((name, _)) = named.iter().find(|(_, alive)| !alive) {
-            return Some(name.to_string());
-        }
-        self.y
-            .detectors
-            .iter()
-            .zip(parts(shards(&wiring.settings)))
-            .find(|(d, _)| !d.connected())
-            .map(|(_, (pattern, shard))| Detector::name(pattern, shard))
-    }
-}
-
-/// Starts stages under supervision, each on its own arbiter, with the
-/// configured mailbox capacity, reporting restarts to the supervisor.
-struct Spawner {
-    capacity: usize,
-    supervision: Arc<super::supervised::Supervision>,
-    restarted: Recipient<Restarted>,
-}
-
-impl Spawner {
-    fn new(wiring: &Wiring, supervisor: &Addr<SupervisorActor>) -> Spawner {
-        Spawner {
-            capacity: wiring.settings.actors.mailbox_capacity,
-            supervision: wiring.supervision.clone(),
-            restarted: supervisor.clone().recipient(),
-        }
-    }
-
-    fn spawn<B: super::supervised::Behaviour + Send>(
-        &self,
-        name: &str,
-        behaviour: B,
-    ) -> Mailbox<Supervised<B>> {
-        Supervised::start(
-            name.to_string(),
-            behaviour,
-            self.capacity,
-            self.supervision.clone(),
-            self.restarted.clone(),
-        )
-    }
-}
-
-/// Detector shards per pattern, from the configuration.
-fn shards(settings: &crate::config::Settings) -> [u32; 3] {
-    let d = &settings.detectors;
-    [d.patid1, d.patid2, d.patid3]
 }
 
 /// Logs the key groups a heartbeat found taken by another worker (at a
@@ -427,19 +116,6 @@ pub struct SupervisorActor {
     cluster: Option<Membership>,
 }
 
-/// A catch-up lane's generations: numbered apart from the main lane's, so
-/// that a message of one is never taken for the other's.
-const LANE_GENERATIONS: u64 = 1 << 40;
-
-/// Key groups catching up on a lane of their own.
-struct CatchUp {
-    lane: Lane,
-    generation: u64,
-    gained: BTreeSet<u32>,
-    /// Its merge into the main lane is under way.
-    merging: bool,
-}
-
 /// Reads committed state until it succeeds (the database may be away for
 /// a while, and Mechanism Y has nothing to do without it): a single
 /// process's, or a cluster worker's `share` (owner id, groups held), or
@@ -466,31 +142,6 @@ async fn read_committed(
             }
         }
     }
-}
-
-/// How many chunks the least advanced of the `gained` groups is behind the
-/// least advanced of the other groups `held` (0 when it holds no other).
-async fn chunks_behind(
-    wiring: &Wiring,
-    held: &BTreeMap<u32, u64>,
-    gained: &BTreeSet<u32>,
-) -> crate::db::DbResult<i64> {
-    let Some(cluster) = wiring.cluster.as_ref() else {
-        return Ok(0);
-    };
-    let groups: Vec<u32> = held.keys().copied().collect();
-    let positions = cluster.group_positions(&groups).await?;
-    let least = |taken: bool| {
-        positions
-            .iter()
-            .filter(|p| gained.contains(&p.group) == taken)
-            .map(|p| p.last_seq)
-            .min()
-    };
-    Ok(match (least(false), least(true)) {
-        (Some(held), Some(taken)) => (held - taken).max(0),
-        _ => 0,
-    })
 }
 
 /// What a cluster worker's supervisor holds of the cluster (see
@@ -676,241 +327,6 @@ impl SupervisorActor {
         }
     }
 
-    /// Takes key groups over (`gained`, leased already) while a generation
-    /// runs. Gained groups at most `watcher.max_in_flight` chunks behind
-    /// the groups held are taken into the running generation at once
-    /// ([`Self::take_over_in_place`]); groups further behind first catch up
-    /// on a lane of their own ([`Self::start_lane`]), so that the groups
-    /// held never wait for more than about that many chunks.
-    fn take_over(&mut self, ctx: &mut Context<Self>, gained: BTreeSet<u32>) {
-        let Some(m) = self.cluster.as_mut() else {
-            return;
-        };
-        m.resharing = true;
-        let (wiring, held) = (self.wiring.clone(), m.held.clone());
-        let bound = self.wiring.settings.watcher.max_in_flight as i64;
-        let (checking, gained_now) = (gained.clone(), gained);
-        let behind = async move { chunks_behind(&wiring, &held, &checking).await };
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(behind).map(move |behind, act, ctx| match behind {
-                Ok(behind) if behind > bound => act.start_lane(ctx, gained_now, behind),
-                // Not far behind (or not known: then the wait is the price).
-                _ => act.take_over_in_place(ctx, gained_now),
-            }),
-        );
-    }
-
-    /// Starts a catch-up lane for key groups taken far behind the others:
-    /// Mechanism Y's stages once more ([`Lane`], named [`CATCH_UP`]…), in
-    /// a generation of their own over the gained groups only (their state,
-    /// weights and positions loaded as any share is), committing under
-    /// those groups' fences while the main lane goes on with the groups
-    /// held. Each heartbeat compares the two ([`Self::watch_lane`]); once
-    /// the lane is within `watcher.max_in_flight` chunks, it is merged.
-    fn start_lane(&mut self, ctx: &mut Context<Self>, gained: BTreeSet<u32>, behind: i64) {
-        let (Some(m), Some(topology), Some(engine)) = (
-            self.cluster.as_mut(),
-            self.topology.as_ref(),
-            self.engine.clone(),
-        ) else {
-            return;
-        };
-        m.lanes += 1;
-        let generation = LANE_GENERATIONS + m.lanes;
-        let groups: Vec<u32> = gained.iter().copied().collect();
-        info!(
-            key_groups = %ranges(&groups),
-            chunks_behind = behind,
-            "key groups taken far behind: a catch-up lane brings them up to the others"
-        );
-        let spawner = Spawner::new(&self.wiring, &ctx.address());
-        let lane = Lane::start(
-            &spawner,
-            &self.wiring,
-            &ctx.address(),
-            CATCH_UP,
-            None,
-            &topology.compactor,
-        );
-        let held: BTreeMap<u32, u64> = gained.iter().map(|g| (*g, m.held[g])).collect();
-        m.catch_up = Some(CatchUp {
-            lane,
-            generation,
-            gained,
-            merging: false,
-        });
-        let (wiring, owner) = (self.wiring.clone(), m.me.owner_id.clone());
-        let load = async move {
-            read_committed(&wiring, generation, &engine, Some((&owner, &held)), None).await
-        };
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(load).then(move |committed, act, _ctx| {
-                let start = act
-                    .cluster
-                    .as_ref()
-                    .and_then(|m| m.catch_up.as_ref())
-                    .filter(|c| c.generation == generation)
-                    .map(|c| c.lane.start_generation(committed, None));
-                actix::fut::wrap_future(async move {
-                    if let Some(start) = start {
-                        start.await;
-                    }
-                })
-            }),
-        );
-    }
-
-    /// At each heartbeat while a catch-up lane runs: once its groups are
-    /// within `watcher.max_in_flight` chunks of the groups held (or past
-    /// them), the lane holds still until its chunks in flight are
-    /// committed, its stages are retired, and its groups are taken over in
-    /// place, from the positions it committed.
-    fn watch_lane(&mut self, ctx: &mut Context<Self>) {
-        let Some(m) = self.cluster.as_mut() else {
-            return;
-        };
-        let Some(lane) = m.catch_up.as_mut().filter(|c| !c.merging) else {
-            return;
-        };
-        lane.merging = true;
-        let (generation, watcher, retire) = (
-            lane.generation,
-            lane.lane.watcher.clone(),
-            lane.lane.retire(),
-        );
-        let (wiring, held, gained) = (self.wiring.clone(), m.held.clone(), lane.gained.clone());
-        let bound = self.wiring.settings.watcher.max_in_flight as i64;
-        let work = async move {
-            let close = matches!(chunks_behind(&wiring, &held, &gained).await, Ok(b) if b <= bound);
-            if close {
-                let _ = watcher.send(Hold { generation }).await;
-                retire.await;
-            }
-            close
-        };
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(work).map(move |close, act, ctx| {
-                let Some(m) = act.cluster.as_mut() else {
-                    return;
-                };
-                let Some(lane) = m.catch_up.as_mut().filter(|c| c.generation == generation) else {
-                    return; // abandoned meanwhile
-                };
-                if !close {
-                    lane.merging = false;
-                    return;
-                }
-                let gained = std::mem::take(&mut lane.gained);
-                m.catch_up = None;
-                info!(
-                    key_groups = gained.len(),
-                    "the catch-up lane caught up; merging it"
-                );
-                act.take_over_in_place(ctx, gained);
-            }),
-        );
-    }
-
-    /// Gives a catch-up lane up (a full generation loads its groups now,
-    /// or the worker stops): what it has committed stays, the rest is
-    /// read again by whoever applies those groups next.
-    fn abandon_lane(&mut self) -> Option<impl Future<Output = ()> + use<>> {
-        let m = self.cluster.as_mut()?;
-        let lane = m.catch_up.take()?;
-        m.resharing = false;
-        let quiesce = lane.lane.tracker.clone();
-        let retire = lane.lane.retire();
-        Some(async move {
-            let _ = quiesce.send(Quiesce).await;
-            retire.await;
-        })
-    }
-
-    /// Takes key groups over (`gained`, leased already) without loading
-    /// the share again: the watcher holds still until every announced chunk
-    /// is committed (at most `watcher.max_in_flight`); only the gained
-    /// groups' committed state and weights are read; and a generation that
-    /// continues the running one starts ([`Committed::continues`]): the
-    /// pair table and the detectors add the groups' state to what they
-    /// hold, and chunks follow from the least advanced group's position,
-    /// the groups held before skipping those they have. If the hold is
-    /// interrupted (a stage restarted), a generation loads the whole share.
-    fn take_over_in_place(&mut self, ctx: &mut Context<Self>, gained: BTreeSet<u32>) {
-        let (Some(m), Some(topology), Some(engine)) = (
-            self.cluster.as_mut(),
-            self.topology.as_ref(),
-            self.engine.clone(),
-        ) else {
-            return;
-        };
-        m.resharing = true;
-        let continues = self.generation;
-        self.generation += 1;
-        let generation = self.generation;
-        let groups: Vec<u32> = gained.iter().copied().collect();
-        info!(
-            generation,
-            key_groups = %ranges(&groups),
-            "Mechanism Y takes key groups over in place (loads only theirs)"
-        );
-        let (wiring, watcher) = (self.wiring.clone(), topology.y.watcher.clone());
-        let (owner, held, weights) = (m.me.owner_id.clone(), m.held.clone(), m.weights.1.clone());
-        let load = async move {
-            if !matches!(
-                watcher
-                    .send(Hold {
-                        generation: continues
-                    })
-                    .await,
-                Ok(Ok(_))
-            ) {
-                return None;
-            }
-            let gained = Gained {
-                groups: &gained,
-                continues,
-                weights: &weights,
-            };
-            let share = Some((owner.as_str(), &held));
-            Some(read_committed(&wiring, generation, &engine, share, Some(gained)).await)
-        };
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(load).then(move |committed, act, ctx| {
-                if let Some(m) = act.cluster.as_mut() {
-                    m.resharing = false;
-                }
-                let current = act.generation == generation && !act.stopping;
-                let start = match committed {
-                    Some(committed) if current => {
-                        if let Some(share) = &committed.share {
-                            // How long the groups held wait: the chunks the
-                            // gained ones re-read before reaching them.
-                            let seqs = share.groups.values().map(|g| g.last_seq);
-                            let (from, to) = (seqs.clone().min(), seqs.max());
-                            info!(
-                                generation,
-                                chunks_behind = to.zip(from).map_or(0, |(to, from)| to - from),
-                                "key groups taken over; they resume from their own positions"
-                            );
-                        }
-                        act.generation_loaded(committed)
-                    }
-                    // The hold was interrupted and no generation followed.
-                    None if current => {
-                        act.new_generation(ctx, Duration::ZERO);
-                        None
-                    }
-                    _ => None,
-                };
-                actix::fut::wrap_future(async move {
-                    if let Some(start) = start {
-                        start.await;
-                    }
-                })
-            }),
-        );
-    }
-
     /// A cluster generation's state is loaded: its weights are the ones a
     /// hand-over narrows; returns the start of its stages.
     fn generation_loaded(
@@ -925,90 +341,6 @@ impl SupervisorActor {
         self.topology
             .as_ref()
             .map(|t| t.start_mechanism_y(committed))
-    }
-
-    /// Lets key groups go (`letting`: group, epoch) without a new
-    /// generation: the watcher holds still until every announced chunk is
-    /// committed (at most `watcher.max_in_flight`), every stage drops the
-    /// groups' state ([`Reshare`]), the leases are released, and the
-    /// watcher goes on. The groups kept never reload or replay. If a new
-    /// generation starts anyway (`regenerate`, or one interrupts the
-    /// hold), the leases are just released: that generation loads the
-    /// share without them.
-    fn hand_over(&mut self, ctx: &mut Context<Self>, letting: Vec<(u32, u64)>, regenerate: bool) {
-        let (Some(m), Some(topology)) = (self.cluster.as_mut(), self.topology.as_ref()) else {
-            return;
-        };
-        m.resharing = true;
-        let mut groups: Vec<u32> = letting.iter().map(|(g, _)| *g).collect();
-        groups.sort_unstable();
-        // In place only within a generation whose state is loaded (one
-        // still loading has the groups in its share: its commits for them
-        // are refused once they are released, and it starts over).
-        let in_place = !regenerate && m.weights.0 == self.generation;
-        let stages = in_place.then(|| {
-            let gone = groups.iter().copied().collect();
-            let reshare = Reshare::new(&self.wiring, self.generation, gone, &m.weights.1);
-            m.weights.1 = reshare.weights.clone();
-            let pairs = reshare.weights.len() as i64;
-            self.wiring.metrics.lookup_pairs.set(pairs);
-            (
-                reshare,
-                topology.y.watcher.clone(),
-                topology.y.tracker.clone(),
-                topology.compactor.clone(),
-                topology.y.detectors.clone(),
-                topology.y.pair_table.clone(),
-                topology.y.reader.clone(),
-            )
-        });
-        let (wiring, me) = (self.wiring.clone(), m.me.clone());
-        let lookup_pairs = m.weights.1.len();
-        let work = async move {
-            let mut in_place = false;
-            if let Some((reshare, watcher, tracker, compactor, detectors, pair_table, reader)) =
-                stages
-            {
-                let generation = reshare.generation;
-                if let Ok(Ok(_)) = watcher.send(Hold { generation }).await {
-                    // Downstream first, as a generation starts.
-                    let _ = tracker.send(reshare.clone()).await;
-                    let _ = compactor.send(reshare.clone()).await;
-                    join_all(detectors.iter().map(|d| d.send(reshare.clone()))).await;
-                    let _ = pair_table.send(reshare.clone()).await;
-                    let _ = reader.send(reshare.clone()).await;
-                    in_place = true;
-                }
-                let released = release(&wiring, &me, &letting).await;
-                if in_place {
-                    let _ = watcher.send(Resume).await;
-                }
-                (in_place, released)
-            } else {
-                (false, release(&wiring, &me, &letting).await)
-            }
-        };
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(
-            move |(in_place, released), act, _ctx| {
-                if let Some(m) = act.cluster.as_mut() {
-                    m.resharing = false;
-                }
-                let groups = ranges(&groups);
-                match released {
-                    Ok(()) if in_place => info!(
-                        key_groups = %groups,
-                        lookup_pairs,
-                        "key groups handed over to other workers in place (no reload)"
-                    ),
-                    Ok(()) => info!(key_groups = %groups, "key groups released to other workers"),
-                    Err(error) => warn!(
-                        key_groups = %groups,
-                        %error,
-                        "could not release key groups; they expire by themselves"
-                    ),
-                }
-            },
-        ));
     }
 
     /// Starts a new generation of Mechanism Y after `delay`.
@@ -1296,8 +628,7 @@ impl Handler<Resync> for SupervisorActor {
     type Result = ();
 
     fn handle(&mut self, msg: Resync, ctx: &mut Context<Self>) {
-        let lane = self.cluster.as_ref().and_then(|m| m.catch_up.as_ref());
-        if lane.is_some_and(|c| c.generation == msg.generation) {
+        if self.is_lane(msg.generation) {
             warn!(reason = %msg.reason, "the catch-up lane failed; loading the whole share");
             self.heartbeat(ctx, true);
             return;
