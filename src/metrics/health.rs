@@ -303,6 +303,18 @@ mod tests {
     }
 
     #[test]
+    fn a_retired_actor_leaves_the_view_and_never_makes_the_process_unhealthy() {
+        let health = Health::default();
+        health.set_phase(Phase::Running);
+        health.actor_registered("catch-up/reader", 32);
+        health.actor_state("catch-up/reader", ActorState::Stopped);
+        assert!(health.unhealthy().is_some(), "stopped by accident");
+        health.actor_retired("catch-up/reader");
+        assert!(health.unhealthy().is_none());
+        assert!(health.actors().is_empty());
+    }
+
+    #[test]
     fn rates_are_per_second_differences() {
         let health = Health::default();
         health.sample_rates(1_000, 0, 0);

@@ -60,10 +60,16 @@ impl Cluster {
     }
 
     fn worker(&self, until_done: bool, extra_env: &[(&str, &str)]) -> Running {
+        self.worker_with(until_done, extra_env, &[])
+    }
+
+    /// A worker with more arguments to `txpipe run`.
+    fn worker_with(&self, until_done: bool, extra_env: &[(&str, &str)], more: &[&str]) -> Running {
         let mut args = vec!["run", "--config", self.place.config.to_str().unwrap()];
         if until_done {
             args.push("--exit-when-done");
         }
+        args.extend(more);
         let mut env = self.place.env.clone();
         env.extend(
             extra_env
@@ -580,5 +586,47 @@ fn a_worker_takes_key_groups_over_in_place_loading_only_theirs() {
         "the worker loaded its whole share after taking groups over:\n{}",
         log.join("\n")
     );
+    cluster.assert_exact();
+}
+
+/// A catch-up lane that fails (its tracker crashes on its first commit) is
+/// given up: the worker loads its whole share in a new generation, and the
+/// outputs stay exact.
+#[test]
+fn a_failed_catch_up_lane_gives_way_to_a_full_load() {
+    let Some(cluster) = Cluster::start(300) else {
+        return;
+    };
+    let env = [("TXPIPE__WATCHER__MAX_IN_FLIGHT", "1")];
+    let fault = ["--inject-fault", "catch-up/tracker:1:panic"];
+    let mut first = cluster.worker_with(true, &env, &fault);
+    expect_line(&mut first, "chunker lease taken", Duration::from_secs(30));
+    let mut second = cluster.worker(true, &env);
+    expect_line(&mut second, "key groups taken", Duration::from_secs(30));
+    settle(&cluster, &[64, 64], &mut [&mut first, &mut second]);
+    let at = cluster.processed();
+    wait_for_progress(
+        &cluster,
+        at,
+        Duration::from_secs(30),
+        &mut [&mut first, &mut second],
+    );
+    second.kill();
+    expect_line(
+        &mut first,
+        "a catch-up lane brings them up",
+        Duration::from_secs(30),
+    );
+    expect_line(
+        &mut first,
+        "the catch-up lane failed",
+        Duration::from_secs(30),
+    );
+    expect_line(
+        &mut first,
+        "loads the committed state of its key groups",
+        Duration::from_secs(30),
+    );
+    finish(first);
     cluster.assert_exact();
 }
