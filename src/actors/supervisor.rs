@@ -284,6 +284,8 @@ impl SupervisorActor {
         }
         let changed = r.held != m.held;
         m.held = r.held;
+        let metrics = &self.wiring.metrics;
+        metrics.key_groups_held.set(m.held.len() as i64);
         // Groups only handed over, or only taken while a generation runs
         // over a loaded share, need no new generation.
         let handing_over = r.lost.is_empty() && r.taken.is_empty() && !r.to_release.is_empty();

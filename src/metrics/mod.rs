@@ -176,6 +176,10 @@ pub struct Metrics {
     pub pair_state_pairs: Gauge,
     /// Pairs of the lookup table held in memory.
     pub lookup_pairs: Gauge,
+    /// A cluster worker's key groups (leased), and those of them catching
+    /// up on a lane of their own.
+    pub key_groups_held: Gauge,
+    pub key_groups_catching_up: Gauge,
     last_commit_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
     ready: Gauge,
     healthy: Gauge,
@@ -335,6 +339,16 @@ impl Metrics {
              worker: those of its key groups' merchants)",
             Gauge::default()
         );
+        let key_groups_held = register!(
+            "key_groups_held",
+            "Key groups this cluster worker holds leases on",
+            Gauge::default()
+        );
+        let key_groups_catching_up = register!(
+            "key_groups_catching_up",
+            "Key groups this cluster worker took far behind, catching up on a lane of their own",
+            Gauge::default()
+        );
         let last_commit_timestamp = register!(
             "last_commit_timestamp_seconds",
             "Unix time of the last commit",
@@ -381,6 +395,8 @@ impl Metrics {
             mailbox_capacity,
             pair_state_pairs,
             lookup_pairs,
+            key_groups_held,
+            key_groups_catching_up,
             last_commit_timestamp,
             ready,
             healthy,

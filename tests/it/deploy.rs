@@ -56,6 +56,8 @@ const KNOWN: &[&str] = &[
     "txpipe_mailbox_capacity",
     "txpipe_pair_state_pairs",
     "txpipe_lookup_pairs",
+    "txpipe_key_groups_held",
+    "txpipe_key_groups_catching_up",
     "txpipe_last_commit_timestamp_seconds",
     "txpipe_ready",
     "txpipe_healthy",

@@ -148,6 +148,8 @@ impl SupervisorActor {
             &topology.compactor,
         );
         let held: BTreeMap<u32, u64> = gained.iter().map(|g| (*g, m.held[g])).collect();
+        let catching_up = gained.len() as i64;
+        self.wiring.metrics.key_groups_catching_up.set(catching_up);
         m.catch_up = Some(CatchUp {
             lane,
             generation,
@@ -217,6 +219,7 @@ impl SupervisorActor {
                 }
                 let gained = std::mem::take(&mut lane.gained);
                 m.catch_up = None;
+                act.wiring.metrics.key_groups_catching_up.set(0);
                 info!(
                     key_groups = gained.len(),
                     "the catch-up lane caught up; merging it"
@@ -233,6 +236,7 @@ impl SupervisorActor {
         let m = self.cluster.as_mut()?;
         let lane = m.catch_up.take()?;
         m.resharing = false;
+        self.wiring.metrics.key_groups_catching_up.set(0);
         let quiesce = lane.lane.tracker.clone();
         let retire = lane.lane.retire();
         Some(async move {
