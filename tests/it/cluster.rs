@@ -148,6 +148,26 @@ fn settle(cluster: &Cluster, shares: &[usize], workers: &mut [&mut Running]) {
     }
 }
 
+/// An address on this machine nothing listens on (for a worker's HTTP
+/// endpoints).
+fn free_address() -> String {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().to_string()
+}
+
+/// A gauge's value on a worker's `/metrics`.
+fn gauge(listen: &str, name: &str) -> Option<f64> {
+    let mut response = ureq::get(&format!("http://{listen}/metrics")).call().ok()?;
+    let text = response.body_mut().read_to_string().ok()?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// Waits until `processed_chunks` grows past `from`, reading the
 /// workers' logs meanwhile (shown if it does not).
 fn wait_for_progress(
@@ -523,7 +543,9 @@ fn a_worker_takes_key_groups_over_in_place_loading_only_theirs() {
         return;
     };
     let env = [("TXPIPE__WATCHER__MAX_IN_FLIGHT", "2")];
-    let mut first = cluster.worker(true, &env);
+    let listen = free_address();
+    let first_env = [env[0], ("TXPIPE__HTTP__LISTEN", listen.as_str())];
+    let mut first = cluster.worker(true, &first_env);
     expect_line(&mut first, "chunker lease taken", Duration::from_secs(30));
     let mut second = cluster.worker(true, &env);
     let mut third = cluster.worker(true, &env);
@@ -542,6 +564,15 @@ fn a_worker_takes_key_groups_over_in_place_loading_only_theirs() {
     settle(&cluster, &[128], &mut [&mut first]);
     let at = cluster.processed();
     assert!(at < 40, "the run ended too early to test take-overs");
+    // Its metrics say so once its heartbeat took them (the catch-up lane,
+    // if any, is merged within a few heartbeats).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge(&listen, "txpipe_key_groups_held") != Some(128.0)
+        || gauge(&listen, "txpipe_key_groups_catching_up") != Some(0.0)
+    {
+        assert!(Instant::now() < deadline, "key group gauges never settled");
+        first.run_for(Duration::from_millis(100));
+    }
     let log = finish(first);
     let both = || log.iter().chain(&second_log);
     let lanes = both()
