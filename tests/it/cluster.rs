@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::child::{self, Running, Waited, expect_line, finish, said};
+use support::http;
 use support::outputs::Outputs;
 use support::s3pg::S3Postgres;
 
@@ -148,24 +149,10 @@ fn settle(cluster: &Cluster, shares: &[usize], workers: &mut [&mut Running]) {
     }
 }
 
-/// An address on this machine nothing listens on (for a worker's HTTP
-/// endpoints).
-fn free_address() -> String {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().to_string()
-}
-
-/// A gauge's value on a worker's `/metrics`.
+/// A gauge's value on the `/metrics` of a worker listening on `listen`.
 fn gauge(listen: &str, name: &str) -> Option<f64> {
-    let mut response = ureq::get(&format!("http://{listen}/metrics")).call().ok()?;
-    let text = response.body_mut().read_to_string().ok()?;
-    text.lines().find_map(|line| {
-        line.strip_prefix(name)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    let (_, body) = http::get(listen.parse().unwrap(), "/metrics").ok()?;
+    http::value(&http::parse(&body), name, &[])
 }
 
 /// Waits until `processed_chunks` grows past `from`, reading the
@@ -543,7 +530,7 @@ fn a_worker_takes_key_groups_over_in_place_loading_only_theirs() {
         return;
     };
     let env = [("TXPIPE__WATCHER__MAX_IN_FLIGHT", "2")];
-    let listen = free_address();
+    let listen = format!("127.0.0.1:{}", http::free_port());
     let first_env = [env[0], ("TXPIPE__HTTP__LISTEN", listen.as_str())];
     let mut first = cluster.worker(true, &first_env);
     expect_line(&mut first, "chunker lease taken", Duration::from_secs(30));

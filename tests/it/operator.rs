@@ -12,39 +12,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use prometheus_parse::{Scrape, Value};
+
+use crate::support::http::{free_port, get, parse, value};
 use txpipe::actors::supervisor::{EXIT_RESTART_LIMIT, RunMode};
 
 use crate::support::{self, child};
-
-/// GET `path`: status and body (any status, not only 2xx).
-fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), ureq::Error> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let mut response = agent.get(&format!("http://{addr}{path}")).call()?;
-    let status = response.status().as_u16();
-    Ok((status, response.body_mut().read_to_string()?))
-}
-
-fn parse(exposition: &str) -> Scrape {
-    Scrape::parse(exposition.lines().map(|l| Ok(l.to_string()))).expect("a valid exposition")
-}
-
-/// The value of the sample `metric` whose labels include `labels`.
-fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric)
-        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-            Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
-            Value::Summary(_) => f64::NAN,
-        })
-}
 
 fn counter(scrape: &Scrape, metric: &str) -> u64 {
     value(scrape, metric, &[]).unwrap_or_else(|| panic!("{metric} missing")) as u64
@@ -406,11 +378,7 @@ impl Browser {
             eprintln!("skipped: chromium or chromedriver not installed");
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())

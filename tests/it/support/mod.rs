@@ -4,6 +4,7 @@
 pub mod child;
 pub mod configs;
 pub mod engine;
+pub mod http;
 pub mod oracle;
 pub mod outputs;
 pub mod pg;
