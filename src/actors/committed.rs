@@ -216,11 +216,17 @@ impl Committed {
             None => groups,
         };
         let snapshot = Self::read_state(wiring, Some(&loading)).await?;
-        // Only the share's weights: memory follows ownership.
-        let read = read_weights(&*wiring.state, &wiring.names, |merchant| {
-            loading.contains(&share.group_of(merchant))
-        })
-        .await?;
+        // Only the share's weights: memory follows ownership. No group (a
+        // worker's first generation, before it takes any): no scan of the
+        // whole table to keep nothing.
+        let read = if loading.is_empty() {
+            WeightTable::default()
+        } else {
+            read_weights(&*wiring.state, &wiring.names, |merchant| {
+                loading.contains(&share.group_of(merchant))
+            })
+            .await?
+        };
         let weights = match &gained {
             Some(gained) => gained.weights.with(read),
             None => read,

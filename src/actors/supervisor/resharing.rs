@@ -99,13 +99,13 @@ impl SupervisorActor {
         m.resharing = true;
         let (wiring, held) = (self.wiring.clone(), m.held.clone());
         let bound = self.wiring.settings.watcher.max_in_flight as i64;
-        let (checking, gained_now) = (gained.clone(), gained);
+        let checking = gained.clone();
         let behind = async move { chunks_behind(&wiring, &held, &checking).await };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(behind).map(move |behind, act, ctx| match behind {
-                Ok(behind) if behind > bound => act.start_lane(ctx, gained_now, behind),
+                Ok(behind) if behind > bound => act.start_lane(ctx, gained, behind),
                 // Not far behind (or not known: then the wait is the price).
-                _ => act.take_over_in_place(ctx, gained_now),
+                _ => act.take_over_in_place(ctx, gained),
             }),
         );
     }
